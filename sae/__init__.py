@@ -1,0 +1,3 @@
+"""sae: train sparse-autoencoder dictionaries on Hugging Face model activations, then measure them."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Evaluation mathematics (../shared/MATH.md): pure functions on tensors, no I/O."""
