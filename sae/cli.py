@@ -1,0 +1,83 @@
+"""The `sae` command line: `sae COMMAND [CONFIG.yaml] [--dotted.overrides ...]`.
+
+    sae harvest                                   # built-in default (MiniLM layer 3, Python docs)
+    sae harvest configs/harvest.yaml --data.max-windows 512 --out caches/small
+    sae harvest --help                            # every field, its unit and its default
+
+The YAML file gives the defaults, flags override them, and the resolved config is saved beside
+every output. A bad value stops the command with one line on stderr (exit code 2) before any
+work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import tyro
+
+from sae.config import ConfigError, HarvestConfig, load_yaml
+
+USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
+
+commands:
+  harvest   run the model over the data and write an activation cache
+  train     train SAEs (see its --help once available)
+
+`sae COMMAND --help` lists every option with its unit and default."""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def parse(cls: type, argv: list[str], prog: str):
+    """Config from an optional leading YAML path plus tyro overrides."""
+    path = argv[0] if argv and not argv[0].startswith("-") else None
+    rest = argv[1:] if path else argv
+    default = load_yaml(cls, path) if path else cls()
+    return tyro.cli(cls, default=default, args=rest, prog=prog)
+
+
+def _harvest(argv: list[str]) -> str:
+    from sae.harvest import harvest
+
+    cfg = parse(HarvestConfig, argv, "sae harvest")
+    return str(harvest(cfg))
+
+
+COMMANDS: dict[str, Callable[[list[str]], str]] = {"harvest": _harvest}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(
+            f"error: unknown command {command!r}; valid commands are {sorted(COMMANDS)}.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    _quiet_libraries()
+    try:
+        result = COMMANDS[command](rest)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume.", file=sys.stderr)
+        sys.exit(130)
+    # The last line printed is the output's path, for scripts.
+    print(Path(result))

@@ -1,0 +1,280 @@
+"""Activation sources: live model activations, a harvested cache, or a plain matrix file.
+
+Each source yields `Piece`s: consecutive activation rows (special tokens already masked out)
+tagged with an integer cursor from which `pieces(cursor)` restarts at exactly that piece. That
+cursor is all the store and the harvester need to resume a stream exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import torch
+
+from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
+from sae.fsutil import sha256_file
+
+MATRIX_HOOK = "activations"
+"""hook name of the single tensor in a plain `[tokens, d_in]` matrix file."""
+
+_FILE_PIECE_ROWS = 16_384
+
+
+class Piece(NamedTuple):
+    cursor: int
+    """where `pieces(cursor)` restarts with this very piece (window index, or row index)."""
+    rows: dict[str, torch.Tensor]
+    """hook name -> activations [n, d]."""
+    meta: dict[str, torch.Tensor]
+    """per-row token id, window index and position (live and cache sources; empty otherwise)."""
+
+
+class ActivationSource(Protocol):
+    hooks: list[str]
+    d: dict[str, int]
+
+    def pieces(self, cursor: int = 0) -> Iterator[Piece]: ...
+
+    def describe(self) -> dict: ...
+
+
+class LiveSource:
+    """Run a Hugging Face model over token windows; rows are captured at `model_cfg.hooks`."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        data_cfg: DataConfig,
+        store_cfg: StoreConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        model=None,
+        tokenizer=None,
+    ):
+        from sae.data import TokenWindows
+        from sae.hooks import ActivationCapture, load_model, max_positions
+
+        if model is None:
+            model, tokenizer = load_model(model_cfg)
+        self.model_cfg, self.data_cfg, self.store_cfg = model_cfg, data_cfg, store_cfg
+        self.hooks = list(model_cfg.hooks)
+        self.capture = ActivationCapture(model, self.hooks)  # validates hooks before any work
+        limit = max_positions(model)
+        if limit is not None and data_cfg.context_size > limit:
+            raise ConfigError(
+                f"data.context_size={data_cfg.context_size} is longer than the model's maximum of "
+                f"{limit} positions."
+            )
+        self.windows = TokenWindows(data_cfg, tokenizer, rank, world_size)
+        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.bos_id = self.windows.bos_id
+        probe = self.capture(torch.full((1, 2), self.bos_id or 0, dtype=torch.long))
+        self.d = {h: int(v.shape[-1]) for h, v in probe.items()}
+
+    def keep_mask(self, tokens_BT: torch.Tensor) -> torch.Tensor:
+        """True for rows that enter the stream: BOS/position 0 and special tokens are dropped."""
+        keep = torch.ones_like(tokens_BT, dtype=torch.bool)
+        if self.store_cfg.exclude_bos:
+            keep[:, 0] = False
+            if self.bos_id is not None:
+                keep &= tokens_BT != self.bos_id
+        if self.store_cfg.exclude_special:
+            keep &= ~torch.isin(tokens_BT, self.special)
+        return keep
+
+    def pieces(self, cursor: int = 0) -> Iterator[Piece]:
+        it = self.windows.iter_from(cursor)
+        batch_size = self.model_cfg.batch_windows
+        while True:
+            batch = [w for _, w in zip(range(batch_size), it, strict=False)]
+            if not batch:
+                return
+            idx = [i for i, _ in batch]
+            tokens_BT = torch.stack([w for _, w in batch])
+            acts = self.capture(tokens_BT)
+            keep_BT = self.keep_mask(tokens_BT)
+            T = tokens_BT.shape[1]
+            window_BT = torch.tensor(idx, dtype=torch.long)[:, None].expand(-1, T)
+            pos_BT = torch.arange(T, dtype=torch.int32)[None, :].expand(len(idx), -1)
+            rows = {h: a[keep_BT.to(a.device)].float().cpu() for h, a in acts.items()}
+            meta = {
+                "tokens": tokens_BT[keep_BT].to(torch.int32),
+                "window": window_BT[keep_BT],
+                "position": pos_BT[keep_BT],
+            }
+            yield Piece(idx[0], rows, meta)
+
+    def describe(self) -> dict:
+        return {
+            "kind": "live",
+            "model": self.model_cfg.name,
+            "hooks": self.hooks,
+            "d": self.d,
+            "data": vars(self.data_cfg),
+            "batch_windows": self.model_cfg.batch_windows,
+            "exclude_bos": self.store_cfg.exclude_bos,
+            "exclude_special": self.store_cfg.exclude_special,
+        }
+
+
+class _RowFile:
+    """Fixed-size row pieces over a row-indexable reader; rank r takes pieces j % world == r."""
+
+    rank: int = 0
+    world_size: int = 1
+    n_rows: int = 0
+
+    def read(self, a: int, b: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def pieces(self, cursor: int = 0) -> Iterator[Piece]:
+        start = cursor - cursor % _FILE_PIECE_ROWS
+        for a in range(start, self.n_rows, _FILE_PIECE_ROWS):
+            if (a // _FILE_PIECE_ROWS) % self.world_size != self.rank:
+                continue
+            rows, meta = self.read(a, min(a + _FILE_PIECE_ROWS, self.n_rows))
+            yield Piece(a, rows, meta)
+
+
+class MatrixSource(_RowFile):
+    """A plain `[tokens, d_in]` matrix in .npy (memory-mapped) or .safetensors."""
+
+    def __init__(self, path: str | Path, rank: int = 0, world_size: int = 1):
+        self.path, self.rank, self.world_size = Path(path), rank, world_size
+        if not self.path.is_file():
+            raise ConfigError(f"activation file {str(self.path)!r} does not exist.")
+        suffix = self.path.suffix.lower()
+        if suffix == ".npy":
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            shape = self._array.shape
+        elif suffix == ".safetensors":
+            from safetensors import safe_open
+
+            self._file = safe_open(str(self.path), framework="pt")
+            keys = list(self._file.keys())
+            if len(keys) != 1 and MATRIX_HOOK not in keys:
+                raise ConfigError(
+                    f"{str(self.path)!r} holds tensors {keys}; a matrix file must hold one tensor "
+                    f"or one named {MATRIX_HOOK!r}."
+                )
+            self._key = MATRIX_HOOK if MATRIX_HOOK in keys else keys[0]
+            shape = tuple(self._file.get_slice(self._key).get_shape())
+        else:
+            raise ConfigError(
+                f"activation file {str(self.path)!r} must end in .npy or .safetensors."
+            )
+        if len(shape) != 2 or shape[0] == 0:
+            raise ConfigError(
+                f"activation file {str(self.path)!r} has shape {list(shape)}; expected [tokens, d_in]."
+            )
+        self.n_rows, self.hooks, self.d = int(shape[0]), [MATRIX_HOOK], {MATRIX_HOOK: int(shape[1])}
+
+    def read(self, a: int, b: int):
+        if self.path.suffix.lower() == ".npy":
+            x = torch.from_numpy(np.ascontiguousarray(self._array[a:b]))
+        else:
+            x = self._file.get_slice(self._key)[a:b]
+        return {MATRIX_HOOK: x}, {}
+
+    def describe(self) -> dict:
+        return {"kind": "matrix", "path": str(self.path), "n_tokens": self.n_rows, "d": self.d}
+
+
+class CacheSource(_RowFile):
+    """An activation cache written by `sae harvest`: shards + manifest, memory-mapped reads."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        hooks: list[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        verify: bool = True,
+    ):
+        self.path, self.rank, self.world_size, self.verify = Path(path), rank, world_size, verify
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            raise ConfigError(f"{str(self.path)!r} is not an activation cache (no manifest.json).")
+        self.manifest = json.loads(manifest_path.read_text())
+        if not self.manifest.get("complete", False):
+            raise ConfigError(
+                f"activation cache {str(self.path)!r} is unfinished; run `sae harvest` again to "
+                "complete it."
+            )
+        available = list(self.manifest["hooks"])
+        self.hooks = list(hooks) if hooks else available
+        for hook in self.hooks:
+            if hook not in available:
+                raise ConfigError(
+                    f"hook {hook!r} is not in activation cache {str(self.path)!r}; it holds {available}."
+                )
+        self.d = {h: int(self.manifest["hooks"][h]["d"]) for h in self.hooks}
+        self.shards = self.manifest["shards"]
+        self.starts = np.cumsum([0] + [s["n_tokens"] for s in self.shards])
+        self.n_rows = int(self.starts[-1])
+        self._open: dict[int, object] = {}
+
+    def _shard(self, i: int):
+        if i not in self._open:
+            from safetensors import safe_open
+
+            entry = self.shards[i]
+            file = self.path / entry["file"]
+            if not file.is_file():
+                raise ConfigError(f"shard {str(file)!r} of the activation cache is missing.")
+            if self.verify and sha256_file(file) != entry["sha256"]:
+                raise ConfigError(
+                    f"shard {str(file)!r} is corrupt (its checksum does not match the manifest); "
+                    "delete it and re-run `sae harvest` to rebuild it."
+                )
+            try:
+                self._open[i] = safe_open(str(file), framework="pt")
+            except Exception as e:
+                raise ConfigError(f"shard {str(file)!r} is corrupt ({e}).") from None
+        return self._open[i]
+
+    def read(self, a: int, b: int):
+        parts: dict[str, list[torch.Tensor]] = {}
+        i = int(np.searchsorted(self.starts, a, side="right") - 1)
+        while a < b:
+            lo, hi = a - self.starts[i], min(b, self.starts[i + 1]) - self.starts[i]
+            f = self._shard(i)
+            for key in [f"acts.{h}" for h in self.hooks] + ["tokens", "window", "position"]:
+                parts.setdefault(key, []).append(f.get_slice(key)[int(lo) : int(hi)])
+            a, i = int(self.starts[i] + hi), i + 1
+        rows = {h: torch.cat(parts[f"acts.{h}"]).float() for h in self.hooks}
+        meta = {k: torch.cat(parts[k]) for k in ("tokens", "window", "position")}
+        return rows, meta
+
+    def describe(self) -> dict:
+        m = self.manifest
+        return {
+            "kind": "cache",
+            "path": str(self.path),
+            "model": m["model"],
+            "hooks": self.hooks,
+            "d": self.d,
+            "n_tokens": self.n_rows,
+            "data_hash": m["data_hash"],
+        }
+
+
+def open_source(
+    activations: str | None,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    store_cfg: StoreConfig,
+    rank: int = 0,
+    world_size: int = 1,
+) -> ActivationSource:
+    """A cache folder or matrix file when `activations` is given, else live model activations."""
+    if activations is None:
+        return LiveSource(model_cfg, data_cfg, store_cfg, rank, world_size)
+    path = Path(activations)
+    if path.is_dir():
+        return CacheSource(path, None, rank, world_size)
+    return MatrixSource(path, rank, world_size)

@@ -1,0 +1,224 @@
+"""ActivationStore: a bounded, shuffled stream of activation batches with exact resume.
+
+    python -c "from sae.store import demo; demo()"    # prints a few batch shapes on the default
+
+Mixing scheme. The row stream from a source is cut into chunks of C = buffer_tokens / 2 rows.
+Chunk j is split at random into halves a_j and b_j; group g = shuffle(b_{g-1} + a_g); groups are
+emitted in order and cut into batches. So the buffer is refilled with C fresh rows each time
+half of it (one group) is drained, every row is emitted exactly once, and each batch mixes rows
+from 2C = buffer_tokens consecutive stream rows. Unlike a classic refill-when-half-empty buffer,
+no row survives more than two refills: memory stays at about 1.5 C rows, and because every
+random draw is seeded by (seed, chunk index), the whole state is "group g, offset o, and where
+chunk g-1 starts in the source". Resuming re-reads at most two chunks and yields, bit for bit,
+the batches the uninterrupted run would have yielded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+
+from sae.config import ConfigError, StoreConfig
+from sae.sources import ActivationSource
+
+STATE_VERSION = 1
+
+
+class Chunk(NamedTuple):
+    index: int
+    rows: dict[str, torch.Tensor]
+    meta: dict[str, torch.Tensor]
+    cursor: int
+    """source cursor of the piece the chunk starts in."""
+    skip: int
+    """rows of that piece before the chunk starts."""
+    end: tuple[int, int]
+    """(cursor, skip) of the row after the chunk's last row."""
+
+
+def _take(d: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in d.items()}
+
+
+def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _len(d: dict[str, torch.Tensor]) -> int:
+    return len(next(iter(d.values()))) if d else 0
+
+
+def fixed_chunks(
+    source: ActivationSource, size: int, first_index: int = 0, cursor: int = 0, skip: int = 0
+) -> Iterator[Chunk]:
+    """Cut the source's row stream into chunks of exactly `size` rows (the last may be short)."""
+    rows_parts: list[dict] = []
+    meta_parts: list[dict] = []
+    n, index, start, to_skip = 0, first_index, (cursor, skip), skip
+    end = (cursor, skip)
+    for piece in source.pieces(cursor):
+        m = _len(piece.rows)
+        off = min(to_skip, m)  # a skip may run past the first piece: it carries over
+        to_skip -= off
+        while off < m:
+            if n == 0:
+                start = (piece.cursor, off)
+            take = min(size - n, m - off)
+            rows_parts.append({k: v[off : off + take] for k, v in piece.rows.items()})
+            meta_parts.append({k: v[off : off + take] for k, v in piece.meta.items()})
+            n, off = n + take, off + take
+            end = (piece.cursor, off)
+            if n == size:
+                yield Chunk(index, _cat(rows_parts), _cat(meta_parts), *start, end)
+                rows_parts, meta_parts, n, index = [], [], 0, index + 1
+    if n:
+        yield Chunk(index, _cat(rows_parts), _cat(meta_parts), *start, end)
+
+
+def _generator(seed: int, index: int, salt: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + index) * 4 + salt)
+    return g
+
+
+class ActivationStore:
+    """Yields `{hook: [batch, d]}` float32 batches, shuffled within a bounded buffer."""
+
+    def __init__(self, source: ActivationSource, cfg: StoreConfig, state: dict | None = None):
+        self.source, self.cfg = source, cfg
+        self.chunk_rows = cfg.buffer_tokens // 2
+        self.norm_factor: dict[str, float] | None = None
+        self._group, self._offset, self._rows = 0, 0, 0
+        self._chunk_cursors: dict[int, tuple[int, int]] = {}
+        self._last_meta: dict[str, torch.Tensor] = {}
+        if state is not None:
+            self._load_state(state)
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """JSON-able position: restoring it makes the next batch the one that would come next."""
+        first = max(self._group - 1, 0)
+        cursor, skip = self._chunk_cursors.get(first, (0, 0))
+        return {
+            "version": STATE_VERSION,
+            "source": self.source.describe(),
+            "buffer_tokens": self.cfg.buffer_tokens,
+            "batch_size": self.cfg.batch_size,
+            "seed": self.cfg.seed,
+            "rows_yielded": self._rows,
+            "group": self._group,
+            "group_offset": self._offset,
+            "first_chunk": first,
+            "first_chunk_cursor": cursor,
+            "first_chunk_skip": skip,
+            "norm_factor": self.norm_factor,
+        }
+
+    def _load_state(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"store state version {state.get('version')} is not {STATE_VERSION}.")
+        for key in ("buffer_tokens", "batch_size", "seed"):
+            if state[key] != getattr(self.cfg, key):
+                raise ConfigError(
+                    f"cannot resume: store.{key}={getattr(self.cfg, key)} but the saved run used "
+                    f"{state[key]}."
+                )
+        if state["source"] != self.source.describe():
+            raise ConfigError("cannot resume: the activation source differs from the saved run's.")
+        self._group, self._offset, self._rows = (
+            state["group"],
+            state["group_offset"],
+            state["rows_yielded"],
+        )
+        self._chunk_cursors = {
+            state["first_chunk"]: (state["first_chunk_cursor"], state["first_chunk_skip"])
+        }
+        self.norm_factor = state["norm_factor"]
+
+    @property
+    def rows_yielded(self) -> int:
+        return self._rows
+
+    @property
+    def last_meta(self) -> dict[str, torch.Tensor]:
+        """Token id, window and position of each row of the last batch (live and cache sources)."""
+        return self._last_meta
+
+    # -- stream ----------------------------------------------------------------------------
+    def _estimate_norm(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
+        # Unit mean squared norm: the factor s with E||s x||^2 = 1, from the first chunk.
+        return {h: float(x.double().pow(2).sum(-1).mean().rsqrt()) for h, x in rows.items()}
+
+    def _groups(self) -> Iterator[tuple[int, dict, dict]]:
+        first = max(self._group - 1, 0)
+        cursor, skip = self._chunk_cursors.get(first, (0, 0))
+        seed = self.cfg.seed
+        prev_rows: dict | None = None
+        prev_meta: dict | None = None
+        last = first - 1
+        for chunk in fixed_chunks(self.source, self.chunk_rows, first, cursor, skip):
+            self._chunk_cursors[chunk.index] = (chunk.cursor, chunk.skip)
+            self._chunk_cursors.pop(chunk.index - 3, None)
+            if self.norm_factor is None:
+                self.norm_factor = self._estimate_norm(chunk.rows)
+            n = _len(chunk.rows)
+            perm = torch.randperm(n, generator=_generator(seed, chunk.index, 0))
+            a, b = perm[: n // 2], perm[n // 2 :]
+            rows_parts, meta_parts = [_take(chunk.rows, a)], [_take(chunk.meta, a)]
+            if prev_rows is not None:
+                rows_parts.insert(0, prev_rows)
+                meta_parts.insert(0, prev_meta)
+            if chunk.index == 0 or prev_rows is not None:
+                yield chunk.index, _cat(rows_parts), _cat(meta_parts)
+            prev_rows, prev_meta = _take(chunk.rows, b), _take(chunk.meta, b)
+            last = chunk.index
+        if prev_rows is not None:
+            yield last + 1, prev_rows, prev_meta
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        B = self.cfg.batch_size
+        rows_parts: list[dict] = []
+        meta_parts: list[dict] = []
+        n, g = 0, self._group
+        for g, rows, meta in self._groups():
+            if g < self._group:
+                continue
+            perm = torch.randperm(_len(rows), generator=_generator(self.cfg.seed, g, 1))
+            off = self._offset if g == self._group else 0
+            size = len(perm)
+            while off < size:
+                take = min(B - n, size - off)
+                idx = perm[off : off + take]
+                rows_parts.append(_take(rows, idx))
+                meta_parts.append(_take(meta, idx))
+                n, off = n + take, off + take
+                if n == B:
+                    yield self._emit(rows_parts, meta_parts, g, off, size)
+                    rows_parts, meta_parts, n = [], [], 0
+        if n:  # the short last batch; afterwards the position is past the final group
+            yield self._emit(rows_parts, meta_parts, g, 1, 1)
+
+    def _emit(self, rows_parts, meta_parts, g: int, off: int, size: int) -> dict[str, torch.Tensor]:
+        batch = _cat(rows_parts)
+        self._last_meta = _cat(meta_parts)
+        self._rows += _len(batch)
+        # Position of the next row: the rest of group g, or the start of group g + 1.
+        self._group, self._offset = (g, off) if off < size else (g + 1, 0)
+        if self.cfg.normalize:
+            assert self.norm_factor is not None
+            batch = {h: x * self.norm_factor[h] for h, x in batch.items()}
+        return batch
+
+
+def demo() -> None:
+    from sae.config import DataConfig, ModelConfig
+    from sae.sources import LiveSource
+
+    cfg = StoreConfig(buffer_tokens=16_384, batch_size=1024)
+    store = ActivationStore(LiveSource(ModelConfig(), DataConfig(max_windows=256), cfg), cfg)
+    for i, batch in enumerate(store):
+        print(i, {h: tuple(x.shape) for h, x in batch.items()}, store.norm_factor)
