@@ -52,8 +52,8 @@ def _rank_dir(cfg: HarvestConfig) -> Path:
 def _prepare(out: Path, identity: dict, overwrite: bool) -> dict | None:
     """The existing manifest to resume, None to start fresh; refuse a mismatched cache."""
     manifest_path = out / "manifest.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    if overwrite:
+        return None
     if not manifest_path.is_file():
         if out.exists() and any(out.iterdir()):
             raise ConfigError(
@@ -79,8 +79,10 @@ def harvest(cfg: HarvestConfig, source: LiveSource | None = None) -> Path:
     if manifest is not None and manifest["complete"]:
         dist.print0(f"cache at {out} is already complete ({manifest['n_tokens']} tokens)")
         return out
-    if source is None:
+    if source is None:  # built (and so validated) before anything on disk changes
         source = LiveSource(cfg.model, cfg.data, cfg.store, dist.rank(), dist.world_size())
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
     dtype = getattr(torch, cfg.dtype)
     if manifest is None:
         manifest = {

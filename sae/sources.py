@@ -175,7 +175,7 @@ class MatrixSource(_RowFile):
 
     def read(self, a: int, b: int):
         if self.path.suffix.lower() == ".npy":
-            x = torch.from_numpy(np.ascontiguousarray(self._array[a:b]))
+            x = torch.from_numpy(np.array(self._array[a:b]))  # copy out of the memory map
         else:
             x = self._file.get_slice(self._key)[a:b]
         return {MATRIX_HOOK: x}, {}

@@ -102,7 +102,7 @@ class ActivationStore:
     def state_dict(self) -> dict:
         """JSON-able position: restoring it makes the next batch the one that would come next."""
         first = max(self._group - 1, 0)
-        cursor, skip = self._chunk_cursors.get(first, (0, 0))
+        cursor, skip = self._chunk_cursors[first] if first else self._chunk_cursors.get(0, (0, 0))
         return {
             "version": STATE_VERSION,
             "source": self.source.describe(),
@@ -162,6 +162,7 @@ class ActivationStore:
         last = first - 1
         for chunk in fixed_chunks(self.source, self.chunk_rows, first, cursor, skip):
             self._chunk_cursors[chunk.index] = (chunk.cursor, chunk.skip)
+            self._chunk_cursors[chunk.index + 1] = chunk.end  # known before chunk + 1 is read
             self._chunk_cursors.pop(chunk.index - 3, None)
             if self.norm_factor is None:
                 self.norm_factor = self._estimate_norm(chunk.rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -39,7 +40,7 @@ def test_builtin_corpus_is_python_docs_and_deterministic():
     """The default text must need no download and be the same on every run."""
     a = list(builtin_documents())
     assert len(a) > 5000 and sum(map(len, a)) > 1_500_000
-    assert a[:50] == list(builtin_documents())[:50]
+    assert a[:50] == list(itertools.islice(builtin_documents(), 50))
 
 
 def _tokenizer():

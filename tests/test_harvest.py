@@ -1,0 +1,149 @@
+"""`sae harvest`: the cache equals live activations, resumes exactly, and refuses bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sae.harvest as harvest_mod
+from sae.cli import main
+from sae.config import ConfigError, DataConfig, HarvestConfig, ModelConfig, StoreConfig
+from sae.harvest import harvest
+from sae.sources import CacheSource, LiveSource
+from sae.store import ActivationStore
+
+HOOKS = ["resid_pre.1", "mlp_out.1", "resid_post.2"]
+
+
+def _cfg(tiny_models, text_file, out, **kw) -> HarvestConfig:
+    return HarvestConfig(
+        model=ModelConfig(name=tiny_models["llama"], hooks=HOOKS, batch_windows=3),
+        data=DataConfig(source=text_file, context_size=16),
+        out=str(out),
+        shard_tokens=300,
+        quiet=True,
+        **kw,
+    )
+
+
+def _live_rows(cfg: HarvestConfig):
+    src = LiveSource(cfg.model, cfg.data, cfg.store)
+    pieces = list(src.pieces())
+    rows = {h: torch.cat([p.rows[h] for p in pieces]) for h in HOOKS}
+    meta = {k: torch.cat([p.meta[k] for p in pieces]) for k in ("tokens", "window", "position")}
+    return rows, meta
+
+
+def test_cache_reads_back_bit_for_bit_equal_to_live(tiny_models, text_file, tmp_path):
+    cfg = _cfg(tiny_models, text_file, tmp_path / "c")
+    out = harvest(cfg)
+    rows, meta = _live_rows(cfg)
+    cache = CacheSource(out)
+    assert cache.n_rows == len(meta["tokens"]) > 3 * cfg.shard_tokens
+    got, got_meta = cache.read(0, cache.n_rows)
+    for h in HOOKS:
+        assert torch.equal(got[h], rows[h])
+    for k in meta:
+        assert torch.equal(got_meta[k], meta[k].to(got_meta[k].dtype))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["n_tokens"] == cache.n_rows
+    assert set(manifest["hooks"]) == set(HOOKS) and manifest["hooks"]["mlp_out.1"]["d"] == 32
+    assert (out / "config.yaml").is_file()
+    # The store serves a cache exactly as it serves the live model.
+    scfg = StoreConfig(buffer_tokens=256, batch_size=64)
+    live = ActivationStore(LiveSource(cfg.model, cfg.data, scfg), scfg)
+    cached = ActivationStore(CacheSource(out, ["resid_post.2"]), scfg)
+    for a, b in zip(live, cached, strict=True):
+        assert torch.equal(a["resid_post.2"], b["resid_post.2"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_storage(tiny_models, text_file, tmp_path, dtype):
+    cfg = _cfg(tiny_models, text_file, tmp_path / dtype, dtype=dtype, max_tokens=500)
+    rows, _ = _live_rows(cfg)
+    got, _ = CacheSource(harvest(cfg)).read(0, 500)
+    assert torch.equal(got["mlp_out.1"], rows["mlp_out.1"][:500].to(getattr(torch, dtype)).float())
+
+
+def test_interrupted_harvest_resumes_without_loss_or_duplication(
+    tiny_models, text_file, tmp_path, monkeypatch
+):
+    reference = harvest(_cfg(tiny_models, text_file, tmp_path / "ref"))
+    cfg = _cfg(tiny_models, text_file, tmp_path / "resumed")
+    real_save, calls = harvest_mod.atomic_save_safetensors, []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(harvest_mod, "atomic_save_safetensors", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(cfg)
+    partial = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert not partial["complete"] and len(partial["shards"]) == 2
+    assert not list((tmp_path / "resumed").glob(".*tmp"))  # no half-written shard left
+    monkeypatch.setattr(harvest_mod, "atomic_save_safetensors", real_save)
+    out = harvest(cfg)
+    want = json.loads((reference / "manifest.json").read_text())["shards"]
+    got = json.loads((out / "manifest.json").read_text())["shards"]
+    assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
+
+
+def test_bad_caches_are_refused(tiny_models, text_file, tmp_path):
+    cfg = _cfg(tiny_models, text_file, tmp_path / "c", max_tokens=700)
+    out = harvest(cfg)
+    other = _cfg(tiny_models, text_file, tmp_path / "c", max_tokens=700)
+    other.model.hooks = ["resid_post.0"]
+    with pytest.raises(ConfigError, match=r"different config \(differs in \['model'\]\)"):
+        harvest(other)
+    with pytest.raises(ConfigError, match=r"hook 'resid_post.0' is not in activation cache"):
+        CacheSource(out, ["resid_post.0"])
+    shard = out / "shard_00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(ConfigError, match="shard_00001.safetensors' is corrupt"):
+        CacheSource(out).read(0, 700)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(manifest | {"complete": False}))
+    with pytest.raises(ConfigError, match="unfinished"):
+        CacheSource(out)
+
+
+def test_cli_harvest_prints_path_last_and_errors_in_one_line(
+    tiny_models, text_file, tmp_path, capsys
+):
+    yaml_path = tmp_path / "h.yaml"
+    yaml_path.write_text(
+        f"model:\n  name: {tiny_models['bert']}\n  hooks: [resid_post.0]\n"
+        f"data:\n  source: {text_file}\n  context_size: 16\nshard_tokens: 200\n"
+    )
+    main(
+        [
+            "harvest",
+            str(yaml_path),
+            "--out",
+            str(tmp_path / "cli"),
+            "--max-tokens",
+            "300",
+            "--quiet",
+        ]
+    )
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "cli")
+    for args, message in [
+        (["--model.hooks", "resid_post.9"], "unknown hook 'resid_post.9'"),
+        (["--data.context-size", "100"], "longer than the model's maximum of 64"),
+        (["--data.text-column", "body"], "text_column='body' is not a column"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(["harvest", str(yaml_path), "--out", str(tmp_path / "x"), *args])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # nothing written before the error
+    yaml_path.write_text("modle:\n  name: x\n")
+    with pytest.raises(SystemExit):
+        main(["harvest", str(yaml_path)])
+    assert "unknown field 'modle'" in capsys.readouterr().err

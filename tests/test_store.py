@@ -1,0 +1,141 @@
+"""ActivationStore: shuffling, bounded mixing, exact resume, normalisation, file sources."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
+from sae.sources import MATRIX_HOOK, LiveSource, MatrixSource
+from sae.store import ActivationStore
+
+H = MATRIX_HOOK
+
+
+def _matrix(tmp_path, n=50_000, d=8, name="x.npy"):
+    """Row i carries its own index in column 0, so the stream can be audited row by row."""
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
+    x[:, 0] = torch.arange(n, dtype=torch.float32)
+    path = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(path, x.numpy())
+    else:
+        save_file({"activations": x}, str(path))
+    return path, x
+
+
+def _ids(batches):
+    return torch.cat([b[H][:, 0] for b in batches]).long()
+
+
+def test_every_row_exactly_once_shuffled_and_mixing_is_bounded(tmp_path):
+    """Pins lost/duplicated rows at refills, no shuffling, and unbounded buffer growth."""
+    path, _ = _matrix(tmp_path)
+    cfg = StoreConfig(buffer_tokens=8192, batch_size=1000)
+    batches = list(ActivationStore(MatrixSource(path), cfg))
+    ids = _ids(batches)
+    assert torch.equal(ids.sort().values, torch.arange(50_000))
+    assert not torch.equal(ids, torch.arange(50_000))
+    assert all(len(b[H]) == 1000 for b in batches) and len(batches) == 50
+    # A group mixes two consecutive chunks (buffer_tokens / 2 rows each); a batch that straddles
+    # two groups touches at most three consecutive chunks.
+    chunk = cfg.buffer_tokens // 2
+    for b in batches:
+        c = (b[H][:, 0].long() // chunk).unique()
+        assert c.max() - c.min() <= 2
+    # A batch draws from across its group, not one contiguous run of the source.
+    assert (batches[3][H][:, 0].max() - batches[3][H][:, 0].min()) > cfg.batch_size * 2
+
+
+@pytest.mark.parametrize("stop", [0, 1, 3, 4, 9, 12, 49, 50])
+def test_resume_yields_the_identical_stream(tmp_path, stop):
+    """A store rebuilt from state_dict() continues exactly where the first left off."""
+    path, _ = _matrix(tmp_path)
+    cfg = StoreConfig(buffer_tokens=8192, batch_size=1000, normalize=True)
+    full = list(ActivationStore(MatrixSource(path), cfg))
+    first = ActivationStore(MatrixSource(path), cfg)
+    it = iter(first)
+    head = [next(it) for _ in range(stop)]
+    state = json.loads(json.dumps(first.state_dict()))  # must survive JSON
+    tail = list(ActivationStore(MatrixSource(path), cfg, state=state))
+    got = head + tail
+    assert len(got) == len(full)
+    for a, b in zip(got, full, strict=True):
+        assert torch.equal(a[H], b[H])
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    path, _ = _matrix(tmp_path, n=20_000)
+    cfg = StoreConfig(buffer_tokens=8192, batch_size=1000)
+    store = ActivationStore(MatrixSource(path), cfg)
+    next(iter(store))
+    state = store.state_dict()
+    with pytest.raises(ConfigError, match="store.seed=1 but the saved run used 0"):
+        ActivationStore(
+            MatrixSource(path), StoreConfig(buffer_tokens=8192, batch_size=1000, seed=1), state
+        )
+    other, _ = _matrix(tmp_path, n=30_000, name="y.npy")
+    with pytest.raises(ConfigError, match="activation source differs"):
+        ActivationStore(MatrixSource(other), cfg, state)
+
+
+def test_normalisation_gives_unit_mean_squared_norm(tmp_path):
+    path, x = _matrix(tmp_path, n=20_000)
+    x = torch.from_numpy(np.load(path)) * 0 + torch.randn(20_000, 8) * 7 + 3
+    np.save(path, x.numpy())
+    cfg = StoreConfig(buffer_tokens=8192, batch_size=1000, normalize=True)
+    batches = torch.cat([b[H] for b in ActivationStore(MatrixSource(path), cfg)])
+    assert abs(batches.pow(2).sum(-1).mean().item() - 1.0) < 0.05
+
+
+def test_safetensors_and_npy_matrix_files_agree_and_bad_files_fail(tmp_path):
+    p1, _ = _matrix(tmp_path, n=20_000)
+    p2, _ = _matrix(tmp_path, n=20_000, name="x.safetensors")
+    cfg = StoreConfig(buffer_tokens=4096, batch_size=512)
+    for a, b in zip(
+        ActivationStore(MatrixSource(p1), cfg), ActivationStore(MatrixSource(p2), cfg), strict=True
+    ):
+        assert torch.equal(a[H], b[H])
+    np.save(tmp_path / "bad.npy", np.zeros((3, 4, 5), dtype=np.float32))
+    with pytest.raises(ConfigError, match=r"shape \[3, 4, 5\]; expected \[tokens, d_in\]"):
+        MatrixSource(tmp_path / "bad.npy")
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(ConfigError, match="must end in .npy or .safetensors"):
+        MatrixSource(tmp_path / "x.txt")
+
+
+def test_file_sources_shard_by_rank(tmp_path):
+    path, _ = _matrix(tmp_path, n=70_000)
+    cfg = StoreConfig(buffer_tokens=8192, batch_size=1000)
+    ranks = [_ids(list(ActivationStore(MatrixSource(path, r, 2), cfg))) for r in range(2)]
+    assert len(set(ranks[0].tolist()) & set(ranks[1].tolist())) == 0
+    assert torch.equal(torch.cat(ranks).sort().values, torch.arange(70_000))
+
+
+def test_live_store_masks_special_tokens_and_resumes_exactly(tiny_models, text_file):
+    """Live activations: no BOS/EOS rows; resume mid-stream replays the identical batches."""
+    model_cfg = ModelConfig(name=tiny_models["gpt2"], hooks=["resid_post.1"], batch_windows=4)
+    data_cfg = DataConfig(source=text_file, context_size=16)
+    cfg = StoreConfig(buffer_tokens=512, batch_size=100)
+    src = LiveSource(model_cfg, data_cfg, cfg)
+    store = ActivationStore(src, cfg)
+    full = []
+    for b in store:
+        full.append(b["resid_post.1"])
+        meta = store.last_meta
+        assert not torch.isin(meta["tokens"], src.special.to(torch.int32)).any()
+        assert (meta["position"] > 0).all()
+    assert len(full) > 10
+    first = ActivationStore(LiveSource(model_cfg, data_cfg, cfg), cfg)
+    it = iter(first)
+    head = [next(it)["resid_post.1"] for _ in range(7)]
+    tail = [
+        b["resid_post.1"]
+        for b in ActivationStore(LiveSource(model_cfg, data_cfg, cfg), cfg, first.state_dict())
+    ]
+    for a, b in zip(head + tail, full, strict=True):
+        assert torch.equal(a, b)
