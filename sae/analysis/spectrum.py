@@ -1,0 +1,543 @@
+"""Eigenspectrum, power-law exponent and redundancy of a layer's code (MATH.md §0, §A.2-§A.5, §A.7).
+
+Pure functions on tensors; no file I/O. Second moments are accumulated in float64 whatever the
+input dtype (MATH §0 numerics policy); spectra come back as float64 numpy arrays, descending.
+
+    acc = CovarianceAccumulator()
+    for x_BD in batches:
+        acc.update(x_BD)
+    record = redundancy_summary(acc)  # the §A.2 record, JSON-ready
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+Array = np.ndarray | torch.Tensor
+EPS_REL = 1e-12  # MATH §0: "numerically zero" is relative to λ_1
+
+
+def _np64(x: Array) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _t64(x: Array, device: torch.device | None = None) -> torch.Tensor:
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(x))
+    return t.to(device=device if device is not None else t.device, dtype=torch.float64)
+
+
+class CovarianceAccumulator:
+    """Streaming mean and covariance by the Chan/Welford merge (MATH §0), O(d²) memory.
+
+    State is (n, μ, M2 = Σ (x−μ)(x−μ)ᵀ) in float64 on the device of the first batch, whatever the
+    input dtype. Each batch is centred on its own mean before its outer product, and every row is
+    first shifted by a fixed reference row K (the first row seen), so means and the merge's δ are
+    O(spread), not O(‖μ‖): exact when ‖μ‖ ≫ spread, where E[xxᵀ] − μμᵀ loses every digit.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._shift_D: torch.Tensor | None = None  # K; the stored mean is μ − K
+        self._mean_D: torch.Tensor | None = None
+        self._m2_DD: torch.Tensor | None = None
+
+    @property
+    def d(self) -> int:
+        return 0 if self._mean_D is None else self._mean_D.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        assert self._mean_D is not None and self._shift_D is not None, "empty accumulator"
+        return self._shift_D + self._mean_D
+
+    def update(self, x_ND: Float[Array, "*batch d"]) -> CovarianceAccumulator:
+        """Add rows; leading dims are flattened ([B, S, d] token activations are fine)."""
+        x_ND = _t64(x_ND, None if self._shift_D is None else self._shift_D.device)
+        x_ND = x_ND.reshape(-1, x_ND.shape[-1])
+        if x_ND.shape[0] == 0:
+            return self
+        if self._shift_D is None:
+            self._shift_D = x_ND[0].clone()
+        y_ND = x_ND - self._shift_D
+        mean_D = y_ND.mean(0)
+        yc_ND = y_ND - mean_D
+        self._merge_stats(x_ND.shape[0], mean_D, yc_ND.T @ yc_ND)
+        return self
+
+    def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
+        """Fold `other` into self (in place; per-shard or per-rank accumulators). Returns self."""
+        if other.n == 0:
+            return self
+        assert other._shift_D is not None and other._mean_D is not None and other._m2_DD is not None
+        if self._shift_D is None:
+            self._shift_D = other._shift_D.clone()
+        dev = self._shift_D.device
+        mean_D = other._mean_D.to(dev) + (other._shift_D.to(dev) - self._shift_D)
+        self._merge_stats(other.n, mean_D, other._m2_DD.to(dev))
+        return self
+
+    def _merge_stats(self, n_b: int, mean_D: torch.Tensor, m2_DD: torch.Tensor) -> None:
+        # MATH §0: δ = μ_b − μ_a, μ = μ_a + δ n_b/n, M2 = M2_a + M2_b + δδᵀ n_a n_b/n
+        if self.n == 0:
+            self.n, self._mean_D, self._m2_DD = n_b, mean_D.clone(), m2_DD.clone()
+            return
+        n_a, n = self.n, self.n + n_b
+        delta_D = mean_D - self._mean_D
+        # in place: at d = 16k one fp64 matrix is 2 GB (a self-merge, m2 is m2, still doubles)
+        self._m2_DD.add_(m2_DD).addr_(delta_D, delta_D, alpha=n_a * n_b / n)
+        self._mean_D = self._mean_D + delta_D * (n_b / n)
+        self.n = n
+
+    @classmethod
+    def pooled(
+        cls, accs: Sequence[CovarianceAccumulator], counts: Sequence[int] | None = None
+    ) -> CovarianceAccumulator:
+        """Pool groups, group g taken counts[g] times (bootstrap weights); equals repeated merge.
+
+        Law of total variance about the pooled mean, M2 = Σ c_g (M2_g + n_g δ_g δ_gᵀ), in one pass.
+        """
+        counts = [1] * len(accs) if counts is None else list(counts)
+        live = [(int(c), a) for c, a in zip(counts, accs, strict=True) if c > 0 and a.n > 0]
+        out = cls()
+        if not live:
+            return out
+        ref_D = live[0][1]._shift_D
+        c_G = torch.tensor([c * a.n for c, a in live], dtype=torch.float64, device=ref_D.device)
+        means_GD = torch.stack([a._mean_D + (a._shift_D - ref_D) for _, a in live])
+        n = int(c_G.sum())
+        mean_D = (c_G / n) @ means_GD
+        delta_GD = means_GD - mean_D
+        m2_DD = delta_GD.T @ (c_G[:, None] * delta_GD)
+        for c, a in live:
+            m2_DD.add_(a._m2_DD, alpha=c)
+        out.n, out._shift_D, out._mean_D, out._m2_DD = n, ref_D.clone(), mean_D, m2_DD
+        return out
+
+    def cov(self, ddof: int = 1) -> torch.Tensor:
+        """Σ = M2/(n − ddof); ddof=1 is MATH §0's Σ, ddof=0 the population second moment."""
+        assert self._m2_DD is not None and self.n > ddof, "need more rows than ddof"
+        return self._m2_DD / (self.n - ddof)
+
+    def gram(self) -> torch.Tensor:
+        """Uncentred G = XᵀX/n (MATH §0), rebuilt from (n, μ, M2)."""
+        assert self._m2_DD is not None, "empty accumulator"
+        mean_D = self.mean
+        return self._m2_DD / self.n + torch.outer(mean_D, mean_D)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors for safetensors (per-shard accumulators saved for a later bootstrap)."""
+        assert self._m2_DD is not None, "empty accumulator"
+        return {"n": torch.tensor(self.n), "shift": self._shift_D, "mean_shifted": self._mean_D,
+                "m2": self._m2_DD}  # fmt: skip
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> CovarianceAccumulator:
+        out = cls()
+        out._shift_D = _t64(state["shift"]).clone()
+        out._merge_stats(int(state["n"]), _t64(state["mean_shifted"]), _t64(state["m2"]))
+        return out
+
+
+# --- eigenspectrum (MATH §A.3) ---------------------------------------------------------------
+
+
+def _zero_tail(ev: np.ndarray) -> np.ndarray:
+    ev = np.clip(ev, 0.0, None)
+    if ev.size and ev[0] > 0:
+        ev[ev <= EPS_REL * ev[0]] = 0.0
+    return ev
+
+
+def _eigh_desc(
+    cov_DD: Array, top_k: int | None = None, vectors: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    # torch's CPU LAPACK in fp64 (MATH §0: CPU eigh is often faster than GPU). Staying inside one
+    # thread pool matters: alternating torch (OpenMP) and numpy/scipy (OpenBLAS) kernels on a
+    # busy machine made a 20-replicate bootstrap 50x slower here.
+    cov_DD = _t64(cov_DD, torch.device("cpu"))
+    cov_DD = (cov_DD + cov_DD.T) / 2  # MATH §0: symmetrise before eigh
+    if vectors:
+        ev, vecs_DD = torch.linalg.eigh(cov_DD)
+        vecs = vecs_DD.flip(1)[:, :top_k].numpy()
+    else:
+        ev, vecs = torch.linalg.eigvalsh(cov_DD), None
+    return _zero_tail(ev.flip(0)[:top_k].numpy().copy()), vecs
+
+
+def eigenspectrum(cov_DD: Float[Array, "d d"], top_k: int | None = None) -> np.ndarray:
+    """Covariance eigenvalues in float64, descending, negatives clipped, λ ≤ 1e-12·λ_1 set to 0.
+
+    top_k keeps the leading k (α needs ≤ ~1000); the decomposition itself is full, O(d³).
+    """
+    return _eigh_desc(cov_DD, top_k)[0]
+
+
+def randomized_eigenspectrum(
+    rows: Array | Callable[[], Iterable[Array]],
+    k: int,
+    oversample: int = 15,
+    n_power_iter: int = 3,
+    seed: int = 0,
+    chunk: int = 8192,
+) -> np.ndarray:
+    """Top-k covariance eigenvalues by randomized subspace iteration (MATH §A.3.4a, Halko et al.).
+
+    rows: an [n, m] matrix (numpy, dense or sparse torch) or a zero-argument callable returning a
+    fresh iterable of row chunks (it is read 3 + n_power_iter times). Never forms the m × m matrix:
+    memory O(m·(k + oversample)). Sparse chunks are centred implicitly (BᵀBQ − s(μᵀQ) − μ(sᵀQ) +
+    n_b μ(μᵀQ), s = column sums) so they stay sparse; dense chunks are centred explicitly.
+    """
+
+    def chunks() -> Iterable[torch.Tensor]:
+        if callable(rows):
+            yield from (c if isinstance(c, torch.Tensor) else _t64(c) for c in rows())
+        elif isinstance(rows, torch.Tensor) and rows.is_sparse:
+            yield rows
+        else:
+            for i in range(0, rows.shape[0], chunk):
+                yield _t64(rows[i : i + chunk])
+
+    n, sum_M = 0, None
+    for c in chunks():
+        s = torch.sparse.sum(c.double(), 0).to_dense() if c.is_sparse else c.double().sum(0)
+        n, sum_M = n + c.shape[0], s if sum_M is None else sum_M + s
+    assert sum_M is not None and n > 1, "need at least two rows"
+    mean_M = sum_M / n
+
+    def sigma_times(q_ML: torch.Tensor) -> torch.Tensor:
+        out_ML = torch.zeros_like(q_ML)
+        for c in chunks():
+            c = c.double()
+            if c.is_sparse:  # implicit centring: (B − 1μᵀ)ᵀ(B − 1μᵀ)Q expanded, B stays sparse
+                s_M = torch.sparse.sum(c, 0).to_dense()
+                mq_L = mean_M @ q_ML
+                out_ML += (
+                    c.t() @ (c @ q_ML) - torch.outer(s_M, mq_L) - torch.outer(mean_M, s_M @ q_ML)
+                )
+                out_ML += c.shape[0] * torch.outer(mean_M, mq_L)
+            else:
+                cc = c - mean_M
+                out_ML += cc.T @ (cc @ q_ML)
+        return out_ML / (n - 1)
+
+    m, ell = mean_M.shape[0], min(k + oversample, mean_M.shape[0])
+    gen = torch.Generator().manual_seed(seed)
+    y_ML = sigma_times(torch.randn(m, ell, generator=gen, dtype=torch.float64))
+    for _ in range(n_power_iter):
+        y_ML = sigma_times(torch.linalg.qr(y_ML).Q)
+    q_ML = torch.linalg.qr(y_ML).Q
+    t_LL = q_ML.T @ sigma_times(q_ML)  # Rayleigh-Ritz on the captured subspace
+    return eigenspectrum(t_LL)[:k]
+
+
+# --- power-law exponent (MATH §A.4) ----------------------------------------------------------
+
+
+class PowerLawFit(NamedTuple):
+    alpha: float
+    """exponent: λ_k ∝ k^(−α); NaN when the window spans less than a decade"""
+    intercept: float
+    """b in ln λ_k = b − α ln k"""
+    fit_range: tuple[int, int]
+    """(k_lo, k_hi), 1-based ranks, inclusive"""
+    r2_loglog: float
+    """R² of the line on ~100 log-spaced ranks of the window"""
+    alpha_drift: float
+    """α(first log-half) − α(second log-half)"""
+    broken_power_law: bool
+    """|alpha_drift| > 0.2: not a single power law"""
+
+
+def default_fit_window(r: int, n_samples: int | None = None, k_lo: int = 11) -> tuple[int, int]:
+    """MATH §A.4: k_hi = min(500, ⌊r/2⌋, ⌊n/20⌋) keeps the sample-eigenvalue bias under ~0.05."""
+    k_hi = min(500, r // 2, n_samples // 20 if n_samples else r)
+    return k_lo, k_hi
+
+
+def _wls_slope(ev: np.ndarray, k_lo: int, k_hi: int) -> tuple[float, float]:
+    # Stringer's get_powerlaw: WLS in log-log with w_k = 1/k, so each decade weighs about equally.
+    k = np.arange(k_lo, k_hi + 1, dtype=np.float64)
+    a_K2 = np.stack([np.ones_like(k), np.log(k)], 1)
+    w_K1 = (1.0 / k)[:, None]
+    b0, b1 = np.linalg.solve(a_K2.T @ (a_K2 * w_K1), (a_K2 * w_K1).T @ np.log(ev[k_lo - 1 : k_hi]))
+    return float(-b1), float(b0)
+
+
+def fit_power_law(
+    eigvals: Float[Array, " r"],
+    k_lo: int = 11,
+    k_hi: int | None = None,
+    n_samples: int | None = None,
+) -> PowerLawFit:
+    """Fit ln λ_k = b − α ln k on ranks [k_lo, k_hi] by Stringer's 1/k-weighted least squares.
+
+    Default k_hi per MATH §A.4 from the numerical rank r and n_samples; an explicit k_hi is capped
+    at r. Returns NaNs if k_hi/k_lo < 10 (less than a decade cannot pin a slope).
+    The drift sign (α of the head half minus the tail half) and the 0.2 flag are [inferred].
+    """
+    ev = np.sort(_np64(eigvals))[::-1]
+    r = int(np.count_nonzero(_zero_tail(ev.copy())))
+    k_hi = default_fit_window(r, n_samples, k_lo)[1] if k_hi is None else min(k_hi, r)
+    if k_lo < 1 or k_hi < 10 * k_lo:
+        return PowerLawFit(math.nan, math.nan, (k_lo, k_hi), math.nan, math.nan, False)
+    alpha, b = _wls_slope(ev, k_lo, k_hi)
+    k_log = np.unique(np.round(np.geomspace(k_lo, k_hi, 100)).astype(int))
+    y = np.log(ev[k_log - 1])
+    resid = y - (b - alpha * np.log(k_log))
+    r2 = 1.0 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum())
+    k_mid = int(round(math.sqrt(k_lo * k_hi)))
+    drift = _wls_slope(ev, k_lo, k_mid)[0] - _wls_slope(ev, k_mid, k_hi)[0]
+    return PowerLawFit(alpha, b, (k_lo, k_hi), r2, drift, abs(drift) > 0.2)
+
+
+class AlphaBootstrap(NamedTuple):
+    alpha: float
+    """α of all groups pooled"""
+    ci95: tuple[float, float]
+    """2.5 and 97.5 percentiles of the bootstrap α's"""
+    alphas: np.ndarray
+    """[n_boot] bootstrap replicates (NaN where a replicate could not be fitted)"""
+    fit_range: tuple[int, int]
+    """window of the pooled fit, reused by every replicate"""
+
+
+def bootstrap_alpha(
+    accumulators: Sequence[CovarianceAccumulator],
+    n_boot: int = 100,
+    seed: int = 0,
+    k_lo: int = 11,
+    k_hi: int | None = None,
+) -> AlphaBootstrap:
+    """CI for α by resampling whole groups (sequences or shards) with replacement (MATH §A.4).
+
+    Tokens within a sequence are correlated, so groups, not rows, are the resampling unit. The
+    window is fixed from the pooled fit so the interval reflects sampling noise, not window moves.
+    """
+    full = CovarianceAccumulator.pooled(accumulators)
+    fit = fit_power_law(eigenspectrum(full.cov()), k_lo, k_hi, n_samples=full.n)
+    lo, hi = fit.fit_range
+    rng = np.random.default_rng(seed)
+    alphas = np.full(n_boot, math.nan)
+    if not math.isnan(fit.alpha):
+        g = len(accumulators)
+        for b in range(n_boot):
+            counts = rng.multinomial(g, np.full(g, 1.0 / g))
+            ev = eigenspectrum(CovarianceAccumulator.pooled(accumulators, counts).cov(), top_k=hi)
+            alphas[b] = fit_power_law(ev, lo, hi).alpha if np.count_nonzero(ev) >= hi else math.nan
+    ci = (
+        tuple(np.nanpercentile(alphas, [2.5, 97.5]))
+        if np.isfinite(alphas).any()
+        else (math.nan,) * 2
+    )
+    return AlphaBootstrap(fit.alpha, (float(ci[0]), float(ci[1])), alphas, fit.fit_range)
+
+
+# --- effective dimension and redundancy (MATH §A.5, all [inferred] project definitions) --------
+
+
+def participation_ratio(x: Float[Array, "d d"] | Float[Array, " r"]) -> float:
+    """PR = (Σλ)²/Σλ² from eigenvalues (1-D), or (tr Σ)²/‖Σ‖_F² from a covariance (2-D, no eigh).
+
+    [inferred] as a redundancy measure (MATH §A.5); the formula itself is standard.
+    """
+    x = _np64(x)
+    if x.ndim == 1:
+        num, den = float(x.sum()) ** 2, float((x * x).sum())
+    else:
+        num, den = float(np.trace(x)) ** 2, float((x * x).sum())
+    return num / den if den > 0 else math.nan
+
+
+def effective_rank(eigvals: Float[Array, " r"]) -> float:
+    """exp of the Shannon entropy of p_k = λ_k/Σλ [inferred]."""
+    ev = _np64(eigvals)
+    p = ev[ev > 0] / ev.sum()
+    return float(np.exp(-(p * np.log(p)).sum())) if p.size else math.nan
+
+
+def n_for_variance(eigvals: Float[Array, " r"], frac: float = 0.9) -> int:
+    """Fewest leading PCs that hold `frac` of the variance (n90 at 0.9) [inferred]."""
+    ev = np.sort(_np64(eigvals))[::-1]
+    cum = np.cumsum(ev)
+    # relative slack so that exactly-on-the-boundary cases (rank r, equal λ) are not off by one
+    return int(np.searchsorted(cum, frac * cum[-1] * (1 - 1e-12)) + 1)
+
+
+def rho_pr(x: Float[Array, "d d"] | Float[Array, " r"], d_amb: int | None = None) -> float:
+    """1 − PR/D_amb [inferred]: ≈ γ/(1+γ) for white noise, → 1 − 1/D_amb for rank 1.
+
+    D_amb defaults to the size of x; for SAE latents pass the number of live latents.
+    """
+    return 1.0 - participation_ratio(x) / (d_amb or _np64(x).shape[0])
+
+
+def rho_info(
+    eigvals: Float[Array, " r"], sigma2: float | None = None, d_amb: int | None = None
+) -> float:
+    """1 − C/C_max of a Gaussian channel at noise σ² [inferred] (MATH §A.5).
+
+    C = ½ Σ ln(1 + λ_k/σ²), C_max = ½ D ln(1 + λ̄/σ²), λ̄ = Σλ/D: the same power spread evenly.
+    σ² defaults to λ̄ (absolute units, not relative). Rotation invariant; in [0, 1) by Jensen.
+    """
+    ev = _np64(eigvals)
+    d = d_amb or ev.shape[0]
+    lam_bar = float(ev.sum()) / d
+    if lam_bar <= 0:
+        return math.nan
+    s2 = lam_bar if sigma2 is None else sigma2
+    return 1.0 - float(np.log1p(ev / s2).sum()) / (d * math.log1p(lam_bar / s2))
+
+
+def rho_offdiag(cov_DD: Float[Array, "d d"]) -> float:
+    """1 − Σ_k Σ_kk²/‖Σ‖_F² [inferred]: off-diagonal mass, 0 iff the units are uncorrelated.
+
+    The only basis-dependent measure here: it changes under rotation, α, PR and rho_info do not.
+    """
+    cov_DD = _np64(cov_DD)
+    fro2 = float((cov_DD * cov_DD).sum())
+    return 1.0 - float((np.diag(cov_DD) ** 2).sum()) / fro2 if fro2 > 0 else math.nan
+
+
+def smoothness_threshold(d_manifold: float) -> float:
+    """Stringer's bound α_crit = 1 + 2/d: a differentiable code on a d-manifold needs α > α_crit."""
+    return 1.0 + 2.0 / d_manifold
+
+
+def redundancy_summary(
+    stats: CovarianceAccumulator | Float[Array, "d d"],
+    n_samples: int | None = None,
+    d_amb: int | None = None,
+    k_lo: int = 11,
+    k_hi: int | None = None,
+    d_manifold: float = math.inf,
+    n_keep: int = 1000,
+    groups: Sequence[CovarianceAccumulator] | None = None,
+    n_boot: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The MATH §A.2 record as plain floats/lists (NaN → None), ready for json.dumps.
+
+    d_manifold sets the smoothness verdict α > 1 + 2/d (default ∞: the LM test α > 1).
+    groups (per-sequence or per-shard accumulators) adds a bootstrap alpha_ci95.
+    H_random/H_basis are left None for the caller (sae.analysis.smoothness).
+    """
+    if isinstance(stats, CovarianceAccumulator):
+        n_samples = n_samples or stats.n
+        stats = stats.cov()
+    cov_DD = _np64(stats)
+    ev = eigenspectrum(cov_DD)
+    fit = fit_power_law(ev, k_lo, k_hi, n_samples)
+    ci: tuple[float, float] | None = None
+    if groups is not None:
+        ci = bootstrap_alpha(groups, n_boot, seed, *fit.fit_range).ci95
+    d = d_amb or cov_DD.shape[0]
+    lam_bar = float(ev.sum()) / d
+    alpha_crit = smoothness_threshold(d_manifold)
+    pr = participation_ratio(cov_DD)
+    record = {
+        "n": n_samples,
+        "d": cov_DD.shape[0],
+        "d_amb": d,
+        "eigvals": ev[:n_keep],
+        **fit._asdict(),
+        "alpha_ci95": ci,
+        "alpha_crit": alpha_crit,
+        "smooth_possible": None if math.isnan(fit.alpha) else bool(fit.alpha > alpha_crit),
+        "PR": pr,
+        "PR_over_d": pr / d,
+        "eff_rank": effective_rank(ev),
+        "n90": n_for_variance(ev, 0.9),
+        "rho_PR": 1.0 - pr / d,
+        "rho_info": rho_info(ev, None, d),
+        "rho_info_0.1": rho_info(ev, 0.1 * lam_bar, d) if lam_bar > 0 else math.nan,
+        "rho_offdiag": rho_offdiag(cov_DD),
+        "H_random": None,
+        "H_basis": None,
+    }
+    return jsonable(record)
+
+
+# --- spectral fidelity of an SAE reconstruction (MATH §A.7 iii) -------------------------------
+
+
+class SpectralFidelity(NamedTuple):
+    alpha_x: float
+    alpha_x_hat: float
+    delta_alpha: float
+    """α(X̂) − α(X)"""
+    pr_ratio: float
+    """PR(X̂)/PR(X)"""
+    k: np.ndarray
+    """[K] numbers of top PCs of X"""
+    fvu_k: np.ndarray
+    """[K] E‖P_k(X − X̂)‖² / E‖P_k X_c‖²: where in X's spectrum the SAE error lives"""
+
+
+def spectral_fidelity_from_stats(
+    acc_x: CovarianceAccumulator,
+    acc_x_hat: CovarianceAccumulator,
+    acc_err: CovarianceAccumulator,
+    k_values: Sequence[int] | None = None,
+    k_lo: int = 11,
+    k_hi: int | None = None,
+) -> SpectralFidelity:
+    """Streaming form: accumulators of X, X̂ and E = X − X̂ over the same rows [inferred metric].
+
+    The numerator uses E's uncentred second moment (a constant error offset counts as error);
+    the denominator X's centred one, both normalised by n.
+    """
+    ev_x, u_DD = _eigh_desc(acc_x.cov(ddof=0), vectors=True)
+    ev_xh = eigenspectrum(acc_x_hat.cov())
+    n = acc_x.n
+    fit_x = fit_power_law(ev_x, k_lo, k_hi, n)
+    fit_xh = fit_power_law(ev_xh, *fit_x.fit_range)  # same window, so Δα is not a window effect
+    u_DD_t = torch.from_numpy(u_DD)
+    err_per_pc = ((_t64(acc_err.gram(), torch.device("cpu")) @ u_DD_t) * u_DD_t).sum(0).numpy()
+    d = ev_x.shape[0]
+    if k_values is None:
+        k_values = np.unique(np.round(np.geomspace(1, d, 30)).astype(int))
+    k = np.asarray(k_values, dtype=int)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fvu = np.cumsum(err_per_pc)[k - 1] / np.cumsum(ev_x)[k - 1]
+    pr_ratio = participation_ratio(acc_x_hat.cov()) / participation_ratio(ev_x)
+    return SpectralFidelity(fit_x.alpha, fit_xh.alpha, fit_xh.alpha - fit_x.alpha, pr_ratio, k, fvu)
+
+
+def spectral_fidelity(
+    x_ND: Float[Array, "n d"],
+    x_hat_ND: Float[Array, "n d"],
+    k_values: Sequence[int] | None = None,
+    k_lo: int = 11,
+    k_hi: int | None = None,
+) -> SpectralFidelity:
+    """α(X̂) − α(X), PR(X̂)/PR(X) and the FVU_k curve for in-memory X and X̂ (MATH §A.7 iii)."""
+    x_ND, x_hat_ND = _t64(x_ND), _t64(x_hat_ND)
+    accs = [CovarianceAccumulator().update(a) for a in (x_ND, x_hat_ND, x_ND - x_hat_ND)]
+    return spectral_fidelity_from_stats(*accs, k_values=k_values, k_lo=k_lo, k_hi=k_hi)
+
+
+def jsonable(obj: Any) -> Any:
+    """NamedTuples → dicts, arrays → lists, numpy scalars → Python, NaN/inf → None (strict JSON)."""
+    if isinstance(obj, tuple) and hasattr(obj, "_asdict"):
+        obj = obj._asdict()
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
