@@ -1,0 +1,280 @@
+"""SAE folders on disk, in the SAELens v6 layout, so every downstream tool can read them.
+
+    import sae
+    sae.io.save(model, "out/layer3", metadata={"model_name": "all-MiniLM-L6-v2",
+                                               "hook_name": "encoder.layer.3"})
+    d = sae.load("out/layer3")          # ours, or any folder SAELens wrote
+
+A folder holds `cfg.json` (SAELens keys plus our full config under "sae_config"),
+`sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec, threshold, ...) and optionally
+`sparsity.safetensors` (key "sparsity": log10 firing rate per latent). Only JSON and
+safetensors are read: no pickle, no torch.load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from sae.sae import SAE, SAEConfig
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSITY_FILE = "sparsity.safetensors"
+OUR_KEY = "sae_config"
+# SAELens reads a missing or pre-6 version as its old layout, so we declare the v6 layout.
+SAELENS_FORMAT_VERSION = "6.0.0"
+
+# SAELens architecture -> (ours, is transcoder, has skip)
+_FROM_SAELENS = {
+    "standard": ("relu", False, False),
+    "topk": ("topk", False, False),
+    "batchtopk": ("batchtopk", False, False),
+    "matryoshka_batchtopk": ("matryoshka", False, False),
+    "jumprelu": ("jumprelu", False, False),
+    "gated": ("gated", False, False),
+    "transcoder": ("relu", True, False),
+    "skip_transcoder": ("relu", True, True),
+    "jumprelu_transcoder": ("jumprelu", True, False),
+    "jumprelu_skip_transcoder": ("jumprelu", True, True),
+}
+# Folded or reversible at save time in SAELens; the other modes run at inference and we refuse.
+_NORMALIZE_OK = {None, False, "none", "expected_average_only_in", "covariance_whitening"}
+
+
+def saelens_architecture(sae: SAE) -> str:
+    """The SAELens architecture whose inference matches `sae.encode`/`decode`.
+
+    BatchTopK and Matryoshka save as JumpReLU once they have a threshold (as SAELens saves
+    them) and as TopK before. TopK transcoders have no SAELens class: "topk_transcoder"."""
+    cfg = sae.cfg
+    arch = cfg.architecture
+    kind = {"relu": "standard", "gated": "gated"}.get(arch)
+    if kind is None:
+        kind = "jumprelu" if sae.has_learned_threshold else "topk"
+    if cfg.d_out is None:
+        return kind
+    skip = "skip_" if cfg.skip_connection else ""
+    return {"standard": f"{skip}transcoder"}.get(kind, f"{kind}_{skip}transcoder")
+
+
+def _state_for_saelens(sae: SAE) -> dict[str, Tensor]:
+    state = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    if "threshold" in state and not sae.has_learned_threshold:
+        del state["threshold"]  # saved as SAELens TopK, which has no threshold
+    return state
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, write) -> None:
+    write(path)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def save(
+    sae: SAE,
+    folder: str | os.PathLike,
+    metadata: dict | None = None,
+    sparsity_log10: Tensor | None = None,
+) -> Path:
+    """Write `sae` as an SAELens v6 folder, atomically, and return its path.
+
+    Everything is written into a temporary folder beside `folder` and renamed into place, so
+    `folder` is either the old complete SAE or the new one, never half written. An existing
+    SAE folder (one with cfg.json) is replaced whole; any other non-empty folder is refused.
+    `metadata` (model_name, hook_name, ...) is merged over `sae.metadata` into cfg.json.
+    """
+    folder = Path(folder)
+    cfg = sae.cfg
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"Cannot save an SAE to {folder}: it is a file, not a folder.")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / CFG_FILE).exists():
+        raise FileExistsError(
+            f"Refusing to replace {folder}: it is not empty and holds no {CFG_FILE}, so it is "
+            "not an SAE folder; pick a new or empty folder."
+        )
+    if sparsity_log10 is not None and tuple(sparsity_log10.shape) != (cfg.d_sae,):
+        raise ValueError(
+            f"sparsity_log10 has shape {tuple(sparsity_log10.shape)}; expected ({cfg.d_sae},)."
+        )
+    meta = {"sae_lens_version": SAELENS_FORMAT_VERSION, **sae.metadata, **(metadata or {})}
+    cfg_json: dict = {
+        "architecture": saelens_architecture(sae),
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
+        "device": str(sae.W_enc.device),
+        "apply_b_dec_to_input": sae.centers_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": meta,
+    }
+    if cfg.d_out is not None:
+        cfg_json["d_out"] = cfg.d_out
+    if cfg_json["architecture"].startswith("topk"):
+        cfg_json["k"] = cfg.k
+        cfg_json["rescale_acts_by_decoder_norm"] = False
+    cfg_json[OUR_KEY] = asdict(cfg)
+    text = json.dumps(cfg_json, indent=2, allow_nan=False) + "\n"
+    state = _state_for_saelens(sae)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        _write(tmp / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+        if sparsity_log10 is not None:
+            sp = {"sparsity": sparsity_log10.detach().float().cpu().contiguous()}
+            _write(tmp / SPARSITY_FILE, lambda p: save_file(sp, str(p)))
+        _write(tmp / CFG_FILE, lambda p: p.write_text(text))
+        _fsync_dir(tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+        _fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load(
+    folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> SAE:
+    """Read an SAE folder written by `save` or by SAELens (standard, topk, batchtopk,
+    matryoshka_batchtopk, jumprelu, gated, transcoders; pre-6 SAELens cfg keys too)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SAE folder {folder} does not exist or is not a folder.")
+    for name in (CFG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not an SAE folder: it has no {name}.")
+    try:
+        raw = json.loads((folder / CFG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{folder / CFG_FILE} is not valid JSON ({e}).") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{folder / CFG_FILE} must hold a JSON object.")
+    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    if OUR_KEY in raw:
+        known = {f.name for f in fields(SAEConfig)}
+        ours = raw[OUR_KEY]
+        unknown = sorted(set(ours) - known)
+        if unknown:
+            raise ValueError(f"{folder / CFG_FILE} has unknown sae_config keys {unknown}.")
+        cfg = SAEConfig(**ours)
+        metadata = dict(raw.get("metadata") or {})
+    else:
+        cfg, state, metadata = _from_saelens(folder, raw, state)
+    model = SAE(cfg, dtype=state["W_enc"].dtype)
+    expected = set(model.state_dict())
+    optional = {"threshold"} if cfg.architecture in ("batchtopk", "matryoshka") else set()
+    missing = sorted(expected - set(state) - optional)
+    extra = sorted(set(state) - expected)
+    if missing or extra:
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE} does not fit a {cfg.architecture} SAE: "
+            f"missing {missing}, unexpected {extra}."
+        )
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        msg = str(e).splitlines()[-1].strip()
+        raise ValueError(f"{folder / WEIGHTS_FILE} does not match its cfg.json: {msg}") from None
+    model.metadata = metadata
+    return model.to(device=device, dtype=dtype)
+
+
+def _from_saelens(folder: Path, raw: dict, state: dict[str, Tensor]):
+    """Our config, state and metadata for a folder SAELens wrote (v6 or older keys)."""
+    where = folder / CFG_FILE
+    arch_name = raw.get("architecture")
+    if arch_name is None:  # pre-6 SAELens: activation_fn_str / activation_fn_kwargs
+        act = raw.get("activation_fn_str", raw.get("activation_fn", "relu"))
+        arch_name = "topk" if act == "topk" else "standard"
+    if arch_name not in _FROM_SAELENS:
+        raise ValueError(
+            f"{where} has architecture={arch_name!r}; readable ones are {', '.join(_FROM_SAELENS)}."
+        )
+    arch, is_transcoder, skip = _FROM_SAELENS[arch_name]
+    norm = raw.get("normalize_activations")
+    if norm is True:
+        norm = "expected_average_only_in"
+    if norm not in _NORMALIZE_OK:
+        raise ValueError(
+            f"{where} has normalize_activations={norm!r}, which SAELens applies at run time; "
+            "only none, expected_average_only_in and covariance_whitening (folded into the "
+            "weights) are."
+        )
+    if "W_enc" not in state or "W_dec" not in state:
+        raise ValueError(f"{folder / WEIGHTS_FILE} lacks W_enc or W_dec.")
+    d_in, d_sae = state["W_enc"].shape
+    kw: dict = {"architecture": arch, "d_in": int(d_in), "d_sae": int(d_sae)}
+    if is_transcoder:
+        kw["d_out"] = int(state["W_dec"].shape[1])
+        kw["skip_connection"] = skip
+        kw["apply_b_dec_to_input"] = False
+    else:
+        kw["apply_b_dec_to_input"] = bool(raw.get("apply_b_dec_to_input", True))
+    k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))
+    if arch in ("topk", "batchtopk", "matryoshka"):
+        if k is None or float(k) != int(k):
+            raise ValueError(f"{where} has k={k!r}; a whole number of latents is needed.")
+        kw["k"] = int(k)
+    if arch == "matryoshka":
+        widths = [int(w) for w in raw.get("matryoshka_widths") or []]
+        kw["matryoshka_prefixes"] = widths if widths[-1:] == [d_sae] else [*widths, int(d_sae)]
+
+    state = dict(state)
+    if "log_threshold" in state:  # older SAELens JumpReLU training checkpoints
+        state["threshold"] = state.pop("log_threshold").exp()
+    if "topk_threshold" in state:  # SAELens BatchTopK training checkpoints: one scalar
+        t = state.pop("topk_threshold")
+        state["threshold"] = torch.full((int(d_sae),), float(t), dtype=state["W_enc"].dtype)
+    scaling = state.pop("scaling_factor", state.pop("finetuning_scaling_factor", None))
+    if scaling is not None:  # old SAELens fine-tuning scale on latents: fold into W_dec
+        state["W_dec"] = state["W_dec"] * scaling.to(state["W_dec"].dtype)[:, None]
+    if arch in ("topk", "batchtopk", "matryoshka") and raw.get("rescale_acts_by_decoder_norm"):
+        # SAELens ranks pre * |W_dec row| (its threshold is in those units) and decodes with
+        # unit rows: folding the norms is exact.
+        n = state["W_dec"].norm(dim=1).clamp_min(1e-8)
+        state["W_enc"], state["b_enc"] = state["W_enc"] * n, state["b_enc"] * n
+        state["W_dec"] = state["W_dec"] / n[:, None]
+    try:
+        cfg = SAEConfig(**kw)
+    except ValueError as e:
+        raise ValueError(f"{where} describes an invalid SAE: {e}") from None
+
+    metadata = dict(raw.get("metadata") or {})
+    renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index"}
+    for key, value in raw.items():  # pre-6 SAELens kept these at the top level
+        key = renames.get(key, key)
+        if key in ("model_name", "hook_name", "hook_layer", "hook_head_index", "dataset_path"):
+            metadata.setdefault(key, value)
+    return cfg, state, metadata

@@ -1,0 +1,239 @@
+"""Training losses for every SAE architecture, and the estimators they need.
+
+`training_forward(sae, x, target, dead_mask, sparsity_scale)` is what `SAE.training_forward`
+calls. The reconstruction term is always the FVU: squared error summed over dimensions, mean
+over the batch, divided by the target's variance about its batch mean (summed over dimensions).
+It reads as "fraction of variance unexplained" and makes the loss independent of the scale of
+the activations, so one learning rate serves every layer and model (as in EleutherAI/sparsify).
+
+TopK-family decoders run as sparse bags (`F.embedding_bag`): k*B rows of W_dec are gathered
+instead of multiplying a mostly-zero [B, d_sae] matrix, forward and backward.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from sae.sae import SAE, TrainOutput
+
+# Momentum of the running BatchTopK threshold estimate (as SAELens's topk_threshold_lr).
+THRESHOLD_EMA = 0.01
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """z * H(z - theta) with the pseudo-derivative of Rajamanoharan et al. 2024 (eq. 11):
+    d/dz = H(z - theta); d/dtheta = -(theta / eps) * K((z - theta) / eps), K the rectangle
+    kernel of width 1, so only pre-activations within eps/2 of the threshold teach it."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad_out * (pre > threshold).to(grad_out.dtype)
+        near = ((pre - threshold).abs() < eps / 2).to(grad_out.dtype)
+        grad_thr = -(threshold / eps) * near * grad_out
+        return grad_pre, grad_thr.reshape(-1, pre.shape[-1]).sum(0), None
+
+
+class StepFn(torch.autograd.Function):
+    """H(z - theta) with d/dtheta = -(1/eps) K((z - theta)/eps) and no gradient to z
+    (Rajamanoharan et al. 2024 eq. 12): the L0 penalty moves thresholds, not the encoder."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = ((pre - threshold).abs() < eps / 2).to(grad_out.dtype)
+        grad_thr = -(1.0 / eps) * near * grad_out
+        return None, grad_thr.reshape(-1, pre.shape[-1]).sum(0), None
+
+
+def total_variance(t_BO: Tensor) -> Tensor:
+    """Variance of the rows about their mean, summed over dimensions (the FVU denominator)."""
+    return (t_BO - t_BO.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+
+
+def fvu(x_hat_BO: Tensor, t_BO: Tensor, var: Tensor) -> Tensor:
+    return (x_hat_BO - t_BO).pow(2).sum(-1).mean() / var
+
+
+def bag_decode(idx_BK: Tensor, vals_BK: Tensor, W_dec_SO: Tensor) -> Tensor:
+    """sum_k vals[b, k] * W_dec[idx[b, k]] for each row b, without a dense [B, d_sae]."""
+    return F.embedding_bag(
+        idx_BK, W_dec_SO, mode="sum", per_sample_weights=vals_BK.to(W_dec_SO.dtype)
+    )
+
+
+@torch.no_grad()
+def geometric_median(x_ND: Float[Tensor, "N D"], iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """Point minimising the summed Euclidean distance to the rows (Weiszfeld's algorithm,
+    computed in float64)."""
+    x = x_ND.double()
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-12)
+        m_new = (w[:, None] * x).sum(0) / w.sum()
+        done = (m_new - m).norm() <= tol * m.norm().clamp_min(1e-12)
+        m = m_new
+        if done:
+            break
+    return m.to(x_ND.dtype)
+
+
+def auxk_loss(sae: SAE, pre_BS: Tensor, residual_BO: Tensor, dead_mask_S: Tensor | None) -> Tensor:
+    """AuxK (Gao et al. 2024 §A.2): the top aux_k dead latents reconstruct the main model's
+    residual (detached), scored as FVU of that residual so the coefficient is scale free."""
+    zero = pre_BS.new_zeros(())
+    if dead_mask_S is None:
+        return zero
+    n_dead = int(dead_mask_S.sum())
+    if n_dead == 0:
+        return zero
+    k_aux = min(sae.cfg.k_aux, n_dead)
+    dead_idx = dead_mask_S.to(pre_BS.device).nonzero().squeeze(1)
+    vals_BK, pos_BK = pre_BS[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
+    e_hat_BO = bag_decode(dead_idx[pos_BK], vals_BK.relu(), sae.W_dec)
+    e_BO = residual_BO.detach().float()
+    return sae.cfg.aux_coefficient * fvu(e_hat_BO.float(), e_BO, total_variance(e_BO))
+
+
+def batch_topk(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k*B largest ReLU activations over the whole batch (Bussmann et al. 2024 §3).
+
+    Returns candidate latent indices idx_BM and values vals_BM, zero where not kept, so that
+    exactly k*B entries are kept (fewer if fewer are positive). The cut is found among each
+    row's top M = 4k; it is exact unless a row keeps all M candidates, in which case M grows
+    (a row's other entries are no larger than its smallest candidate)."""
+    B, S = pre_BS.shape
+    m = min(S, 4 * k)
+    while True:
+        if m >= S:
+            vals_BM = pre_BS.relu()
+            idx_BM = torch.arange(S, device=pre_BS.device).expand(B, S).contiguous()
+        else:
+            vals_BM, idx_BM = pre_BS.topk(m, dim=-1, sorted=False)
+            vals_BM = vals_BM.relu()
+        pos_N = vals_BM.detach().flatten().topk(k * B, sorted=False).indices
+        keep_BM = torch.zeros(B * vals_BM.shape[1], dtype=torch.bool, device=pre_BS.device)
+        keep_BM = keep_BM.scatter_(0, pos_N, True).view(B, -1)
+        if m >= S or not bool(keep_BM.all(dim=1).any()):
+            return idx_BM, vals_BM * keep_BM
+        m = min(S, 4 * m)
+
+
+@torch.no_grad()
+def update_threshold(sae: SAE, vals: Tensor) -> None:
+    """Running estimate of the smallest kept activation, used as a JumpReLU threshold at
+    inference (Bussmann et al. 2024 §3). The first batch sets it; later ones move it by EMA."""
+    pos = vals[vals > 0]
+    if pos.numel() == 0:
+        return
+    m = pos.min().to(sae.threshold.dtype)
+    if sae.has_learned_threshold:
+        sae.threshold.mul_(1 - THRESHOLD_EMA).add_(THRESHOLD_EMA * m)
+    else:
+        sae.threshold.fill_(m)
+
+
+def training_forward(
+    sae: SAE,
+    x_BD: Float[Tensor, "B d_in"],
+    target_BO: Float[Tensor, "B d_out"] | None = None,
+    dead_mask_S: Tensor | None = None,
+    sparsity_scale: float = 1.0,
+) -> TrainOutput:
+    """Loss of one batch; see `TrainOutput` for each field. Updates the BatchTopK threshold
+    estimate and clamps the JumpReLU threshold at zero as side effects."""
+    from sae.sae import TrainOutput
+
+    cfg = sae.cfg
+    arch = cfg.architecture
+    if arch == "gated":
+        raise ValueError(
+            "architecture='gated' is inference-only (to read SAELens gated SAEs); train relu, "
+            "topk, batchtopk, jumprelu or matryoshka instead."
+        )
+    if target_BO is None:
+        if cfg.d_out is not None:
+            raise ValueError(f"target is required for a transcoder (d_out={cfg.d_out}).")
+        target_BO = x_BD
+    if x_BD.ndim != 2 or x_BD.shape[0] < 2:
+        raise ValueError(f"x has shape {tuple(x_BD.shape)}; training needs [B >= 2, d_in].")
+    if target_BO.shape != (x_BD.shape[0], cfg.width_out):
+        raise ValueError(
+            f"target has shape {tuple(target_BO.shape)}; expected ({x_BD.shape[0]}, "
+            f"{cfg.width_out})."
+        )
+    t_BO = target_BO
+    var = total_variance(t_BO.float())  # FVU denominator, in float32 even under autocast
+    pre_BS = sae.pre_activations(x_BD)
+    base_BO = sae.b_dec + sae.skip(x_BD)
+    zero = pre_BS.new_zeros(())
+    sparsity = aux = zero
+    inner = []
+
+    if arch == "relu":
+        latents_BS = pre_BS.relu()
+        x_hat_BO = latents_BS @ sae.W_dec + base_BO
+        # Anthropic April 2024 update: L1 of each latent times its decoder row norm, so the
+        # penalty cannot be dodged by shrinking activations and growing decoder rows. Divided
+        # by the target's RMS norm to stay scale free like the FVU.
+        l1 = (latents_BS * sae.W_dec.norm(dim=1)).sum(-1).mean() / var.sqrt()
+        sparsity = cfg.l1_coefficient * sparsity_scale * l1
+        latents_BS = latents_BS.detach()
+    elif arch == "jumprelu":
+        with torch.no_grad():  # a negative threshold would let negative pre-activations through
+            sae.threshold.clamp_(min=0.0)
+        thr = sae.threshold.to(pre_BS.dtype)
+        latents_BS = JumpReLUFn.apply(pre_BS, thr, cfg.jumprelu_bandwidth)
+        x_hat_BO = latents_BS @ sae.W_dec + base_BO
+        l0 = StepFn.apply(pre_BS, thr, cfg.jumprelu_bandwidth).sum(-1).mean()
+        if cfg.target_l0 is not None:
+            # Penalise distance from a target L0 instead of L0 itself (as the JumpReLU trainer
+            # of saprmarks/dictionary_learning does).
+            l0 = (l0 / cfg.target_l0 - 1).pow(2)
+        sparsity = cfg.l0_coefficient * sparsity_scale * l0
+        latents_BS = latents_BS.detach()
+    else:  # TopK family
+        if arch == "topk":
+            # Gao et al. 2024 §2.3: keep the k largest pre-activations (then ReLU).
+            vals_BK, idx_BK = pre_BS.topk(cfg.k, dim=-1, sorted=False)
+            vals_BK = vals_BK.relu()
+            x_hat_BO = bag_decode(idx_BK, vals_BK, sae.W_dec) + base_BO
+            latents_BS = torch.zeros_like(pre_BS).scatter_(-1, idx_BK, vals_BK.detach())
+        else:
+            idx_BM, vals_BM = batch_topk(pre_BS, cfg.k)
+            x_hat_BO = bag_decode(idx_BM, vals_BM, sae.W_dec) + base_BO
+            latents_BS = torch.zeros_like(pre_BS).scatter_(-1, idx_BM, vals_BM.detach())
+            if arch == "matryoshka":
+                # Bussmann et al. 2025 §3: every nested prefix of latents must reconstruct
+                # the target on its own; the loss sums their reconstruction losses.
+                for m in cfg.matryoshka_prefixes[:-1]:
+                    vals_m = vals_BM * (idx_BM < m).to(vals_BM.dtype)
+                    x_m = bag_decode(idx_BM, vals_m, sae.W_dec) + base_BO
+                    inner.append(fvu(x_m.float(), t_BO.float(), var))
+            if sae.training:
+                update_threshold(sae, vals_BM.detach())
+        aux = auxk_loss(sae, pre_BS, t_BO - x_hat_BO, dead_mask_S)
+
+    mse = fvu(x_hat_BO.float(), t_BO.float(), var)
+    loss = mse + sparsity + aux + sum(inner, zero)
+    return TrainOutput(loss, mse, sparsity, aux, x_hat_BO, latents_BS)

@@ -1,0 +1,379 @@
+"""SAE architectures: shapes, invariants and known answers. Small, seeded, CPU."""
+
+import pytest
+import torch
+
+from sae.losses import JumpReLUFn, StepFn, batch_topk, geometric_median
+from sae.sae import SAE, SAEConfig
+
+D, S, K = 16, 48, 5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny matmuls only slow down with threads, badly so when other jobs share the cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(arch: str, seed: int = 0, **kw) -> SAE:
+    """An SAE with every parameter perturbed, so no test passes by symmetry or zeros."""
+    torch.manual_seed(seed)
+    if arch == "matryoshka":
+        kw.setdefault("matryoshka_prefixes", [8, 24, S])
+    sae = SAE(SAEConfig(architecture=arch, d_in=D, d_sae=S, k=K, **kw))
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+            if name == "threshold":
+                p.copy_(0.2 * torch.rand_like(p))
+    return sae
+
+
+def data(n: int = 64, seed: int = 1, d: int = D) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) + 0.3
+
+
+def with_threshold(sae: SAE) -> SAE:
+    # Other data than the checks use: on the same data one pre-activation sits exactly on
+    # the threshold, and any rounding flips it.
+    sae.training_forward(data(seed=7))
+    assert sae.has_learned_threshold
+    return sae
+
+
+# ---- config -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(architecture="topkk"), "architecture='topkk'"),
+        (dict(k=4000, d_sae=3072), "k=4000 must be at least 1 and smaller than d_sae=3072"),
+        (dict(k=0), "k=0"),
+        (dict(k=8.0), "k=8.0 must be a whole number"),
+        (dict(d_in=0), "d_in=0"),
+        (dict(d_sae=2.5), "d_sae=2.5"),
+        (dict(architecture="relu", l1_coefficient=-1.0), "l1_coefficient=-1.0"),
+        (dict(aux_coefficient=float("nan")), "aux_coefficient=nan"),
+        (dict(architecture="jumprelu", jumprelu_bandwidth=0.0), "jumprelu_bandwidth=0.0"),
+        (dict(architecture="jumprelu", target_l0=0.0), "target_l0=0.0"),
+        (dict(skip_connection=True), "skip_connection=True needs d_out"),
+        (dict(architecture="matryoshka"), "matryoshka_prefixes=[]"),
+        (dict(architecture="matryoshka", matryoshka_prefixes=[8, 4, 64]), "strictly ascending"),
+        (dict(architecture="matryoshka", matryoshka_prefixes=[8, 32]), "end at d_sae=64"),
+        (dict(aux_k=0), "aux_k=0"),
+        (dict(architecture="gated", d_out=8), "d_out=8"),
+    ],
+)
+def test_config_errors_name_field_value_and_rule(kw, words):
+    """Pins: bad configs must stop before any work, with one sentence naming the value."""
+    base = dict(d_in=16, d_sae=64, k=8)
+    with pytest.raises(ValueError, match=None) as e:
+        SAEConfig(**{**base, **kw})
+    assert words in str(e.value)
+
+
+def test_d_in_may_wait_for_the_data_but_not_past_construction():
+    """Pins: configs name d_in=None until the activations are seen; building must refuse it."""
+    cfg = SAEConfig(d_in=None, d_sae=64)
+    with pytest.raises(ValueError, match="d_in=None"):
+        SAE(cfg)
+
+
+def test_fields_for_other_architectures_are_ignored():
+    """Pins: a sweep config that sets k for a relu SAE must not fail on k >= d_sae."""
+    SAEConfig(architecture="relu", d_in=8, d_sae=8, k=100)
+
+
+# ---- activations ------------------------------------------------------------------------------
+
+
+def test_topk_keeps_exactly_k_per_row():
+    """Pins: TopK must keep exactly k latents per token, at inference and in training."""
+    sae, x = make("topk"), data()
+    assert ((sae.encode(x) != 0).sum(-1) == K).all()
+    assert ((sae.training_forward(x).latents != 0).sum(-1) == K).all()
+
+
+def test_batchtopk_keeps_k_times_batch_in_training_and_learns_a_threshold():
+    """Pins: BatchTopK keeps k*B activations over the batch (not k per row), and leaves a
+    threshold so inference needs no batch (Bussmann et al. 2024)."""
+    sae, x = make("batchtopk"), data(n=64)
+    assert not sae.has_learned_threshold
+    latents = sae.training_forward(x).latents
+    nonzero = (latents != 0).sum(-1)
+    assert nonzero.sum() == K * 64 and nonzero.min() < nonzero.max()
+    assert sae.has_learned_threshold
+    assert torch.allclose(sae.threshold, latents[latents > 0].min().expand(S))
+    pre = sae.pre_activations(x)
+    expected = pre.relu() * (pre > sae.threshold)
+    assert torch.equal(sae.encode(x), expected)
+
+
+@pytest.mark.parametrize("hot_rows", [0, 1, 3])
+def test_batch_topk_equals_brute_force_global_topk(hot_rows):
+    """Pins: the candidate shortcut (each row's top 4k) must give the exact global top k*B,
+    also when a few rows hold most of the batch's largest activations."""
+    pre = torch.randn(32, 200, generator=torch.Generator().manual_seed(3))
+    pre[:hot_rows] += 10.0
+    idx, vals = batch_topk(pre, 4)
+    got = torch.zeros_like(pre).scatter_(-1, idx, vals)
+    v, flat = pre.relu().flatten().topk(4 * 32)
+    want = torch.zeros(32 * 200).scatter_(0, flat, v).view(32, 200)
+    assert torch.equal(got, want)
+
+
+def test_batchtopk_uses_per_row_topk_before_a_threshold_exists():
+    """Pins: an untrained BatchTopK must not encode with a zero threshold (a dense ReLU)."""
+    sae, x = make("batchtopk"), data()
+    assert ((sae.encode(x) != 0).sum(-1) == K).all()
+
+
+def test_batchtopk_threshold_is_frozen_in_eval_mode():
+    """Pins: evaluation batches must not move the inference threshold."""
+    sae = with_threshold(make("batchtopk"))
+    before = sae.threshold.clone()
+    sae.eval()
+    sae.training_forward(data(seed=5))
+    assert torch.equal(sae.threshold, before)
+
+
+def test_jumprelu_ste_known_gradients():
+    """Pins the pseudo-derivatives of Rajamanoharan et al. 2024 eqs. 11-12 on hand values:
+    only pre-activations within bandwidth/2 of the threshold teach it."""
+    pre = torch.tensor([[0.50, 0.70, 0.10]], requires_grad=True)
+    thr = torch.tensor([0.502, 0.30, 0.50], requires_grad=True)
+    eps = 0.01
+    JumpReLUFn.apply(pre, thr, eps).sum().backward()
+    assert torch.allclose(thr.grad, torch.tensor([-0.502 / eps, 0.0, 0.0]))
+    assert torch.equal(pre.grad, torch.tensor([[0.0, 1.0, 0.0]]))
+    thr.grad = None
+    StepFn.apply(pre, thr, eps).sum().backward()
+    assert torch.allclose(thr.grad, torch.tensor([-1 / eps, 0.0, 0.0]))
+
+
+def test_jumprelu_threshold_gets_gradient_through_the_ste():
+    """Pins: the threshold must learn from both the reconstruction and the L0 penalty."""
+    sae, x = make("jumprelu", jumprelu_bandwidth=0.5), data()
+    for l0 in (0.0, 1e-2):
+        sae.cfg.l0_coefficient = l0
+        sae.zero_grad()
+        sae.training_forward(x).loss.backward()
+        assert sae.threshold.grad is not None and sae.threshold.grad.abs().sum() > 0
+    sae.cfg.target_l0 = 3.0
+    out = sae.training_forward(x)
+    l0 = (out.latents != 0).sum(-1).float().mean()
+    assert torch.allclose(out.sparsity, 1e-2 * (l0 / 3.0 - 1) ** 2)
+
+
+def test_gated_is_inference_only():
+    sae = make("gated")
+    assert sae.encode(data()).shape == (64, S)
+    with pytest.raises(ValueError, match="inference-only"):
+        sae.training_forward(data())
+
+
+# ---- losses ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "matryoshka"])
+def test_predicting_the_mean_has_fvu_one(arch):
+    """Pins: `mse` is an FVU — an SAE that outputs the batch mean scores exactly 1."""
+    sae, x = make(arch), data()
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.b_dec.copy_(x.mean(0))
+    assert torch.allclose(sae.training_forward(x).mse, torch.tensor(1.0), atol=1e-5)
+
+
+def test_relu_l1_is_weighted_by_decoder_norms():
+    """Pins: shrinking latents while growing decoder rows must not lower the penalty
+    (Anthropic April 2024 update)."""
+    sae, x = make("relu", apply_b_dec_to_input=False), data()
+    before = sae.training_forward(x)
+    with torch.no_grad():
+        sae.W_enc.mul_(0.5)
+        sae.b_enc.mul_(0.5)
+        sae.W_dec.mul_(2.0)
+    after = sae.training_forward(x)
+    assert torch.allclose(before.sparsity, after.sparsity, rtol=1e-5)
+    assert torch.allclose(before.x_hat, after.x_hat, atol=1e-5)
+    assert torch.allclose(sae.training_forward(x, sparsity_scale=0.5).sparsity, after.sparsity / 2)
+
+
+def test_matryoshka_loss_sums_prefix_reconstructions():
+    """Pins: each nested prefix must reconstruct on its own (Bussmann et al. 2025)."""
+    sae, x = make("matryoshka"), data()
+    out = sae.training_forward(x)
+    var = (x - x.mean(0)).pow(2).sum(-1).mean()
+    total = sum(
+        ((out.latents[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2).sum(-1).mean() / var)
+        for m in sae.cfg.matryoshka_prefixes
+    )
+    assert torch.allclose(out.loss, total, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_auxk_trains_only_dead_latents(arch):
+    """Pins: AuxK is zero with no dead latents and its gradient reaches only dead ones."""
+    sae, x = make(arch), data()
+    assert sae.training_forward(x, dead_mask=torch.zeros(S, dtype=torch.bool)).aux == 0
+    dead = torch.zeros(S, dtype=torch.bool)
+    dead[:10] = True
+    sae.zero_grad()
+    out = sae.training_forward(x, dead_mask=dead)
+    assert out.aux > 0
+    out.aux.backward()
+    touched = sae.W_enc.grad.abs().sum(0) > 0
+    assert touched[:10].any() and not touched[10:].any()
+
+
+def test_transcoder_needs_target_and_skip_starts_at_zero():
+    sae = make("topk", d_out=12, skip_connection=True)
+    x, t = data(), data(d=12, seed=2)
+    with pytest.raises(ValueError, match="target is required"):
+        sae.training_forward(x)
+    assert sae.training_forward(x, t).x_hat.shape == (64, 12)
+    assert torch.equal(SAE(sae.cfg).W_skip, torch.zeros(12, D))
+    out = sae(x)
+    assert torch.allclose(out.x_hat, sae.decode(out.latents) + x @ sae.W_skip.T)
+
+
+# ---- decoder norms and folding --------------------------------------------------------------
+
+
+FOLDABLE = [
+    ("relu", {}),
+    ("jumprelu", {}),
+    ("batchtopk", {}),
+    ("matryoshka", {}),
+    ("gated", {}),
+    ("relu", {"d_out": 12, "skip_connection": True}),
+]
+
+
+@pytest.mark.parametrize("arch, kw", FOLDABLE)
+def test_fold_decoder_norm_leaves_outputs_unchanged(arch, kw):
+    """Pins: folding decoder norms into the encoder (and threshold, gate biases) must not
+    change any output, only leave unit-norm decoder rows."""
+    sae, x = make(arch, **kw), data()
+    if arch in ("batchtopk", "matryoshka"):
+        with_threshold(sae)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(S, 1) * 3 + 0.1)
+    before = sae(x)
+    sae.fold_decoder_norm()
+    after = sae(x)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(S), atol=1e-5)
+    assert torch.allclose(before.x_hat, after.x_hat, atol=1e-5)
+    assert torch.equal(before.latents != 0, after.latents != 0)
+
+
+def test_fold_decoder_norm_refuses_to_change_topk_selection():
+    """Pins: TopK ranks raw pre-activations, so folding norms would pick other latents."""
+    sae = make("topk")
+    sae.set_decoder_unit_norm()
+    sae.fold_decoder_norm()  # already unit norm: a no-op
+    with torch.no_grad():
+        sae.W_dec.mul_(2.0)
+    with pytest.raises(ValueError, match="set_decoder_unit_norm"):
+        sae.fold_decoder_norm()
+
+
+@pytest.mark.parametrize("arch, kw", [("topk", {}), ("batchtopk", {}), *FOLDABLE])
+def test_fold_input_scale_maps_raw_inputs_to_raw_outputs(arch, kw):
+    """Pins: an SAE trained on x * s, after folding s, gives on raw x the latents it gave on
+    x * s and the reconstruction divided by s (per side for a transcoder)."""
+    sae, x = make(arch, **kw), data()
+    if arch in ("batchtopk", "matryoshka"):
+        with_threshold(sae)
+    s_in, s_out = 3.7, (0.4 if "d_out" in kw else None)
+    scaled = sae(x * s_in)
+    sae.fold_input_scale(s_in, s_out)
+    raw = sae(x)
+    assert torch.allclose(raw.latents, scaled.latents, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(raw.x_hat, scaled.x_hat / (s_out or s_in), atol=1e-5, rtol=1e-5)
+
+
+def test_remove_parallel_decoder_grad_makes_grad_orthogonal_to_rows():
+    """Pins: the step must not fight the unit-norm constraint, and must keep the rest."""
+    sae, x = make("topk"), data()
+    sae.training_forward(x).loss.backward()
+    g = sae.W_dec.grad.clone()
+    sae.remove_parallel_decoder_grad()
+    unit = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    assert (sae.W_dec.grad * unit).sum(1).abs().max() < 1e-6
+    assert torch.allclose(sae.W_dec.grad, g - (g * unit).sum(1, keepdim=True) * unit)
+
+
+# ---- initialisation and training ----------------------------------------------------------
+
+
+def test_geometric_median_known_answer():
+    """Pins: on collinear points the geometric median is the ordinary median, not the mean."""
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    assert torch.allclose(geometric_median(pts), torch.tensor([1.0, 0.0]), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["mean", "geometric_median"])
+def test_init_from_data(method):
+    """Pins: b_dec at the data centre, unit decoder rows, encoder along the decoder transpose,
+    and a first reconstruction of the data's size."""
+    sae, x = make("topk"), data(n=512) * 2
+    sae.init_from_data(x, method=method)
+    centre = x.mean(0) if method == "mean" else geometric_median(x)
+    assert torch.allclose(sae.b_dec, centre, atol=1e-5)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(S), atol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(sae.W_enc.T, sae.W_dec, dim=1)
+    assert torch.allclose(cos, torch.ones(S), atol=1e-5)
+    recon = sae(x).x_hat - sae.b_dec
+    ratio = recon.pow(2).sum(-1).mean() / (x - centre).pow(2).sum(-1).mean()
+    assert torch.allclose(ratio, torch.tensor(1.0), atol=1e-4)
+
+
+def planted(n: int, g: torch.Generator, F: torch.Tensor) -> torch.Tensor:
+    """Each token mixes about 2 of 64 unit-norm true features, magnitudes in [0.5, 1.5]."""
+    on = torch.rand(n, 64, generator=g) < 2 / 64
+    return (on * (0.5 + torch.rand(n, 64, generator=g))) @ F + 0.1
+
+
+@pytest.mark.parametrize(
+    "arch, kw",
+    [
+        ("topk", {}),
+        ("batchtopk", {}),
+        ("matryoshka", {"matryoshka_prefixes": [16, 64]}),
+        ("relu", {}),
+        ("jumprelu", {"jumprelu_bandwidth": 0.05, "jumprelu_init_threshold": 0.05}),
+    ],
+)
+def test_loss_falls_on_planted_dictionary(arch, kw):
+    """Pins: the loss, estimators and decoder constraint together learn a planted dictionary
+    (d 32, 64 true features): the FVU falls at least 4x in 300 Adam steps, and TopK finds
+    most true features."""
+    g = torch.Generator().manual_seed(0)
+    F = torch.randn(64, 32, generator=g)
+    F /= F.norm(dim=1, keepdim=True)
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(architecture=arch, d_in=32, d_sae=64, k=4, **kw))
+    sae.init_from_data(planted(1024, g, F))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    unit_norm = arch != "relu"  # ReLU's penalty carries the decoder norm instead
+    first = None
+    for step in range(300):
+        out = sae.training_forward(planted(256, g, F), sparsity_scale=min(1.0, step / 50))
+        first = out.mse.item() if first is None else first
+        opt.zero_grad()
+        out.loss.backward()
+        if unit_norm:
+            sae.remove_parallel_decoder_grad()
+        opt.step()
+        if unit_norm:
+            sae.set_decoder_unit_norm()
+    assert out.mse.item() < first / 4
+    if arch == "topk":
+        W = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+        assert ((F @ W.T).max(1).values > 0.9).sum() >= 48
