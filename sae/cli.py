@@ -1,8 +1,9 @@
 """The `sae` command line: `sae COMMAND [CONFIG.yaml] [--dotted.overrides ...]`.
 
-    sae harvest                                   # built-in default (MiniLM layer 3, Python docs)
+    sae train                                     # built-in default (MiniLM layer 3, Python docs)
+    sae train configs/minilm_topk.yaml --sae.k 64 --out checkpoints/k64
     sae harvest configs/harvest.yaml --data.max-windows 512 --out caches/small
-    sae harvest --help                            # every field, its unit and its default
+    sae train --help                              # every field, its unit and its default
 
 The YAML file gives the defaults, flags override them, and the resolved config is saved beside
 every output. A bad value stops the command with one line on stderr (exit code 2) before any
@@ -24,7 +25,7 @@ USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
 
 commands:
   harvest   run the model over the data and write an activation cache
-  train     train SAEs (see its --help once available)
+  train     train one or more SAEs (live activations, a cache, or a .npy/.safetensors file)
 
 `sae COMMAND --help` lists every option with its unit and default."""
 
@@ -55,7 +56,20 @@ def _harvest(argv: list[str]) -> str:
     return str(harvest(cfg))
 
 
-COMMANDS: dict[str, Callable[[list[str]], str]] = {"harvest": _harvest}
+def _train(argv: list[str]) -> str:
+    from sae.config import TrainConfig
+    from sae.train import train
+
+    cfg = parse(TrainConfig, argv, "sae train")
+    finals = train(cfg)
+    if not finals:  # stopped by a signal after writing a checkpoint
+        sys.exit(130)
+    for folder in finals[:-1]:
+        print(folder)
+    return str(finals[-1])
+
+
+COMMANDS: dict[str, Callable[[list[str]], str]] = {"harvest": _harvest, "train": _train}
 
 
 def main(argv: list[str] | None = None) -> None:

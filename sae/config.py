@@ -12,9 +12,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
+
+from sae.sae import SAEConfig
 
 StorageDtype = Literal["float32", "float16", "bfloat16"]
 
@@ -47,13 +49,27 @@ class DataConfig:
     """where the model's BOS (CLS for BERT) goes: at the start of every window, at the start of
     every document in the packed stream, or nowhere."""
     max_windows: int | None = None
-    """stop after this many windows (all ranks together); None reads the whole source."""
+    """stop after this many windows (all ranks together, both parts); None reads everything."""
+    eval_every: int = 5
+    """every eval_every-th window is held out for evaluation (0: none held out); the default
+    holds out about 108k of the built-in corpus's 548k tokens."""
+    part: Literal["train", "eval", "all"] = "train"
+    """which windows to read: the training part, the held-out part, or all of them."""
 
     def __post_init__(self) -> None:
         _check(self.context_size >= 2, f"data.context_size={self.context_size} must be at least 2.")
         _check(
             self.max_windows is None or self.max_windows > 0,
             f"data.max_windows={self.max_windows} must be a positive number of windows or null.",
+        )
+        _check(self.eval_every >= 0, f"data.eval_every={self.eval_every} must be >= 0.")
+        _check(
+            self.part in ("train", "eval", "all"),
+            f"data.part={self.part!r} is not one of 'train', 'eval', 'all'.",
+        )
+        _check(
+            self.part != "eval" or self.eval_every > 0,
+            "data.part='eval' needs data.eval_every > 0 (no windows are held out otherwise).",
         )
         _check(
             self.bos in ("window", "document", "none"),
@@ -153,6 +169,164 @@ class HarvestConfig:
             self.dtype in typing.get_args(StorageDtype),
             f"dtype={self.dtype!r} is not one of {list(typing.get_args(StorageDtype))}.",
         )
+
+
+_SWEEP_EXTRA_KEYS = ("hook", "target_hook", "lr")
+
+
+def _default_sae() -> SAEConfig:
+    return SAEConfig(d_in=None, d_sae=3072)
+
+
+@dataclass
+class TrainConfig:
+    """`sae train`: one activation stream, one or more SAEs."""
+
+    RESUME_FREE: ClassVar[tuple[str, ...]] = (
+        "out",
+        "resume",
+        "quiet",
+        "wandb",
+        "wandb_project",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+    )
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    store: StoreConfig = field(default_factory=lambda: StoreConfig(normalize=True))
+    sae: SAEConfig = field(default_factory=_default_sae)
+    """the SAE (architecture, d_sae, k, coefficients); d_in comes from the data."""
+    hook: str | None = None
+    """hook the SAEs read; None: the first of model.hooks (or the matrix file)."""
+    target_hook: str | None = None
+    """transcoder: the hook to reconstruct (a second model hook); None trains autoencoders."""
+    sweep: list[str] = field(default_factory=list)
+    """several SAEs on one stream: each item overrides sae fields, e.g. 'k=16' 'k=64,d_sae=6144'
+    (also hook=, target_hook=, lr=)."""
+    activations: str | None = None
+    """train on an activation cache folder or a [tokens, d_in] .npy/.safetensors file."""
+    eval_activations: str | None = None
+    """held-out activations (cache or matrix file); live runs use the held-out windows."""
+    eval_tokens: int = 100_000
+    """held-out tokens scored at the end of training."""
+    total_tokens: int | None = None
+    """training tokens (all ranks); None: `epochs` passes over the data."""
+    epochs: int = 1
+    """passes over the data when total_tokens is None (each reshuffled)."""
+    lr: float | None = None
+    """Adam learning rate; None: 2e-4 / sqrt(d_sae / 16384) (Gao et al. 2024)."""
+    lr_warmup: float = 0.01
+    """fraction of steps with linear LR warm-up."""
+    lr_decay: float = 0.2
+    """fraction of final steps with linear LR decay to zero."""
+    sparsity_warmup: float = 0.05
+    """fraction of steps over which the L1/L0 coefficient ramps up from zero."""
+    adam_beta1: float = 0.9
+    """Adam first-moment decay."""
+    adam_beta2: float = 0.999
+    """Adam second-moment decay."""
+    grad_clip: float = 1.0
+    """max global gradient norm (0: no clipping)."""
+    seed: int = 0
+    """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
+    b_dec_init: Literal["mean", "geometric_median"] = "geometric_median"
+    """b_dec starts at this statistic of the first batch."""
+    dead_tokens: int = 250_000
+    """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %)."""
+    checkpoint_every: int = 0
+    """tokens between checkpoints (0: only at the end and on SIGINT/SIGTERM)."""
+    keep_checkpoints: int = 2
+    """checkpoints kept on disk (older ones are deleted)."""
+    max_nonfinite_steps: int = 10
+    """consecutive non-finite losses tolerated (each step is skipped) before the run stops."""
+    log_every: int = 10
+    """steps between log lines in metrics.jsonl (and wandb)."""
+    autocast: bool = False
+    """bf16 autocast for the SAE step (GPU)."""
+    compile: bool = False
+    """torch.compile the SAE step (GPU)."""
+    wandb: Literal["disabled", "offline", "online"] = "disabled"
+    """Weights & Biases logging mode."""
+    wandb_project: str = "sae"
+    """Weights & Biases project."""
+    out: str = "checkpoints/default"
+    """run folder: config.yaml, metrics.jsonl, checkpoints, final/<sae>/."""
+    resume: bool = False
+    """continue the run in `out` from its latest checkpoint."""
+    quiet: bool = False
+    """no progress bar."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "eval_tokens": self.eval_tokens >= 0,
+            "epochs": self.epochs >= 1,
+            "dead_tokens": self.dead_tokens > 0,
+            "log_every": self.log_every > 0,
+            "checkpoint_every": self.checkpoint_every >= 0,
+            "max_nonfinite_steps": self.max_nonfinite_steps >= 0,
+            "grad_clip": self.grad_clip >= 0,
+        }
+        for name, ok in positive.items():
+            _check(ok, f"{name}={getattr(self, name)} is out of range (see `sae train --help`).")
+        _check(
+            self.total_tokens is None or self.total_tokens > 0,
+            f"total_tokens={self.total_tokens} must be a positive number of tokens or null.",
+        )
+        _check(
+            self.lr is None or self.lr > 0, f"lr={self.lr} must be > 0 (or null for the default)."
+        )
+        for name in ("lr_warmup", "lr_decay", "sparsity_warmup"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, f"{name}={v} must be a fraction between 0 and 1.")
+        _check(
+            self.lr_warmup + self.lr_decay <= 1,
+            f"lr_warmup + lr_decay = {self.lr_warmup + self.lr_decay} must not exceed 1.",
+        )
+        _check(
+            0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,
+            f"adam betas ({self.adam_beta1}, {self.adam_beta2}) must be in [0, 1).",
+        )
+        _check(
+            self.b_dec_init in ("mean", "geometric_median"),
+            f"b_dec_init={self.b_dec_init!r} is not one of 'mean', 'geometric_median'.",
+        )
+        _check(
+            self.wandb in ("disabled", "offline", "online"),
+            f"wandb={self.wandb!r} is not one of 'disabled', 'offline', 'online'.",
+        )
+        _check(
+            not (self.target_hook and self.activations and not Path(self.activations).is_dir()),
+            "target_hook needs two hooks: train a transcoder from live activations or a cache, not a matrix file.",
+        )
+        self.sweep_items()  # parse now so a bad item stops the run before any work
+
+    def sweep_items(self) -> list[dict[str, Any]]:
+        """The sweep as override dicts ([{}] for a single SAE)."""
+        names = {f.name for f in dataclasses.fields(type(self.sae))} | set(_SWEEP_EXTRA_KEYS)
+        items = []
+        for item in self.sweep or [""]:
+            overrides: dict[str, Any] = {}
+            for part in filter(None, item.split(",")):
+                key, sep, value = part.partition("=")
+                key = key.strip().replace("-", "_")
+                _check(
+                    bool(sep) and key in names,
+                    f"sweep item {item!r}: {part!r} must be field=value with field one of {sorted(names)}.",
+                )
+                overrides[key] = yaml.safe_load(value)
+            items.append(overrides)
+        return items
+
+    def hooks_needed(self) -> list[str]:
+        """Model hooks the run must capture (live activations or a cache)."""
+        hooks = [self.hook or self.model.hooks[0]]
+        if self.target_hook:
+            hooks.append(self.target_hook)
+        for item in self.sweep_items():
+            hooks += [item[k] for k in ("hook", "target_hook") if item.get(k)]
+        return list(dict.fromkeys(hooks))
 
 
 # ---------------------------------------------------------------------------------------------

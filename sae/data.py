@@ -5,7 +5,8 @@
 Sources: the built-in corpus (Python's own English documentation: `pydoc_data.topics` plus the
 standard library's docstrings, read with `ast`), local .txt/.jsonl/.parquet files or folders,
 and Hugging Face datasets by name (streamed with `datasets.load_dataset`). Windows are
-deterministic for a given source and tokenizer, and window i belongs to rank i % world_size.
+deterministic for a given source and tokenizer. Every `eval_every`-th window is held out for
+evaluation, and the windows of each part are dealt to ranks round-robin.
 """
 
 from __future__ import annotations
@@ -208,8 +209,14 @@ class TokenWindows:
         windows = pack_windows(
             self._token_lists(docs), self.cfg.context_size, self.bos_id, self.sep_id, self.cfg.bos
         )
+        part, every = self.cfg.part, self.cfg.eval_every
+        j = 0  # index within the part: ranks deal windows of their part round-robin
         for i, window in enumerate(windows):
             if self.cfg.max_windows is not None and i >= self.cfg.max_windows:
                 return
-            if i >= start and i % self.world_size == self.rank:
+            held_out = every > 0 and i % every == every - 1
+            if (part == "train" and held_out) or (part == "eval" and not held_out):
+                continue
+            if i >= start and j % self.world_size == self.rank:
                 yield i, torch.tensor(window, dtype=torch.long)
+            j += 1

@@ -108,6 +108,10 @@ class LiveSource:
             }
             yield Piece(idx[0], rows, meta)
 
+    def count_rows(self) -> int:
+        """Rows one pass yields (tokenizing only, no forward pass)."""
+        return sum(int(self.keep_mask(w[None]).sum()) for _, w in self.windows.iter_from(0))
+
     def describe(self) -> dict:
         return {
             "kind": "live",

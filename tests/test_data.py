@@ -87,7 +87,7 @@ def test_bad_sources_fail_before_work(tmp_path, text_file):
 
 def test_rank_sharding_partitions_windows(text_file):
     """Ranks must see disjoint windows whose union is the single-process stream."""
-    cfg = DataConfig(source=text_file, context_size=16)
+    cfg = DataConfig(source=text_file, context_size=16, part="all")
     tok = _tokenizer()
     single = [(i, w.tolist()) for i, w in TokenWindows(cfg, tok)]
     shards = [[(i, w.tolist()) for i, w in TokenWindows(cfg, tok, r, 3)] for r in range(3)]
@@ -97,3 +97,34 @@ def test_rank_sharding_partitions_windows(text_file):
     assert [w.tolist() for _, w in TokenWindows(cfg, tok).iter_from(5)] == [
         w for _, w in single[5:]
     ]
+
+
+def test_held_out_windows_are_disjoint_from_training_windows(text_file):
+    """Pins evaluation leaking into training: the parts partition the windows."""
+    tok = _tokenizer()
+    idx = {
+        p: [
+            i
+            for i, _ in TokenWindows(
+                DataConfig(source=text_file, context_size=16, part=p, eval_every=4), tok
+            )
+        ]
+        for p in ("train", "eval", "all")
+    }
+    assert sorted(idx["train"] + idx["eval"]) == idx["all"]
+    assert idx["eval"] == [i for i in idx["all"] if i % 4 == 3] and idx["eval"]
+    # Ranks split the eval part evenly even when eval_every and world_size share a factor.
+    per_rank = [
+        len(
+            list(
+                TokenWindows(
+                    DataConfig(source=text_file, context_size=16, part="eval", eval_every=4),
+                    tok,
+                    r,
+                    2,
+                )
+            )
+        )
+        for r in range(2)
+    ]
+    assert abs(per_rank[0] - per_rank[1]) <= 1

@@ -1,0 +1,414 @@
+"""`sae train`: train one or more SAEs from one activation stream.
+
+    sae train                                            # built-in default: MiniLM resid_post.3, TopK
+    sae train configs/minilm_topk.yaml --sae.k 64 --out checkpoints/k64
+    sae train --activations acts.npy --eval-activations heldout.npy
+    sae train configs/sweep.yaml --sweep k=16 k=32 k=64    # three SAEs, one harvest
+    sae train --out checkpoints/k64 --resume             # continue an interrupted run
+    sae train --model.device cuda --autocast --compile   # GPU: bf16 autocast, torch.compile
+    torchrun --nproc_per_node 2 -m sae train configs/minilm_topk.yaml   # data-parallel (DDP)
+
+The loop: set LR and sparsity warm-up -> maybe checkpoint -> step every SAE -> log. The store
+normalises activations to unit mean squared norm; the scale is folded into the saved weights,
+so a saved SAE maps raw activations to raw reconstructions. The last line printed is the final
+SAE folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sae import dist
+from sae.checkpoint import (
+    latest_checkpoint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    read_checkpoint,
+    write_checkpoint,
+)
+from sae.config import ConfigError, TrainConfig, save_yaml, to_dict
+from sae.hooks import resolve_device
+from sae.io import save as save_sae
+from sae.sae import SAE
+from sae.sources import ActivationSource, LiveSource, open_source
+from sae.store import ActivationStore
+
+
+class Member:
+    """One SAE of the run with its optimizer and dead-latent counter."""
+
+    def __init__(
+        self, name: str, cfg, hook: str, target: str | None, lr: float, tcfg: TrainConfig, device
+    ):
+        self.name, self.hook, self.target, self.lr = name, hook, target, lr
+        self.sae = SAE(cfg, device=device)
+        self.opt = torch.optim.Adam(
+            self.sae.parameters(), lr=lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2)
+        )
+        self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        self.last: dict[str, float] = {}
+
+
+def _members(tcfg: TrainConfig, source: ActivationSource, device) -> list[Member]:
+    members = []
+    for i, overrides in enumerate(tcfg.sweep_items()):
+        hook = overrides.pop("hook", tcfg.hook or source.hooks[0])
+        target = overrides.pop("target_hook", tcfg.target_hook)
+        lr = overrides.pop("lr", tcfg.lr)
+        for h in [hook] + ([target] if target else []):
+            if h not in source.d:
+                raise ConfigError(
+                    f"hook {h!r} is not served by the activation source; it serves {source.hooks}."
+                )
+        d_in = source.d[hook]
+        if tcfg.sae.d_in is not None and tcfg.sae.d_in != d_in:
+            raise ConfigError(
+                f"sae.d_in={tcfg.sae.d_in} but the activations at {hook!r} have width {d_in}."
+            )
+        try:
+            cfg = dataclasses.replace(
+                tcfg.sae, **overrides, d_in=d_in, d_out=source.d[target] if target else None
+            )
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"sweep item {i} ({tcfg.sweep[i] if tcfg.sweep else 'base'}): {e}"
+            ) from None
+        if cfg.architecture == "gated":
+            raise ConfigError(
+                "sae.architecture='gated' can be loaded but not trained; choose relu, topk, batchtopk, jumprelu or matryoshka."
+            )
+        # Gao et al. 2024 §A: the best LR falls as 1/sqrt(number of latents).
+        lr = lr if lr is not None else 2e-4 / math.sqrt(cfg.d_sae / 2**14)
+        name = f"{hook}{'->' + target if target else ''}-{cfg.architecture}-{cfg.d_sae}"
+        name += f"-k{cfg.k}" if cfg.architecture in ("topk", "batchtopk", "matryoshka") else ""
+        name = name if len(tcfg.sweep_items()) == 1 else f"{i:02d}-{name}"
+        members.append(Member(name.replace("/", "_"), cfg, hook, target, lr, tcfg, device))
+    return members
+
+
+def _schedule(step: int, total_steps: int, tcfg: TrainConfig) -> tuple[float, float]:
+    """(LR multiplier, sparsity-coefficient multiplier) at `step`: linear warm-up, linear decay."""
+    warm = max(1, round(tcfg.lr_warmup * total_steps))
+    decay_start = total_steps - round(tcfg.lr_decay * total_steps)
+    lr = min(1.0, (step + 1) / warm)
+    if step >= decay_start and tcfg.lr_decay > 0:
+        lr *= max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
+    sparsity = min(1.0, (step + 1) / max(1, round(tcfg.sparsity_warmup * total_steps)))
+    return lr, sparsity
+
+
+def _rows_per_epoch(source: ActivationSource, tcfg: TrainConfig) -> int:
+    """Rows this rank sees in one pass, to size the LR schedule of a one-pass run."""
+    if isinstance(source, LiveSource):
+        if tcfg.data.source != "builtin" and not Path(tcfg.data.source).exists():
+            raise ConfigError(
+                f"data.source={tcfg.data.source!r} is streamed from the Hub; set total_tokens "
+                "(the length of one pass cannot be known in advance)."
+            )
+        return source.count_rows()
+    return source.n_rows // dist.world_size()
+
+
+class Trainer:
+    def __init__(self, tcfg: TrainConfig):
+        self.tcfg = tcfg
+        self.device = resolve_device(tcfg.model.device)
+        self.run = Path(tcfg.out)
+        self._check_run_folder()
+        hooks = tcfg.hooks_needed()
+        model_cfg = dataclasses.replace(tcfg.model, hooks=hooks) if hooks else tcfg.model
+        self.source = open_source(
+            tcfg.activations, model_cfg, tcfg.data, tcfg.store, dist.rank(), dist.world_size()
+        )
+        torch.manual_seed(tcfg.seed)
+        self.members = _members(tcfg, self.source, self.device)
+        self._forward = {
+            m.name: torch.compile(m.sae.training_forward)
+            if tcfg.compile
+            else m.sae.training_forward
+            for m in self.members
+        }
+        B, world = tcfg.store.batch_size, dist.world_size()
+        if tcfg.total_tokens is not None:
+            self.total_steps = max(1, tcfg.total_tokens // (B * world))
+        else:
+            self.total_steps = max(1, _rows_per_epoch(self.source, tcfg) * tcfg.epochs // B)
+        self.step, self.tokens, self.epoch = 0, 0, 0
+        self.store_state: dict | None = None
+        self._stop_signal: int | None = None
+        if tcfg.resume:
+            self._resume()
+
+    # -- run folder, resume -----------------------------------------------------------------
+    def _check_run_folder(self) -> None:
+        saved = self.run / "config.yaml"
+        if self.tcfg.resume:
+            if latest_checkpoint(self.run) is None:
+                raise ConfigError(
+                    f"--resume: {str(self.run)!r} holds no checkpoint to resume from."
+                )
+            import yaml
+
+            old = yaml.safe_load(saved.read_text())
+            new = to_dict(self.tcfg)
+            diff = sorted(
+                k for k in new if k not in TrainConfig.RESUME_FREE and old.get(k) != new[k]
+            )
+            if diff:
+                raise ConfigError(
+                    f"--resume: the run in {str(self.run)!r} was made with a different config "
+                    f"(differs in {diff})."
+                )
+        elif saved.exists():
+            raise ConfigError(
+                f"out={str(self.run)!r} already holds a run; pass --resume to continue it or "
+                "choose another --out."
+            )
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run)
+        state = read_checkpoint(ckpt, [m.name for m in self.members])
+        t = state["trainer"]
+        self.step, self.tokens, self.epoch = t["step"], t["tokens"], t["epoch"]
+        self.store_state = state["store_state"]
+        for m in self.members:
+            tensors = state["saes"][m.name]
+            m.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("train.")})
+            load_optimizer_tensors(m.opt, tensors)
+            m.tokens_since_fired.copy_(tensors["dead.tokens_since_fired"])
+            m.skipped_steps = t["skipped"][m.name]
+        dist.print0(f"resumed from {ckpt} at step {self.step} ({self.tokens} tokens)")
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _store(self) -> ActivationStore:
+        cfg = dataclasses.replace(self.tcfg.store, seed=self.tcfg.store.seed + self.epoch)
+        return ActivationStore(self.source, cfg, self.store_state)
+
+    def _init_from_data(self, batch: dict[str, torch.Tensor]) -> None:
+        for m in self.members:
+            x = batch[m.hook].to(self.device)
+            y = batch[m.target].to(self.device) if m.target else None
+            m.sae.init_from_data(x, y, method=self.tcfg.b_dec_init)
+
+    def _scales(self, store: ActivationStore, m: Member) -> tuple[float, float]:
+        f = store.norm_factor or {}
+        s_in = f.get(m.hook, 1.0) if self.tcfg.store.normalize else 1.0
+        s_out = f.get(m.target, 1.0) if (m.target and self.tcfg.store.normalize) else s_in
+        return s_in, s_out
+
+    def _save_sae(self, m: Member, store: ActivationStore, folder: Path, sparsity=None) -> None:
+        """Write the SAE with the store's normalisation folded in (raw activations in and out)."""
+        export = SAE(m.sae.cfg, device="cpu")
+        export.load_state_dict({k: v.detach().cpu() for k, v in m.sae.state_dict().items()})
+        s_in, s_out = self._scales(store, m)
+        export.fold_input_scale(s_in, s_out)
+        meta = {
+            "model_name": self.tcfg.model.name,
+            "hook_name": m.hook,
+            "target_hook_name": m.target,
+            "context_size": self.tcfg.data.context_size,
+            "normalization_folded": {"input_scale": s_in, "target_scale": s_out},
+            "tokens_trained": self.tokens,
+            "exclude_bos": self.tcfg.store.exclude_bos,
+            "exclude_special": self.tcfg.store.exclude_special,
+        }
+        save_sae(export, folder, metadata=meta, sparsity_log10=sparsity)
+
+    def checkpoint(self, store: ActivationStore) -> Path | None:
+        if not dist.is_main():
+            return None
+        saes = {}
+        for m in self.members:
+            tensors = {f"train.{k}": v for k, v in m.sae.state_dict().items()}
+            tensors |= optimizer_tensors(m.opt)
+            tensors["dead.tokens_since_fired"] = m.tokens_since_fired
+            saes[m.name] = (lambda folder, m=m: self._save_sae(m, store, folder), tensors)
+        trainer = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "epoch": self.epoch,
+            "skipped": {m.name: m.skipped_steps for m in self.members},
+        }
+        return write_checkpoint(
+            self.run,
+            self.tokens,
+            {"store_state": store.state_dict(), "trainer": trainer, "saes": saes},
+            keep=self.tcfg.keep_checkpoints,
+        )
+
+    # -- one optimisation step --------------------------------------------------------------
+    def _step(
+        self, m: Member, batch: dict[str, torch.Tensor], lr_mult: float, sparsity: float
+    ) -> None:
+        x = batch[m.hook].to(self.device, non_blocking=True)
+        y = batch[m.target].to(self.device, non_blocking=True) if m.target else None
+        for group in m.opt.param_groups:
+            group["lr"] = m.lr * lr_mult
+        dead = m.tokens_since_fired >= self.tcfg.dead_tokens
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
+            out = self._forward[m.name](x, y, dead, sparsity)
+        if not torch.isfinite(out.loss):
+            # Skip and count; the caller stops the run if this keeps happening.
+            m.opt.zero_grad(set_to_none=True)
+            m.nonfinite_in_a_row += 1
+            m.skipped_steps += 1
+            return
+        m.nonfinite_in_a_row = 0
+        out.loss.backward()
+        if dist.is_distributed():  # data parallel: average gradients over ranks, as DDP does
+            for p in m.sae.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(dist.all_reduce_mean(p.grad))
+        if m.sae.cfg.architecture != "relu":
+            m.sae.remove_parallel_decoder_grad()
+        if self.tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.tcfg.grad_clip)
+        m.opt.step()
+        m.opt.zero_grad(set_to_none=True)
+        if m.sae.cfg.architecture != "relu":
+            # ReLU keeps a free decoder norm and pays it in the L1 term (Anthropic, April 2024).
+            m.sae.set_decoder_unit_norm()
+        with torch.no_grad():
+            fired = (out.latents != 0).any(0)
+            m.tokens_since_fired += len(x)
+            m.tokens_since_fired[fired] = 0
+            m.last = {
+                "loss": out.loss.item(),
+                "fvu": out.mse.item(),
+                "l0": (out.latents != 0).sum(-1).float().mean().item(),
+                "dead_pct": 100.0 * dead.float().mean().item(),
+            }
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> list[Path]:
+        tcfg = self.tcfg
+        if dist.is_main():
+            self.run.mkdir(parents=True, exist_ok=True)
+            save_yaml(tcfg, self.run / "config.yaml")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda s, f: setattr(self, "_stop_signal", s))
+        metrics = open(self.run / "metrics.jsonl", "a") if dist.is_main() else None
+        wandb_run = _wandb(tcfg)
+        bar = tqdm(
+            total=self.total_steps * tcfg.store.batch_size,
+            initial=self.tokens,
+            unit="tok",
+            unit_scale=True,
+            disable=tcfg.quiet or not dist.is_main(),
+            desc="train",
+        )
+        next_ckpt = (
+            (self.tokens // tcfg.checkpoint_every + 1) * tcfg.checkpoint_every
+            if tcfg.checkpoint_every
+            else None
+        )
+        t0, tokens0 = time.perf_counter(), self.tokens
+        store = self._store()
+        while self.step < self.total_steps and self._stop_signal is None:
+            stream = iter(store)
+            for batch in stream:
+                if self.step == 0 and self.store_state is None:
+                    self._init_from_data(batch)
+                lr_mult, sparsity = _schedule(self.step, self.total_steps, tcfg)
+                for m in self.members:
+                    self._step(m, batch, lr_mult, sparsity)
+                    if m.nonfinite_in_a_row > tcfg.max_nonfinite_steps:
+                        raise RuntimeError(
+                            f"{m.name}: {m.nonfinite_in_a_row} non-finite losses in a row at step "
+                            f"{self.step}; stopped. The last good checkpoint is in {self.run}."
+                        )
+                self.step += 1
+                self.tokens += len(next(iter(batch.values()))) * dist.world_size()
+                bar.update(self.tokens - bar.n)
+                if self.step % tcfg.log_every == 0 or self.step == self.total_steps:
+                    rate = (self.tokens - tokens0) / (time.perf_counter() - t0)
+                    self._log(metrics, wandb_run, bar, rate)
+                if next_ckpt is not None and self.tokens >= next_ckpt:
+                    self.checkpoint(store)
+                    next_ckpt += tcfg.checkpoint_every
+                if self.step >= self.total_steps or self._stop_signal is not None:
+                    break
+            else:  # the stream ran dry: next epoch, reshuffled
+                self.epoch += 1
+                self.store_state = None
+                store = self._store()
+                if tcfg.total_tokens is None and self.epoch >= tcfg.epochs:
+                    break
+        bar.close()
+        self.checkpoint(store)
+        if metrics:
+            metrics.close()
+        if self._stop_signal is not None:
+            dist.print0(
+                f"stopped by signal {self._stop_signal}; resume with --resume --out {self.run}"
+            )
+            return []
+        return self._finish(store, wandb_run)
+
+    def _log(self, metrics, wandb_run, bar, rate: float) -> None:
+        record = {"step": self.step, "tokens": self.tokens, "tokens_per_s": round(rate, 1)}
+        for m in self.members:
+            record |= {f"{m.name}/{k}": round(v, 6) for k, v in m.last.items()}
+        if len(self.members) == 1:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in self.members[0].last.items()})
+        if metrics:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+        if wandb_run is not None:
+            wandb_run.log(record, step=self.step)
+
+    def _finish(self, store: ActivationStore, wandb_run) -> list[Path]:
+        from sae.evaluate import evaluate_members
+
+        results = evaluate_members(self, store)
+        finals = []
+        if dist.is_main():
+            for m in self.members:
+                folder = self.run / "final" / m.name
+                self._save_sae(
+                    m, store, folder, sparsity=results[m.name].pop("log10_density", None)
+                )
+                (folder / "train_summary.json").write_text(
+                    json.dumps(results[m.name], indent=2) + "\n"
+                )
+                finals.append(folder)
+            _print_summary(results, self)
+        if wandb_run is not None:
+            wandb_run.finish()
+        return finals
+
+
+def _wandb(tcfg: TrainConfig):
+    if tcfg.wandb == "disabled" or not dist.is_main():
+        return None
+    import wandb
+
+    return wandb.init(
+        project=tcfg.wandb_project, mode=tcfg.wandb, config=to_dict(tcfg), dir=tcfg.out
+    )
+
+
+def _print_summary(results: dict, trainer: Trainer) -> None:
+    print(f"\n{'sae':40s} {'held-out FVU':>12s} {'L0':>7s} {'dead %':>7s} {'skipped':>7s}")
+    for m in trainer.members:
+        r = results[m.name]
+        print(
+            f"{m.name:40s} {r['fvu']:12.4f} {r['l0']:7.1f} {r['dead_pct']:7.2f} {m.skipped_steps:7d}"
+        )
+    print(
+        f"({results[trainer.members[0].name]['eval_tokens']} held-out tokens from {results[trainer.members[0].name]['eval_source']})"
+    )
+
+
+def train(tcfg: TrainConfig) -> list[Path]:
+    return Trainer(tcfg).fit()

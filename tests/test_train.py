@@ -1,0 +1,201 @@
+"""`sae train`: end to end on matrix files and tiny live models; exact resume; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import sae
+from sae.cli import main
+from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig, TrainConfig
+from sae.sae import SAEConfig
+from sae.train import Trainer, train
+
+
+def _planted(tmp_path, n=12_000, d=16, n_feat=48, k=3, seed=0, name="acts.npy"):
+    """Sparse combinations of a planted unit dictionary, offset from the origin."""
+    g = torch.Generator().manual_seed(seed)
+    dictionary = torch.randn(n_feat, d, generator=g)
+    dictionary /= dictionary.norm(dim=1, keepdim=True)
+    idx = torch.stack([torch.randperm(n_feat, generator=g)[:k] for _ in range(n)])
+    coef = torch.rand(n, k, generator=g) * 2 + 0.5
+    x = torch.einsum("nk,nkd->nd", coef, dictionary[idx]) + 3.0
+    np.save(tmp_path / name, x.numpy())
+    return str(tmp_path / name)
+
+
+def _cfg(tmp_path, acts, out="run", **kw) -> TrainConfig:
+    base = dict(
+        activations=acts,
+        sae=SAEConfig(d_in=None, d_sae=64, k=3),
+        store=StoreConfig(buffer_tokens=2048, batch_size=256, normalize=True),
+        out=str(tmp_path / out),
+        quiet=True,
+        log_every=5,
+        dead_tokens=2000,
+    )
+    return TrainConfig(**(base | kw))
+
+
+def _weights(folder):
+    return load_file(str(folder / "sae_weights.safetensors"))
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
+    """Pins every piece of resume state: params, Adam moments, step, schedule, store, counters."""
+    acts = _planted(tmp_path)
+    full = train(_cfg(tmp_path, acts, "full", epochs=2))[0]
+
+    real_step = Trainer._step
+
+    def stop_midway(self, m, batch, lr_mult, sparsity):
+        real_step(self, m, batch, lr_mult, sparsity)
+        if self.step == 57:  # inside the second epoch, not on a checkpoint boundary
+            self._stop_signal = 2
+
+    monkeypatch.setattr(Trainer, "_step", stop_midway)
+    assert train(_cfg(tmp_path, acts, "cut", epochs=2)) == []
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    resumed = train(_cfg(tmp_path, acts, "cut", epochs=2, resume=True))[0]
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_trained_sae_reconstructs_raw_activations_and_loads(tmp_path, capsys):
+    """Normalisation must be folded: sae.load(folder) works on raw activations."""
+    acts = _planted(tmp_path)
+    held = _planted(tmp_path, n=3000, seed=0, name="held.npy")  # same dictionary, other draws
+    main(
+        [
+            "train",
+            "--activations",
+            acts,
+            "--eval-activations",
+            held,
+            "--out",
+            str(tmp_path / "cli"),
+            "--sae.d-sae",
+            "64",
+            "--sae.k",
+            "3",
+            "--store.batch-size",
+            "256",
+            "--store.buffer-tokens",
+            "2048",
+            "--epochs",
+            "4",
+            "--quiet",
+        ]
+    )
+    folder = capsys.readouterr().out.strip().splitlines()[-1]
+    model = sae.load(folder)
+    x = torch.from_numpy(np.load(held))
+    out = model(x)
+    fvu = ((x - out.x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    summary = json.loads(open(f"{folder}/train_summary.json").read())
+    assert abs(fvu.item() - summary["fvu"]) < 1e-3
+    assert summary["fvu"] < 0.5 and summary["eval_tokens"] == 3000  # predicting the mean gives 1
+    assert (out.latents != 0).sum(-1).max() <= 3
+    cfg = json.loads(open(f"{folder}/cfg.json").read())
+    assert cfg["d_in"] == 16 and cfg["d_sae"] == 64
+    lines = [json.loads(line) for line in open(tmp_path / "cli" / "metrics.jsonl")]
+    assert lines and "tokens_per_s" in lines[-1]
+
+
+def test_sweep_trains_several_saes_on_one_stream(tmp_path):
+    acts = _planted(tmp_path)
+    finals = train(
+        _cfg(tmp_path, acts, sweep=["k=2", "k=6,architecture=batchtopk", "architecture=relu"])
+    )
+    assert [f.name for f in finals] == [
+        "00-activations-topk-64-k2",
+        "01-activations-batchtopk-64-k6",
+        "02-activations-relu-64",
+    ]
+    for f in finals:
+        assert sae.load(f).cfg.d_sae == 64
+
+
+def test_live_transcoder_on_tiny_model(tiny_models, text_file, tmp_path):
+    """Transcoder: read resid_pre.1, reconstruct mlp_out.1, from live activations."""
+    cfg = TrainConfig(
+        model=ModelConfig(name=tiny_models["gpt2"], hooks=["resid_pre.1"], batch_windows=4),
+        data=DataConfig(source=text_file, context_size=16, eval_every=5),
+        store=StoreConfig(buffer_tokens=512, batch_size=128, normalize=True),
+        sae=SAEConfig(d_in=None, d_sae=64, k=4),
+        target_hook="mlp_out.1",
+        out=str(tmp_path / "tc"),
+        quiet=True,
+    )
+    folder = train(cfg)[0]
+    loaded = sae.load(folder)
+    assert loaded.cfg.d_out == 32
+    summary = json.loads((folder / "train_summary.json").read_text())
+    assert summary["eval_source"].startswith("held-out windows") and summary["eval_tokens"] > 0
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path):
+    acts = np.load(_planted(tmp_path))
+    acts[8000:8100] = np.nan  # a few poisoned rows after initialisation: their batches are skipped
+    np.save(tmp_path / "nan.npy", acts)
+    # No normalisation: a NaN in the first chunk would otherwise poison the scale itself.
+    trainer = Trainer(
+        _cfg(
+            tmp_path,
+            str(tmp_path / "nan.npy"),
+            store=StoreConfig(buffer_tokens=2048, batch_size=256),
+        )
+    )
+    finals = trainer.fit()
+    assert finals and 0 < trainer.members[0].skipped_steps < trainer.total_steps
+    np.save(tmp_path / "allnan.npy", np.full((4000, 16), np.nan, dtype=np.float32))
+    with pytest.raises(RuntimeError, match="non-finite losses in a row"):
+        train(
+            _cfg(
+                tmp_path,
+                str(tmp_path / "allnan.npy"),
+                "dead",
+                max_nonfinite_steps=3,
+                store=StoreConfig(buffer_tokens=2048, batch_size=256),
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"lr": 0.0}, "lr=0.0 must be > 0"),
+        ({"sweep": ["kk=3"]}, "'kk=3' must be field=value"),
+        ({"lr_warmup": 0.9, "lr_decay": 0.5}, "must not exceed 1"),
+    ],
+)
+def test_bad_train_config_fails_at_construction(tmp_path, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(tmp_path, "x.npy", **kw)
+
+
+def test_bad_inputs_fail_before_training(tmp_path):
+    acts = _planted(tmp_path)
+    with pytest.raises(ValueError, match="k=64 must be at least 1 and smaller than d_sae=64"):
+        SAEConfig(d_in=None, d_sae=64, k=64)
+    with pytest.raises(ValueError, match="l1_coefficient=-1"):
+        SAEConfig(d_in=None, d_sae=64, architecture="relu", l1_coefficient=-1)
+    with pytest.raises(
+        ConfigError, match=r"sae.d_in=10 but the activations at 'activations' have width 16"
+    ):
+        Trainer(_cfg(tmp_path, acts, sae=SAEConfig(d_in=10, d_sae=64, k=3)))
+    train(_cfg(tmp_path, acts, "once"))
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        Trainer(_cfg(tmp_path, acts, "once"))
+    with pytest.raises(ConfigError, match=r"different config \(differs in \['sae'\]\)"):
+        Trainer(_cfg(tmp_path, acts, "once", resume=True, sae=SAEConfig(d_in=None, d_sae=32, k=3)))
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        Trainer(_cfg(tmp_path, acts, "never", resume=True))
+    with pytest.raises(SystemExit):
+        main(["train", "--activations", acts, "--sae.architecture", "sparse"])
