@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from sae.sae import SAEConfig
+from sae.synthetic import SyntheticConfig
 
 StorageDtype = Literal["float32", "float16", "bfloat16"]
 
@@ -206,7 +207,10 @@ class TrainConfig:
     """several SAEs on one stream: each item overrides sae fields, e.g. 'k=16' 'k=64,d_sae=6144'
     (also hook=, target_hook=, lr=)."""
     activations: str | None = None
-    """train on an activation cache folder or a [tokens, d_in] .npy/.safetensors file."""
+    """train on an activation cache folder, a [tokens, d_in] .npy/.safetensors file, or
+    'synthetic' (the ground-truth generator configured in `synthetic`)."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """the synthetic ground truth (MATH.md §E), used when activations='synthetic'."""
     eval_activations: str | None = None
     """held-out activations (cache or matrix file); live runs use the held-out windows."""
     eval_tokens: int = 100_000
@@ -299,6 +303,10 @@ class TrainConfig:
         _check(
             not (self.target_hook and self.activations and not Path(self.activations).is_dir()),
             "target_hook needs two hooks: train a transcoder from live activations or a cache, not a matrix file.",
+        )
+        _check(
+            self.activations != "synthetic" or self.total_tokens is not None,
+            "activations='synthetic' needs total_tokens (the generator never runs dry).",
         )
         self.sweep_items()  # parse now so a bad item stops the run before any work
 

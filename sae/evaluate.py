@@ -14,7 +14,7 @@ import torch
 
 from sae import dist
 from sae.config import StoreConfig
-from sae.sources import LiveSource, open_source
+from sae.sources import LiveSource, SyntheticSource, open_source
 from sae.store import ActivationStore
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ def _eval_store(
         exclude_bos=tcfg.store.exclude_bos,
         exclude_special=tcfg.store.exclude_special,
     )
+    if tcfg.activations == "synthetic":
+        src = SyntheticSource(tcfg.synthetic, tcfg.eval_tokens, held_out=True)
+        return ActivationStore(src, cfg), "held-out synthetic samples (disjoint generator indices)"
     if tcfg.eval_activations is not None:
         src = open_source(
             tcfg.eval_activations, tcfg.model, tcfg.data, cfg, dist.rank(), dist.world_size()

@@ -50,10 +50,10 @@ class SAEConfig:
 
     architecture: Architecture = "topk"
     """Activation and loss: relu, topk, batchtopk, jumprelu, matryoshka, or gated (load only)."""
-    d_in: int | None
+    d_in: int | None = None
     """Width of the input activations (numbers per token); None: the trainer takes it from the
     activations (an SAE cannot be built until it is set)."""
-    d_sae: int
+    d_sae: int = 3072
     """Number of latents (dictionary size)."""
     d_out: int | None = None
     """Transcoder: width of the target activations; None makes an autoencoder (target = input)."""

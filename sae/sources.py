@@ -7,6 +7,7 @@ cursor is all the store and the harvester need to resume a stream exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,6 +268,41 @@ class CacheSource(_RowFile):
         }
 
 
+SYNTHETIC_HOOK = "synthetic"
+"""hook name of the synthetic ground-truth stream (`--activations synthetic`)."""
+
+_HELD_OUT_PIECE = 10**9
+"""held-out synthetic samples come from generator indices far past any training stream."""
+
+
+class SyntheticSource(_RowFile):
+    """Sparse combinations of a known dictionary (MATH.md §E), `n_rows` long, deterministic."""
+
+    def __init__(
+        self, cfg, n_rows: int, held_out: bool = False, rank: int = 0, world_size: int = 1
+    ):
+        from sae.synthetic import SyntheticData
+
+        self.cfg, self.n_rows, self.held_out = cfg, n_rows, held_out
+        self.rank, self.world_size = rank, world_size
+        self.data = SyntheticData(cfg)
+        self.hooks, self.d = [SYNTHETIC_HOOK], {SYNTHETIC_HOOK: cfg.d_in}
+
+    def read(self, a: int, b: int):
+        # Pieces are generated whole, so batch j depends only on (seed, j): resumable anywhere.
+        j = a // _FILE_PIECE_ROWS + (_HELD_OUT_PIECE if self.held_out else 0)
+        x = self.data.sample(j, _FILE_PIECE_ROWS).x_BD
+        return {SYNTHETIC_HOOK: x[a % _FILE_PIECE_ROWS : a % _FILE_PIECE_ROWS + b - a]}, {}
+
+    def describe(self) -> dict:
+        return {
+            "kind": "synthetic",
+            "config": dataclasses.asdict(self.cfg),
+            "n_tokens": self.n_rows,
+            "held_out": self.held_out,
+        }
+
+
 def open_source(
     activations: str | None,
     model_cfg: ModelConfig,
@@ -276,6 +312,10 @@ def open_source(
     world_size: int = 1,
 ) -> ActivationSource:
     """A cache folder or matrix file when `activations` is given, else live model activations."""
+    if activations == "synthetic":
+        raise ConfigError(
+            "the synthetic source is opened by the trainer from its `synthetic` section."
+        )
     if activations is None:
         return LiveSource(model_cfg, data_cfg, store_cfg, rank, world_size)
     path = Path(activations)

@@ -38,7 +38,7 @@ from sae.config import ConfigError, TrainConfig, save_yaml, to_dict
 from sae.hooks import resolve_device
 from sae.io import save as save_sae
 from sae.sae import SAE
-from sae.sources import ActivationSource, LiveSource, open_source
+from sae.sources import ActivationSource, LiveSource, SyntheticSource, open_source
 from sae.store import ActivationStore
 
 
@@ -127,9 +127,14 @@ class Trainer:
         self._check_run_folder()
         hooks = tcfg.hooks_needed()
         model_cfg = dataclasses.replace(tcfg.model, hooks=hooks) if hooks else tcfg.model
-        self.source = open_source(
-            tcfg.activations, model_cfg, tcfg.data, tcfg.store, dist.rank(), dist.world_size()
-        )
+        if tcfg.activations == "synthetic":
+            self.source = SyntheticSource(
+                tcfg.synthetic, tcfg.total_tokens, False, dist.rank(), dist.world_size()
+            )
+        else:
+            self.source = open_source(
+                tcfg.activations, model_cfg, tcfg.data, tcfg.store, dist.rank(), dist.world_size()
+            )
         torch.manual_seed(tcfg.seed)
         self.members = _members(tcfg, self.source, self.device)
         self._forward = {
@@ -222,6 +227,9 @@ class Trainer:
             "exclude_bos": self.tcfg.store.exclude_bos,
             "exclude_special": self.tcfg.store.exclude_special,
         }
+        if self.tcfg.activations == "synthetic":  # the eval suite regenerates the true dictionary
+            meta["synthetic"] = dataclasses.asdict(self.tcfg.synthetic)
+            meta["model_name"] = meta["hook_name"] = "synthetic"
         save_sae(export, folder, metadata=meta, sparsity_log10=sparsity)
 
     def checkpoint(self, store: ActivationStore) -> Path | None:

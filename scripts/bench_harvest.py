@@ -69,18 +69,26 @@ def run(kind: str, windows: int, device: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             [sys.executable, "-c", WORKER, kind, str(windows), device, f"{tmp}/cache"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", type=int, nargs=2, default=[100_000, 400_000], help="two harvest sizes")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--tokens", type=int, nargs=2, default=[100_000, 400_000], help="two harvest sizes"
+    )
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     ctx = 128
-    print(f"machine: {resource.getpagesize()}-byte pages, python {sys.version.split()[0]}, device {args.device}")
+    print(
+        f"machine: {resource.getpagesize()}-byte pages, python {sys.version.split()[0]}, device {args.device}"
+    )
     rows = []
     for tokens in args.tokens:
         windows = tokens // ctx
@@ -90,16 +98,21 @@ def main() -> None:
             r["tokens_per_s"] = r["rows"] / r["seconds"]
             r["windows"] = windows
             rows.append(r)
-            print(f"{windows:6d} windows  {kind:8s} {r['rows']:9d} rows  {r['seconds']:7.2f} s  "
-                  f"{r['tokens_per_s']:9.0f} tok/s  peak RSS {r['peak_rss_gb']:.2f} GB  "
-                  f"(wall incl. start-up {time.perf_counter() - t:.1f} s)", flush=True)
+            print(
+                f"{windows:6d} windows  {kind:8s} {r['rows']:9d} rows  {r['seconds']:7.2f} s  "
+                f"{r['tokens_per_s']:9.0f} tok/s  peak RSS {r['peak_rss_gb']:.2f} GB  "
+                f"(wall incl. start-up {time.perf_counter() - t:.1f} s)",
+                flush=True,
+            )
     print("\nper size: harvest time vs bare truncated forward (same windows)")
     for tokens in args.tokens:
         by = {r["kind"]: r for r in rows if r["windows"] == tokens // ctx}
         over_h = by["harvest"]["seconds"] / by["bare"]["seconds"] - 1
         over_s = by["store"]["seconds"] / by["bare"]["seconds"] - 1
-        print(f"{tokens // ctx} windows: harvest overhead {over_h:+.1%}, store overhead {over_s:+.1%}, "
-              f"full/bare forward time {by['full']['seconds'] / by['bare']['seconds']:.2f}x")
+        print(
+            f"{tokens // ctx} windows: harvest overhead {over_h:+.1%}, store overhead {over_s:+.1%}, "
+            f"full/bare forward time {by['full']['seconds'] / by['bare']['seconds']:.2f}x"
+        )
 
 
 if __name__ == "__main__":
