@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     _quiet_libraries()
+    from sae import dist
+
+    dist.init_from_env()  # under torchrun: join the process group
     try:
         result = COMMANDS[command](rest)
     except ConfigError as e:
@@ -94,4 +97,5 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted; rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)
     # The last line printed is the output's path, for scripts.
-    print(Path(result))
+    if dist.is_main():
+        print(Path(result))

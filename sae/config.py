@@ -126,7 +126,8 @@ class StoreConfig:
     exclude_special: bool = True
     """drop every special token (SEP, EOS, PAD, ...), not only BOS."""
     normalize: bool = False
-    """scale batches so the mean squared norm is 1 (factor estimated on the first chunk)."""
+    """scale batches so the mean squared norm is 1 (factor estimated on the first chunk; in
+    training, rank 0's factor for every rank, folded into the saved SAE)."""
     seed: int = 0
     """seed of the shuffle; the same seed and data give the same stream."""
 

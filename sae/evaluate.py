@@ -40,6 +40,12 @@ class ReconstructionStats:
         self.l0_sum += active.sum()
         self.fired += active.sum(0)
 
+    def all_reduce(self) -> None:
+        """Sum the statistics over ranks (each scored its own share of the held-out data)."""
+        for name in ("sq_err", "sum_y", "sum_y2", "l0_sum", "fired"):
+            setattr(self, name, dist.all_reduce(getattr(self, name)))
+        self.n = int(dist.all_reduce(torch.tensor(self.n)))
+
     def result(self) -> dict:
         total_var = (self.sum_y2 - self.sum_y.pow(2) / self.n).sum()
         density = self.fired / self.n
@@ -110,7 +116,7 @@ def evaluate_members(trainer: Trainer, train_store: ActivationStore) -> dict[str
     seen = 0
     for batch in store:
         for m in trainer.members:
-            s_in, s_out = trainer._scales(train_store, m)
+            s_in, s_out = trainer._scales(m)
             x = batch[m.hook].to(trainer.device) * s_in
             y = batch[m.target].to(trainer.device) * s_out if m.target else x
             out = m.sae(x)
@@ -119,6 +125,7 @@ def evaluate_members(trainer: Trainer, train_store: ActivationStore) -> dict[str
         if seen >= trainer.tcfg.eval_tokens:
             break
     for m in trainer.members:
+        stats[m.name].all_reduce()
         r = stats[m.name].result()
         r["train_dead_pct"] = 100.0 * float(
             (m.tokens_since_fired >= trainer.tcfg.dead_tokens).double().mean()

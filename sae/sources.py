@@ -136,6 +136,11 @@ class _RowFile:
     def read(self, a: int, b: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def rank_rows(self) -> int:
+        """Rows this rank reads in one pass."""
+        starts = range(self.rank * _FILE_PIECE_ROWS, self.n_rows, self.world_size * _FILE_PIECE_ROWS)
+        return sum(min(a + _FILE_PIECE_ROWS, self.n_rows) - a for a in starts)
+
     def pieces(self, cursor: int = 0) -> Iterator[Piece]:
         start = cursor - cursor % _FILE_PIECE_ROWS
         for a in range(start, self.n_rows, _FILE_PIECE_ROWS):

@@ -35,6 +35,7 @@ from sae.checkpoint import (
     write_checkpoint,
 )
 from sae.config import ConfigError, TrainConfig, save_yaml, to_dict
+from sae.fsutil import atomic_write_text
 from sae.hooks import resolve_device
 from sae.io import save as save_sae
 from sae.sae import SAE
@@ -116,7 +117,7 @@ def _rows_per_epoch(source: ActivationSource, tcfg: TrainConfig) -> int:
                 "(the length of one pass cannot be known in advance)."
             )
         return source.count_rows()
-    return source.n_rows // dist.world_size()
+    return source.rank_rows()
 
 
 class Trainer:
@@ -147,12 +148,16 @@ class Trainer:
         if tcfg.total_tokens is not None:
             self.total_steps = max(1, tcfg.total_tokens // (B * world))
         else:
-            self.total_steps = max(1, _rows_per_epoch(self.source, tcfg) * tcfg.epochs // B)
+            steps = _rows_per_epoch(self.source, tcfg) * tcfg.epochs // B
+            # Ranks may hold a few rows more or less: all stop at the smallest count.
+            self.total_steps = max(1, int(dist.all_reduce(torch.tensor(steps), "min")))
         self.step, self.tokens, self.epoch = 0, 0, 0
+        self.scale: dict[str, float] | None = None
         self.store_state: dict | None = None
         self._stop_signal: int | None = None
         if tcfg.resume:
             self._resume()
+        dist.barrier()  # every rank has checked the run folder before rank 0 writes into it
 
     # -- run folder, resume -----------------------------------------------------------------
     def _check_run_folder(self) -> None:
@@ -185,7 +190,14 @@ class Trainer:
         state = read_checkpoint(ckpt, [m.name for m in self.members])
         t = state["trainer"]
         self.step, self.tokens, self.epoch = t["step"], t["tokens"], t["epoch"]
-        self.store_state = state["store_state"]
+        self.scale = t["scale"]
+        states = state["store_state"]["ranks"]
+        if len(states) != dist.world_size():
+            raise ConfigError(
+                f"--resume: the checkpoint was written by {len(states)} processes, this run has "
+                f"{dist.world_size()}."
+            )
+        self.store_state = states[dist.rank()]
         for m in self.members:
             tensors = state["saes"][m.name]
             m.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("train.")})
@@ -196,7 +208,11 @@ class Trainer:
 
     # -- helpers ----------------------------------------------------------------------------
     def _store(self) -> ActivationStore:
-        cfg = dataclasses.replace(self.tcfg.store, seed=self.tcfg.store.seed + self.epoch)
+        # The trainer applies the normalisation itself (self.scale), so it is one factor for
+        # all ranks and epochs, saved with the trainer state.
+        cfg = dataclasses.replace(
+            self.tcfg.store, seed=self.tcfg.store.seed + self.epoch, normalize=False
+        )
         return ActivationStore(self.source, cfg, self.store_state)
 
     def _init_from_data(self, batch: dict[str, torch.Tensor]) -> None:
@@ -204,18 +220,29 @@ class Trainer:
             x = batch[m.hook].to(self.device)
             y = batch[m.target].to(self.device) if m.target else None
             m.sae.init_from_data(x, y, method=self.tcfg.b_dec_init)
+            for t in m.sae.state_dict().values():  # replicas start equal, as under DDP
+                dist.broadcast_(t)
 
-    def _scales(self, store: ActivationStore, m: Member) -> tuple[float, float]:
-        f = store.norm_factor or {}
-        s_in = f.get(m.hook, 1.0) if self.tcfg.store.normalize else 1.0
-        s_out = f.get(m.target, 1.0) if (m.target and self.tcfg.store.normalize) else s_in
-        return s_in, s_out
+    def _scales(self, m: Member) -> tuple[float, float]:
+        """(input, target) scale the SAE was trained at: 1 unless store.normalize."""
+        f = self.scale or {}
+        s_in = f.get(m.hook, 1.0)
+        return s_in, f.get(m.target, 1.0) if m.target else s_in
+
+    def _set_scale(self, store: ActivationStore) -> None:
+        """Unit mean squared norm, from rank 0's first chunk, identical on every rank."""
+        if not self.tcfg.store.normalize:
+            self.scale = {}
+            return
+        hooks = sorted(store.norm_factor)
+        t = dist.broadcast_(torch.tensor([store.norm_factor[h] for h in hooks], dtype=torch.float64))
+        self.scale = dict(zip(hooks, t.tolist(), strict=True))
 
     def _save_sae(self, m: Member, store: ActivationStore, folder: Path, sparsity=None) -> None:
         """Write the SAE with the store's normalisation folded in (raw activations in and out)."""
         export = SAE(m.sae.cfg, device="cpu")
         export.load_state_dict({k: v.detach().cpu() for k, v in m.sae.state_dict().items()})
-        s_in, s_out = self._scales(store, m)
+        s_in, s_out = self._scales(m)
         export.fold_input_scale(s_in, s_out)
         meta = {
             "model_name": self.tcfg.model.name,
@@ -233,6 +260,7 @@ class Trainer:
         save_sae(export, folder, metadata=meta, sparsity_log10=sparsity)
 
     def checkpoint(self, store: ActivationStore) -> Path | None:
+        store_states = dist.all_gather_object(store.state_dict())  # every rank takes part
         if not dist.is_main():
             return None
         saes = {}
@@ -245,12 +273,13 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "epoch": self.epoch,
+            "scale": self.scale,
             "skipped": {m.name: m.skipped_steps for m in self.members},
         }
         return write_checkpoint(
             self.run,
             self.tokens,
-            {"store_state": store.state_dict(), "trainer": trainer, "saes": saes},
+            {"store_state": {"ranks": store_states}, "trainer": trainer, "saes": saes},
             keep=self.tcfg.keep_checkpoints,
         )
 
@@ -265,7 +294,10 @@ class Trainer:
         dead = m.tokens_since_fired >= self.tcfg.dead_tokens
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
             out = self._forward[m.name](x, y, dead, sparsity)
-        if not torch.isfinite(out.loss):
+        finite = torch.isfinite(out.loss.detach())
+        if dist.is_distributed():  # all ranks skip together, or the gradient all-reduce hangs
+            finite = dist.all_reduce(finite.to(torch.int32), "min").bool()
+        if not finite:
             # Skip and count; the caller stops the run if this keeps happening.
             m.opt.zero_grad(set_to_none=True)
             m.nonfinite_in_a_row += 1
@@ -288,6 +320,8 @@ class Trainer:
             m.sae.set_decoder_unit_norm()
         with torch.no_grad():
             fired = (out.latents != 0).any(0)
+            if dist.is_distributed():
+                fired = dist.all_reduce(fired.to(torch.int32), "max").bool()
             m.tokens_since_fired += len(x)
             m.tokens_since_fired[fired] = 0
             m.last = {
@@ -325,6 +359,9 @@ class Trainer:
         while self.step < self.total_steps and self._stop_signal is None:
             stream = iter(store)
             for batch in stream:
+                if self.scale is None:
+                    self._set_scale(store)
+                batch = {h: x * self.scale.get(h, 1.0) for h, x in batch.items()}
                 if self.step == 0 and self.store_state is None:
                     self._init_from_data(batch)
                 lr_mult, sparsity = _schedule(self.step, self.total_steps, tcfg)
@@ -341,6 +378,10 @@ class Trainer:
                 if self.step % tcfg.log_every == 0 or self.step == self.total_steps:
                     rate = (self.tokens - tokens0) / (time.perf_counter() - t0)
                     self._log(metrics, wandb_run, bar, rate)
+                if dist.is_distributed():  # a signal reaches ranks at different steps: agree
+                    flag = torch.tensor(0 if self._stop_signal is None else self._stop_signal)
+                    flag = int(dist.all_reduce(flag, "max"))
+                    self._stop_signal = flag or None
                 if next_ckpt is not None and self.tokens >= next_ckpt:
                     self.checkpoint(store)
                     next_ckpt += tcfg.checkpoint_every
@@ -379,18 +420,15 @@ class Trainer:
         from sae.evaluate import evaluate_members
 
         results = evaluate_members(self, store)
-        finals = []
+        finals = [self.run / "final" / m.name for m in self.members]
         if dist.is_main():
-            for m in self.members:
-                folder = self.run / "final" / m.name
-                self._save_sae(
-                    m, store, folder, sparsity=results[m.name].pop("log10_density", None)
-                )
-                (folder / "train_summary.json").write_text(
-                    json.dumps(results[m.name], indent=2) + "\n"
-                )
-                finals.append(folder)
+            for m, folder in zip(self.members, finals, strict=True):
+                density = results[m.name].pop("log10_density", None)
+                self._save_sae(m, store, folder, sparsity=density)
+                summary = json.dumps(results[m.name], indent=2) + "\n"
+                atomic_write_text(folder / "train_summary.json", summary)
             _print_summary(results, self)
+        dist.barrier()  # no rank leaves before the final folders exist
         if wandb_run is not None:
             wandb_run.finish()
         return finals
