@@ -26,6 +26,7 @@ USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
 commands:
   harvest   run the model over the data and write an activation cache
   train     train one or more SAEs (live activations, a cache, or a .npy/.safetensors file)
+  eval      score SAEs: `sae eval SAE_DIR [SAE_DIR ...] --suite core,synthetic --out REPORT_DIR`
 
 `sae COMMAND --help` lists every option with its unit and default."""
 
@@ -69,7 +70,13 @@ def _train(argv: list[str]) -> str:
     return str(finals[-1])
 
 
-COMMANDS: dict[str, Callable[[list[str]], str]] = {"harvest": _harvest, "train": _train}
+def _eval(argv: list[str]) -> str:
+    import sae.eval
+
+    return sae.eval.cli_main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], str]] = {"harvest": _harvest, "train": _train, "eval": _eval}
 
 
 def main(argv: list[str] | None = None) -> None:

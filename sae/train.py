@@ -253,6 +253,7 @@ class Trainer:
             "tokens_trained": self.tokens,
             "exclude_bos": self.tcfg.store.exclude_bos,
             "exclude_special": self.tcfg.store.exclude_special,
+            "data": dataclasses.asdict(self.tcfg.data),
         }
         if self.tcfg.activations == "synthetic":  # the eval suite regenerates the true dictionary
             meta["synthetic"] = dataclasses.asdict(self.tcfg.synthetic)

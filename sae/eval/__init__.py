@@ -1,0 +1,82 @@
+"""`sae eval`: score trained SAEs and write a report people can read and a JSON they can diff.
+
+    sae eval checkpoints/default/final/resid_post.3-topk-3072-k32 --out reports/default
+    sae eval checkpoints/sweep/final/* --suite core --eval-tokens 50000 --out reports/sweep
+    sae eval SAE_DIR --activations caches/l3 --out reports/cached         # no model run
+    sae eval SAE_DIR --data.source docs.jsonl --data.eval-every 4 --out reports/other-text
+    sae eval checkpoints/synthetic/final/* --suite synthetic,core --out reports/synthetic
+    sae eval SAE_DIR --device cuda --batch-windows 64 --out reports/gpu  # GPU
+    python -c "import sae.eval; print(sae.eval.cli_main(['SAE_DIR', '--out', 'r']))"
+
+Layout: `config.py` (EvalConfig), `runner.py` (check inputs, build streams, run suites),
+`base.py` (EvalTarget, EvalContext, SuiteResult, the SUITES registry), one module per suite
+(`core.py`, `synthetic.py`), `stream.py` (activation sources), `splice.py` (model runs with
+the SAE spliced in), `stats.py` (per-window sums, bootstrap), `plots.py`, `report.py`.
+A new suite is a module with `check(target)` and `run(target, ctx) -> SuiteResult` plus one
+line in `base.SUITES`.
+
+Activations. Without --activations the SAE's own model (cfg.json metadata `model_name`,
+`hook_name`, `target_hook_name`, `context_size`, `exclude_bos`, `exclude_special`) is run over
+the held-out windows (`data.part='eval'`) of its training data (metadata `data`, else the run's
+config.yaml two folders up, else the DataConfig defaults); `--data.*` flags override single
+fields. An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.
+
+report.json (schema_version 1):
+
+    schema_version: 1
+    sae_version: package version that wrote it
+    created_utc: ISO time
+    config: EvalConfig as a dict (sae_dirs, suite, activations, data, data_fields, eval_tokens,
+            n_boot, seed, device, batch_windows, out)
+    suites: [suite names run]
+    timings_s: {phase: seconds} summed over SAEs (prepare, clean forward, spliced forward, ...)
+    saes: [ per SAE:
+      name: report subfolder (folder name, '-2' ... on collision)
+      folder: absolute SAE folder
+      sae: {architecture, d_in, d_sae, d_out, k?}
+      model, hook, target_hook, tokens_trained: from cfg.json metadata
+      activations: where the scored rows came from:
+        live: {kind, model, hook, target_hook, splice_hook, data: DataConfig dict, data_origin,
+               held_out, exclude_bos, exclude_special}
+        cache / matrix: the source's describe() (path, n_tokens, d, ...) + hook, target_hook
+        synthetic: {kind, generator: SyntheticConfig dict, first_batch_index, held_out}
+      results: {suite: suite results}; figures: {suite: {name: PNG path relative to report}}
+    ]
+    frontier: null, or (>= 2 SAEs with core) {fidelity_metric, fidelity_label, figure,
+              points: [{name, l0, fvu, fvu_ci, fidelity, fidelity_ci}]}
+
+A headline number is `{value, ci95: [lo, hi] | null, n, over, unit}`: `n` counts what it is
+averaged over (`over`: tokens, predictions, positions, windows); null means not finite.
+
+core results: tokens, windows, bootstrap {resamples, unit, level, method, seed},
+  reconstruction {mse, fvu, explained_variance, cosine, l2_ratio, optimal_scale,
+                  relative_reconstruction_bias, l0} (headline numbers),
+  latents {d_sae, dead, dead_frac, dense_1pct, dense_10pct, tokens,
+           l0_histogram {values, counts}, log10_density_histogram {bin_edges, counts}},
+  downstream {kind: causal_lm | encoder | null, skipped: reason | null, baseline?, metrics:
+              causal_lm: ce_clean, ce_spliced, ce_zero_ablation, ce_mean_ablation, ce_increase,
+                         kl, ce_recovered (zero-ablation baseline), ce_recovered_mean_ablation
+              encoder: hidden_cosine, pooled_cosine}
+  Definitions: sae/eval/core.py docstring.
+synthetic results: generator, n_true_features, n_learned_features,
+  metrics {mmcs, mmcs_abs, reverse_mmcs, reverse_mmcs_abs, recovery_90, recovery_99,
+           hungarian_mcc: each {value, null}}, null {mmcs_repeats, mmcs_std, mmcs_exact,
+  mmcs_abs_exact, hungarian_exact}, max_cos_by_frequency [per true feature, most frequent first],
+  definitions.
+"""
+
+from sae.eval.base import SUITES, EvalContext, EvalTarget, SuiteResult
+from sae.eval.config import EvalConfig, parse_args
+from sae.eval.runner import cli_main, prepare, run_eval
+
+__all__ = [
+    "SUITES",
+    "EvalConfig",
+    "EvalContext",
+    "EvalTarget",
+    "SuiteResult",
+    "cli_main",
+    "parse_args",
+    "prepare",
+    "run_eval",
+]

@@ -1,0 +1,126 @@
+"""`EvalConfig`: the settings of `sae eval`, one documented field each, checked on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+from sae.config import ConfigError, DataConfig
+from sae.eval.base import SUITES
+
+_DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class EvalConfig:
+    """`sae eval SAE_DIR [SAE_DIR ...] --suite core,synthetic --out REPORT_DIR`."""
+
+    sae_dirs: tyro.conf.Positional[list[str]]
+    """SAE folders to evaluate (several give a frontier plot, e.g. checkpoints/run/final/*)."""
+    suite: str = "core"
+    """comma-separated suites to run; valid: see SUITES in sae/eval/base.py (core, synthetic)."""
+    activations: str | None = None
+    """score on this activation cache folder or [tokens, d_in] .npy/.safetensors file instead of
+    running the model (downstream fidelity then needs the model and is skipped)."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(part="eval"))
+    """held-out text for live activations; the SAE's recorded training data is the default and
+    only the data fields given on the command line override it."""
+    data_fields: tyro.conf.Suppress[list[str]] = field(default_factory=list)
+    """names of `data` fields that override the SAE's recorded data (the CLI fills this in)."""
+    eval_tokens: int = 100_000
+    """activation rows (tokens) scored per SAE; whole windows are read until this is reached."""
+    n_boot: int = 1000
+    """bootstrap resamples of windows (sequences) for the 95% intervals; 0: no intervals."""
+    seed: int = 0
+    """seed of the bootstrap resampling and of the random-dictionary nulls."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    batch_windows: int = 16
+    """windows per model forward pass (memory: causal LMs hold 2 x batch x context x vocab
+    logits in float32)."""
+    out: str = "reports/eval"
+    """report folder: report.json, report.md and PNG plots (files there are replaced)."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.sae_dirs) > 0, "give at least one SAE folder to evaluate.")
+        for d in self.sae_dirs:
+            _check(Path(d).is_dir(), f"SAE folder {d!r} does not exist or is not a folder.")
+            _check(
+                (Path(d) / "cfg.json").is_file(),
+                f"{d!r} is not an SAE folder (it has no cfg.json).",
+            )
+        names = self.suites
+        _check(len(names) > 0, f"suite={self.suite!r} names no suite; valid: {', '.join(SUITES)}.")
+        for name in names:
+            _check(
+                name in SUITES,
+                f"unknown suite {name!r} in suite={self.suite!r}; valid suites are "
+                f"{', '.join(SUITES)}.",
+            )
+        _check(
+            self.activations is None or Path(self.activations).exists(),
+            f"activations={self.activations!r} does not exist (give a cache folder or a "
+            ".npy/.safetensors file).",
+        )
+        _check(self.eval_tokens > 0, f"eval_tokens={self.eval_tokens} must be a positive count.")
+        _check(self.n_boot >= 0, f"n_boot={self.n_boot} must be >= 0 (0: no intervals).")
+        _check(self.batch_windows > 0, f"batch_windows={self.batch_windows} must be positive.")
+        _check(
+            not Path(self.out).is_file(),
+            f"out={self.out!r} is a file; the report needs a folder.",
+        )
+        for name in self.data_fields:
+            _check(
+                name in _DATA_FIELDS,
+                f"data_fields names {name!r}, which is not a data field; valid: {list(_DATA_FIELDS)}.",
+            )
+
+    @property
+    def suites(self) -> list[str]:
+        return list(dict.fromkeys(s.strip() for s in self.suite.split(",") if s.strip()))
+
+    def data_overrides(self) -> dict:
+        return {name: getattr(self.data, name) for name in self.data_fields}
+
+
+@dataclass
+class _DataArgs(DataConfig):
+    __doc__ = DataConfig.__doc__
+
+    def __post_init__(self) -> None:  # checked when the EvalConfig is built (one-line errors)
+        pass
+
+
+@dataclass
+class _EvalArgs(EvalConfig):
+    __doc__ = EvalConfig.__doc__
+    data: _DataArgs = field(default_factory=lambda: _DataArgs(part="eval"))
+    """held-out text for live activations; the SAE's recorded training data is the default and
+    only the data fields given on the command line override it."""
+
+    def __post_init__(self) -> None:  # tyro would turn a ConfigError into a multi-line box
+        pass
+
+
+def parse_args(argv: list[str]) -> EvalConfig:
+    """EvalConfig from command-line words; records which --data.* fields were given. Values are
+    checked after tyro has parsed them, so a bad one raises ConfigError (one line)."""
+    args = tyro.cli(_EvalArgs, args=argv, prog="sae eval")
+    given = []
+    for word in argv:
+        if word.startswith("--data."):
+            name = word[len("--data.") :].split("=", 1)[0].replace("-", "_")
+            if name in _DATA_FIELDS:
+                given.append(name)
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)}
+    kw["data"] = DataConfig(**dataclasses.asdict(args.data))
+    kw["data_fields"] = list(dict.fromkeys(given))
+    return EvalConfig(**kw)
