@@ -76,7 +76,11 @@ def _eval(argv: list[str]) -> str:
     return sae.eval.cli_main(argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], str]] = {"harvest": _harvest, "train": _train, "eval": _eval}
+COMMANDS: dict[str, Callable[[list[str]], str]] = {
+    "harvest": _harvest,
+    "train": _train,
+    "eval": _eval,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

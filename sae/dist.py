@@ -49,8 +49,12 @@ def init_from_env() -> None:
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if is_distributed():
         t = t.clone()
-        tdist.all_reduce(t, op={"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX,
-                                "min": tdist.ReduceOp.MIN}[op])
+        tdist.all_reduce(
+            t,
+            op={"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX, "min": tdist.ReduceOp.MIN}[
+                op
+            ],
+        )
     return t
 
 

@@ -138,7 +138,9 @@ class _RowFile:
 
     def rank_rows(self) -> int:
         """Rows this rank reads in one pass."""
-        starts = range(self.rank * _FILE_PIECE_ROWS, self.n_rows, self.world_size * _FILE_PIECE_ROWS)
+        starts = range(
+            self.rank * _FILE_PIECE_ROWS, self.n_rows, self.world_size * _FILE_PIECE_ROWS
+        )
         return sum(min(a + _FILE_PIECE_ROWS, self.n_rows) - a for a in starts)
 
     def pieces(self, cursor: int = 0) -> Iterator[Piece]:

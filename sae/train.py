@@ -235,7 +235,9 @@ class Trainer:
             self.scale = {}
             return
         hooks = sorted(store.norm_factor)
-        t = dist.broadcast_(torch.tensor([store.norm_factor[h] for h in hooks], dtype=torch.float64))
+        t = dist.broadcast_(
+            torch.tensor([store.norm_factor[h] for h in hooks], dtype=torch.float64)
+        )
         self.scale = dict(zip(hooks, t.tolist(), strict=True))
 
     def _save_sae(self, m: Member, store: ActivationStore, folder: Path, sparsity=None) -> None:

@@ -17,10 +17,28 @@ pytestmark = pytest.mark.slow
 
 
 def _torchrun(args, cwd, **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "sae", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sae",
+        "train",
+        *args,
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, **kw)
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def test_two_process_training_interrupted_and_resumed_is_bit_identical(tmp_path):
@@ -28,9 +46,23 @@ def test_two_process_training_interrupted_and_resumed_is_bit_identical(tmp_path)
     rng = np.random.default_rng(0)
     np.save(tmp_path / "a.npy", rng.standard_normal((300_000, 16), dtype=np.float32))
     np.save(tmp_path / "h.npy", rng.standard_normal((4000, 16), dtype=np.float32))
-    args = ["--activations", "a.npy", "--eval-activations", "h.npy", "--sae.d-sae", "32", "--sae.k", "4",
-            "--store.batch-size", "256", "--store.buffer-tokens", "4096", "--quiet",
-            "--checkpoint-every", "20000"]
+    args = [
+        "--activations",
+        "a.npy",
+        "--eval-activations",
+        "h.npy",
+        "--sae.d-sae",
+        "32",
+        "--sae.k",
+        "4",
+        "--store.batch-size",
+        "256",
+        "--store.buffer-tokens",
+        "4096",
+        "--quiet",
+        "--checkpoint-every",
+        "20000",
+    ]
     full = _torchrun([*args, "--out", "full"], tmp_path)
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 0, out
