@@ -262,6 +262,21 @@ class CacheSource(_RowFile):
         meta = {k: torch.cat(parts[k]) for k in ("tokens", "window", "position")}
         return rows, meta
 
+    def check_matches(self, model_name: str, hooks: list[str]) -> None:
+        """Refuse a cache made from another model, or lacking a hook the config asks for."""
+        made_with = self.manifest["model"]
+        if made_with != model_name:
+            raise ConfigError(
+                f"activation cache {str(self.path)!r} was made with model {made_with!r} but "
+                f"model.name={model_name!r}; pass --model.name {made_with} or another cache."
+            )
+        for hook in hooks:
+            if hook not in self.manifest["hooks"]:
+                raise ConfigError(
+                    f"hook {hook!r} is not in activation cache {str(self.path)!r}; it holds "
+                    f"{list(self.manifest['hooks'])}."
+                )
+
     def describe(self) -> dict:
         m = self.manifest
         return {

@@ -39,7 +39,7 @@ from sae.fsutil import atomic_write_text
 from sae.hooks import resolve_device
 from sae.io import save as save_sae
 from sae.sae import SAE
-from sae.sources import ActivationSource, LiveSource, SyntheticSource, open_source
+from sae.sources import ActivationSource, CacheSource, LiveSource, SyntheticSource, open_source
 from sae.store import ActivationStore
 
 
@@ -63,7 +63,8 @@ class Member:
 def _members(tcfg: TrainConfig, source: ActivationSource, device) -> list[Member]:
     members = []
     for i, overrides in enumerate(tcfg.sweep_items()):
-        hook = overrides.pop("hook", tcfg.hook or source.hooks[0])
+        default_hook = source.hooks[0] if len(source.hooks) == 1 else tcfg.model.hooks[0]
+        hook = overrides.pop("hook", tcfg.hook or default_hook)
         target = overrides.pop("target_hook", tcfg.target_hook)
         lr = overrides.pop("lr", tcfg.lr)
         for h in [hook] + ([target] if target else []):
@@ -136,6 +137,8 @@ class Trainer:
             self.source = open_source(
                 tcfg.activations, model_cfg, tcfg.data, tcfg.store, dist.rank(), dist.world_size()
             )
+        if isinstance(self.source, CacheSource):
+            self.source.check_matches(tcfg.model.name, tcfg.hooks_needed())
         torch.manual_seed(tcfg.seed)
         self.members = _members(tcfg, self.source, self.device)
         self._forward = {

@@ -147,3 +147,15 @@ def test_cli_harvest_prints_path_last_and_errors_in_one_line(
     with pytest.raises(SystemExit):
         main(["harvest", str(yaml_path)])
     assert "unknown field 'modle'" in capsys.readouterr().err
+
+
+def test_training_refuses_a_cache_from_another_model_or_hook(tiny_models, text_file, tmp_path):
+    from sae.config import TrainConfig
+    from sae.train import Trainer
+
+    out = harvest(_cfg(tiny_models, text_file, tmp_path / "c", max_tokens=700))
+    with pytest.raises(ConfigError, match=r"was made with model .*llama.* but model.name='builtin'"):
+        Trainer(TrainConfig(activations=str(out), out=str(tmp_path / "r1")))
+    model = ModelConfig(name=tiny_models["llama"], hooks=["resid_post.0"])
+    with pytest.raises(ConfigError, match=r"hook 'resid_post.0' is not in activation cache"):
+        Trainer(TrainConfig(activations=str(out), model=model, out=str(tmp_path / "r2")))
