@@ -42,11 +42,11 @@ def _quiet_libraries() -> None:
         pass
 
 
-def parse(cls: type, argv: list[str], prog: str):
+def parse(cls: type, argv: list[str], prog: str, default=None):
     """Config from an optional leading YAML path plus tyro overrides."""
     path = argv[0] if argv and not argv[0].startswith("-") else None
     rest = argv[1:] if path else argv
-    default = load_yaml(cls, path) if path else cls()
+    default = load_yaml(cls, path) if path else (default if default is not None else cls())
     return tyro.cli(cls, default=default, args=rest, prog=prog)
 
 
@@ -58,10 +58,12 @@ def _harvest(argv: list[str]) -> str:
 
 
 def _train(argv: list[str]) -> str:
-    from sae.config import TrainConfig
+    from sae.config import BUILTIN_TOKENS, TrainConfig
     from sae.train import train
 
-    cfg = parse(TrainConfig, argv, "sae train")
+    # With no config and no activation file, the built-in default run: 1M MiniLM tokens.
+    builtin = not (argv and not argv[0].startswith("-")) and "--activations" not in argv
+    cfg = parse(TrainConfig, argv, "sae train", TrainConfig(total_tokens=BUILTIN_TOKENS) if builtin else None)
     finals = train(cfg)
     if not finals:  # stopped by a signal after writing a checkpoint
         sys.exit(130)

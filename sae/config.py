@@ -119,7 +119,7 @@ class StoreConfig:
 
     buffer_tokens: int = 262_144
     """activation rows held for shuffling (memory: about 0.75 x buffer_tokens x d_in x 4 bytes)."""
-    batch_size: int = 4096
+    batch_size: int = 1024
     """activation rows per batch."""
     exclude_bos: bool = True
     """drop BOS/CLS positions (their outlier norms dominate second moments; MATH.md §0)."""
@@ -174,6 +174,9 @@ class HarvestConfig:
 
 
 _SWEEP_EXTRA_KEYS = ("hook", "target_hook", "lr")
+BUILTIN_TOKENS = 1_000_000
+"""training tokens of the built-in default run: about 2.3 passes over the built-in corpus's
+training windows, enough to reach a held-out FVU near 0.10 (BENCHMARKS.md)."""
 
 
 def _default_sae() -> SAEConfig:
@@ -217,11 +220,13 @@ class TrainConfig:
     eval_tokens: int = 100_000
     """held-out tokens scored at the end of training."""
     total_tokens: int | None = None
-    """training tokens (all ranks); None: `epochs` passes over the data."""
+    """training tokens (all ranks); None: `epochs` passes over the data. `sae train` with no
+    config and no --activations uses BUILTIN_TOKENS."""
     epochs: int = 1
     """passes over the data when total_tokens is None (each reshuffled)."""
     lr: float | None = None
-    """Adam learning rate; None: 2e-4 / sqrt(d_sae / 16384) (Gao et al. 2024)."""
+    """Adam learning rate; None: 1.2e-3 / sqrt(d_sae / 16384) (the 1/sqrt(width) rule of Gao et
+    al. 2024, constant tuned on MiniLM at batch 1024; see BENCHMARKS.md)."""
     lr_warmup: float = 0.01
     """fraction of steps with linear LR warm-up."""
     lr_decay: float = 0.2

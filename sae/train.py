@@ -89,8 +89,9 @@ def _members(tcfg: TrainConfig, source: ActivationSource, device) -> list[Member
             raise ConfigError(
                 "sae.architecture='gated' can be loaded but not trained; choose relu, topk, batchtopk, jumprelu or matryoshka."
             )
-        # Gao et al. 2024 §A: the best LR falls as 1/sqrt(number of latents).
-        lr = lr if lr is not None else 2e-4 / math.sqrt(cfg.d_sae / 2**14)
+        # Gao et al. 2024 §A: the best LR falls as 1/sqrt(number of latents); the constant was
+        # tuned on MiniLM layer 3 at batch 1024 (BENCHMARKS.md, 'choosing the defaults').
+        lr = lr if lr is not None else 1.2e-3 / math.sqrt(cfg.d_sae / 2**14)
         name = f"{hook}{'->' + target if target else ''}-{cfg.architecture}-{cfg.d_sae}"
         name += f"-k{cfg.k}" if cfg.architecture in ("topk", "batchtopk", "matryoshka") else ""
         name = name if len(tcfg.sweep_items()) == 1 else f"{i:02d}-{name}"
