@@ -7,7 +7,8 @@ Chunk j is split at random into halves a_j and b_j; group g = shuffle(b_{g-1} + 
 emitted in order and cut into batches. So the buffer is refilled with C fresh rows each time
 half of it (one group) is drained, every row is emitted exactly once, and each batch mixes rows
 from 2C = buffer_tokens consecutive stream rows. Unlike a classic refill-when-half-empty buffer,
-no row survives more than two refills: memory stays at about 1.5 C rows, and because every
+no row survives more than two refills: memory stays at 2 C = buffer_tokens rows (rows are
+gathered straight from the two resident chunks into each batch, never copied in between), and because every
 random draw is seeded by (seed, chunk index), the whole state is "group g, offset o, and where
 chunk g-1 starts in the source". Resuming re-reads at most two chunks and yields, bit for bit,
 the batches the uninterrupted run would have yielded.
@@ -38,10 +39,6 @@ class Chunk(NamedTuple):
     """(cursor, skip) of the row after the chunk's last row."""
 
 
-def _take(d: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
-    return {k: v[idx] for k, v in d.items()}
-
-
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     if len(parts) == 1:
         return parts[0]
@@ -52,12 +49,22 @@ def _len(d: dict[str, torch.Tensor]) -> int:
     return len(next(iter(d.values()))) if d else 0
 
 
+def _alloc(like: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {
+        k: torch.empty((n, *v.shape[1:]), dtype=v.dtype, device=v.device) for k, v in like.items()
+    }
+
+
 def fixed_chunks(
     source: ActivationSource, size: int, first_index: int = 0, cursor: int = 0, skip: int = 0
 ) -> Iterator[Chunk]:
-    """Cut the source's row stream into chunks of exactly `size` rows (the last may be short)."""
-    rows_parts: list[dict] = []
-    meta_parts: list[dict] = []
+    """Cut the source's row stream into chunks of exactly `size` rows (the last may be short).
+
+    Each chunk is filled in place (no list of parts concatenated at the end), so a chunk costs
+    its own size in memory and nothing more.
+    """
+    rows: dict[str, torch.Tensor] = {}
+    meta: dict[str, torch.Tensor] = {}
     n, index, start, to_skip = 0, first_index, (cursor, skip), skip
     end = (cursor, skip)
     for piece in source.pieces(cursor):
@@ -67,16 +74,42 @@ def fixed_chunks(
         while off < m:
             if n == 0:
                 start = (piece.cursor, off)
+                rows, meta = _alloc(piece.rows, size), _alloc(piece.meta, size)
             take = min(size - n, m - off)
-            rows_parts.append({k: v[off : off + take] for k, v in piece.rows.items()})
-            meta_parts.append({k: v[off : off + take] for k, v in piece.meta.items()})
+            for dst, src in ((rows, piece.rows), (meta, piece.meta)):
+                for k, v in src.items():
+                    dst[k][n : n + take] = v[off : off + take]
             n, off = n + take, off + take
             end = (piece.cursor, off)
             if n == size:
-                yield Chunk(index, _cat(rows_parts), _cat(meta_parts), *start, end)
-                rows_parts, meta_parts, n, index = [], [], 0, index + 1
+                yield Chunk(index, rows, meta, *start, end)
+                rows, meta, n, index = {}, {}, 0, index + 1
     if n:
-        yield Chunk(index, _cat(rows_parts), _cat(meta_parts), *start, end)
+        cut = lambda d: {k: v[:n] for k, v in d.items()}
+        yield Chunk(index, cut(rows), cut(meta), *start, end)
+
+
+class _Group(NamedTuple):
+    """Rows of a group without copying them: a virtual concatenation of index sets into chunks."""
+
+    index: int
+    parts: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]]
+    """(rows, meta, row indices into them), in order."""
+
+    def __len__(self) -> int:
+        return sum(len(idx) for _, _, idx in self.parts)
+
+    def take(self, pos: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        rows, meta = _alloc(self.parts[0][0], len(pos)), _alloc(self.parts[0][1], len(pos))
+        start = 0
+        for part_rows, part_meta, idx in self.parts:
+            mask = (pos >= start) & (pos < start + len(idx))
+            src = idx[pos[mask] - start]
+            for dst, part in ((rows, part_rows), (meta, part_meta)):
+                for k, v in part.items():
+                    dst[k][mask] = v[src]
+            start += len(idx)
+        return rows, meta
 
 
 def _generator(seed: int, index: int, salt: int) -> torch.Generator:
@@ -153,12 +186,11 @@ class ActivationStore:
         # Unit mean squared norm: the factor s with E||s x||^2 = 1, from the first chunk.
         return {h: float(x.double().pow(2).sum(-1).mean().rsqrt()) for h, x in rows.items()}
 
-    def _groups(self) -> Iterator[tuple[int, dict, dict]]:
+    def _groups(self) -> Iterator[_Group]:
         first = max(self._group - 1, 0)
         cursor, skip = self._chunk_cursors.get(first, (0, 0))
         seed = self.cfg.seed
-        prev_rows: dict | None = None
-        prev_meta: dict | None = None
+        prev: tuple[dict, dict, torch.Tensor] | None = None  # the previous chunk and its half b
         last = first - 1
         for chunk in fixed_chunks(self.source, self.chunk_rows, first, cursor, skip):
             self._chunk_cursors[chunk.index] = (chunk.cursor, chunk.skip)
@@ -169,43 +201,39 @@ class ActivationStore:
             n = _len(chunk.rows)
             perm = torch.randperm(n, generator=_generator(seed, chunk.index, 0))
             a, b = perm[: n // 2], perm[n // 2 :]
-            rows_parts, meta_parts = [_take(chunk.rows, a)], [_take(chunk.meta, a)]
-            if prev_rows is not None:
-                rows_parts.insert(0, prev_rows)
-                meta_parts.insert(0, prev_meta)
-            if chunk.index == 0 or prev_rows is not None:
-                yield chunk.index, _cat(rows_parts), _cat(meta_parts)
-            prev_rows, prev_meta = _take(chunk.rows, b), _take(chunk.meta, b)
-            last = chunk.index
-        if prev_rows is not None:
-            yield last + 1, prev_rows, prev_meta
+            if chunk.index == 0 or prev is not None:
+                parts = ([prev] if prev is not None else []) + [(chunk.rows, chunk.meta, a)]
+                yield _Group(chunk.index, parts)
+                parts = None  # the frame must not pin chunk g - 1 while chunk g + 1 is read
+            prev, last = (chunk.rows, chunk.meta, b), chunk.index
+        if prev is not None:
+            yield _Group(last + 1, [prev])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         B = self.cfg.batch_size
-        rows_parts: list[dict] = []
-        meta_parts: list[dict] = []
+        taken: list[tuple[dict, dict]] = []  # rows gathered for the batch being built
         n, g = 0, self._group
-        for g, rows, meta in self._groups():
-            if g < self._group:
-                continue
-            perm = torch.randperm(_len(rows), generator=_generator(self.cfg.seed, g, 1))
-            off = self._offset if g == self._group else 0
-            size = len(perm)
-            while off < size:
-                take = min(B - n, size - off)
-                idx = perm[off : off + take]
-                rows_parts.append(_take(rows, idx))
-                meta_parts.append(_take(meta, idx))
-                n, off = n + take, off + take
-                if n == B:
-                    yield self._emit(rows_parts, meta_parts, g, off, size)
-                    rows_parts, meta_parts, n = [], [], 0
+        groups = self._groups()
+        while (group := next(groups, None)) is not None:
+            g = group.index
+            if g >= self._group:
+                size = len(group)
+                perm = torch.randperm(size, generator=_generator(self.cfg.seed, g, 1))
+                off = self._offset if g == self._group else 0
+                while off < size:
+                    take = min(B - n, size - off)
+                    taken.append(group.take(perm[off : off + take]))
+                    n, off = n + take, off + take
+                    if n == B:
+                        yield self._emit(taken, g, off, size)
+                        taken, n = [], 0
+            group = None  # drop the old chunk before the generator reads the next one
         if n:  # the short last batch; afterwards the position is past the final group
-            yield self._emit(rows_parts, meta_parts, g, 1, 1)
+            yield self._emit(taken, g, 1, 1)
 
-    def _emit(self, rows_parts, meta_parts, g: int, off: int, size: int) -> dict[str, torch.Tensor]:
-        batch = _cat(rows_parts)
-        self._last_meta = _cat(meta_parts)
+    def _emit(self, taken: list[tuple[dict, dict]], g: int, off: int, size: int):
+        batch = _cat([rows for rows, _ in taken])
+        self._last_meta = _cat([meta for _, meta in taken])
         self._rows += _len(batch)
         # Position of the next row: the rest of group g, or the start of group g + 1.
         self._group, self._offset = (g, off) if off < size else (g + 1, 0)
