@@ -11,7 +11,9 @@ What it measures, each in a fresh subprocess (so peak RSS belongs to that job al
             with early exit, masking special tokens, writing fp32 shards + manifest.
   store     ActivationStore over live activations (buffer 262,144 rows) on the same windows.
 Tokens/s counts activation rows kept (special tokens excluded) for harvest/store, and all window
-positions for the bare/full forwards. Peak RSS is ru_maxrss of the subprocess.
+positions for the bare/full forwards. Peak RSS is ru_maxrss of the subprocess (it counts
+file-backed pages such as the memory-mapped model weights); "anon" is the peak of RssAnon
+sampled every 20 ms: the process's own heap, which is what grows with buffers.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ import tempfile
 import time
 
 WORKER = r"""
-import json, resource, sys, time, torch
+import json, resource, sys, threading, time, torch
+peak_anon = [0.0]
+def _sample():  # anonymous (non-file-backed) resident memory, sampled every 20 ms
+    while True:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon"):
+                peak_anon[0] = max(peak_anon[0], int(line.split()[1]) / 2**20)
+        time.sleep(0.02)
+threading.Thread(target=_sample, daemon=True).start()
 from sae.config import DataConfig, HarvestConfig, ModelConfig, StoreConfig
 kind, n_windows, device, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(torch.get_num_threads())
@@ -61,7 +71,7 @@ elif kind == "store":
     rows = sum(len(b["resid_post.3"]) for b in store)
     seconds = time.perf_counter() - start
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(json.dumps({"kind": kind, "rows": rows, "seconds": seconds, "peak_rss_gb": rss}))
+print(json.dumps({"kind": kind, "rows": rows, "seconds": seconds, "peak_rss_gb": rss, "peak_anon_gb": peak_anon[0]}))
 """
 
 
@@ -100,7 +110,7 @@ def main() -> None:
             rows.append(r)
             print(
                 f"{windows:6d} windows  {kind:8s} {r['rows']:9d} rows  {r['seconds']:7.2f} s  "
-                f"{r['tokens_per_s']:9.0f} tok/s  peak RSS {r['peak_rss_gb']:.2f} GB  "
+                f"{r['tokens_per_s']:9.0f} tok/s  peak RSS {r['peak_rss_gb']:.2f} GB (anon {r['peak_anon_gb']:.2f})  "
                 f"(wall incl. start-up {time.perf_counter() - t:.1f} s)",
                 flush=True,
             )
