@@ -63,7 +63,12 @@ def _train(argv: list[str]) -> str:
 
     # With no config and no activation file, the built-in default run: 1M MiniLM tokens.
     builtin = not (argv and not argv[0].startswith("-")) and "--activations" not in argv
-    cfg = parse(TrainConfig, argv, "sae train", TrainConfig(total_tokens=BUILTIN_TOKENS) if builtin else None)
+    cfg = parse(
+        TrainConfig,
+        argv,
+        "sae train",
+        TrainConfig(total_tokens=BUILTIN_TOKENS) if builtin else None,
+    )
     finals = train(cfg)
     if not finals:  # stopped by a signal after writing a checkpoint
         sys.exit(130)

@@ -154,7 +154,9 @@ def test_training_refuses_a_cache_from_another_model_or_hook(tiny_models, text_f
     from sae.train import Trainer
 
     out = harvest(_cfg(tiny_models, text_file, tmp_path / "c", max_tokens=700))
-    with pytest.raises(ConfigError, match=r"was made with model .*llama.* but model.name='builtin'"):
+    with pytest.raises(
+        ConfigError, match=r"was made with model .*llama.* but model.name='builtin'"
+    ):
         Trainer(TrainConfig(activations=str(out), out=str(tmp_path / "r1")))
     model = ModelConfig(name=tiny_models["llama"], hooks=["resid_post.0"])
     with pytest.raises(ConfigError, match=r"hook 'resid_post.0' is not in activation cache"):

@@ -2,6 +2,7 @@
 
 Pure functions on tensors; no file I/O. Second moments are accumulated in float64 whatever the
 input dtype (MATH §0 numerics policy); spectra come back as float64 numpy arrays, descending.
+The accumulators live in `sae.analysis.moments` and are re-exported here.
 
     acc = CovarianceAccumulator()
     for x_BD in batches:
@@ -12,164 +13,50 @@ input dtype (MATH §0 numerics policy); spectra come back as float64 numpy array
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
-Array = np.ndarray | torch.Tensor
-EPS_REL = 1e-12  # MATH §0: "numerically zero" is relative to λ_1
+from sae.analysis.moments import (
+    EPS_REL,
+    Array,
+    CovarianceAccumulator,
+    _eigh_desc,
+    _np64,
+    _t64,
+    _zero_tail,
+    randomized_eigenspectrum,
+)
 
-
-def _np64(x: Array) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _t64(x: Array, device: torch.device | None = None) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(x))
-    return t.to(device=device if device is not None else t.device, dtype=torch.float64)
-
-
-class CovarianceAccumulator:
-    """Streaming mean and covariance by the Chan/Welford merge (MATH §0), O(d²) memory.
-
-    State is (n, μ, M2 = Σ (x−μ)(x−μ)ᵀ) in float64 on the device of the first batch, whatever the
-    input dtype. Each batch is centred on its own mean before its outer product, and every row is
-    first shifted by a fixed reference row K (the first row seen), so means and the merge's δ are
-    O(spread), not O(‖μ‖): exact when ‖μ‖ ≫ spread, where E[xxᵀ] − μμᵀ loses every digit.
-    """
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._shift_D: torch.Tensor | None = None  # K; the stored mean is μ − K
-        self._mean_D: torch.Tensor | None = None
-        self._m2_DD: torch.Tensor | None = None
-
-    @property
-    def d(self) -> int:
-        return 0 if self._mean_D is None else self._mean_D.shape[0]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        assert self._mean_D is not None and self._shift_D is not None, "empty accumulator"
-        return self._shift_D + self._mean_D
-
-    def update(self, x_ND: Float[Array, "*batch d"]) -> CovarianceAccumulator:
-        """Add rows; leading dims are flattened ([B, S, d] token activations are fine)."""
-        x_ND = _t64(x_ND, None if self._shift_D is None else self._shift_D.device)
-        x_ND = x_ND.reshape(-1, x_ND.shape[-1])
-        if x_ND.shape[0] == 0:
-            return self
-        if self._shift_D is None:
-            self._shift_D = x_ND[0].clone()
-        y_ND = x_ND - self._shift_D
-        mean_D = y_ND.mean(0)
-        yc_ND = y_ND - mean_D
-        self._merge_stats(x_ND.shape[0], mean_D, yc_ND.T @ yc_ND)
-        return self
-
-    def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
-        """Fold `other` into self (in place; per-shard or per-rank accumulators). Returns self."""
-        if other.n == 0:
-            return self
-        assert other._shift_D is not None and other._mean_D is not None and other._m2_DD is not None
-        if self._shift_D is None:
-            self._shift_D = other._shift_D.clone()
-        dev = self._shift_D.device
-        mean_D = other._mean_D.to(dev) + (other._shift_D.to(dev) - self._shift_D)
-        self._merge_stats(other.n, mean_D, other._m2_DD.to(dev))
-        return self
-
-    def _merge_stats(self, n_b: int, mean_D: torch.Tensor, m2_DD: torch.Tensor) -> None:
-        # MATH §0: δ = μ_b − μ_a, μ = μ_a + δ n_b/n, M2 = M2_a + M2_b + δδᵀ n_a n_b/n
-        if self.n == 0:
-            self.n, self._mean_D, self._m2_DD = n_b, mean_D.clone(), m2_DD.clone()
-            return
-        n_a, n = self.n, self.n + n_b
-        delta_D = mean_D - self._mean_D
-        # in place: at d = 16k one fp64 matrix is 2 GB (a self-merge, m2 is m2, still doubles)
-        self._m2_DD.add_(m2_DD).addr_(delta_D, delta_D, alpha=n_a * n_b / n)
-        self._mean_D = self._mean_D + delta_D * (n_b / n)
-        self.n = n
-
-    @classmethod
-    def pooled(
-        cls, accs: Sequence[CovarianceAccumulator], counts: Sequence[int] | None = None
-    ) -> CovarianceAccumulator:
-        """Pool groups, group g taken counts[g] times (bootstrap weights); equals repeated merge.
-
-        Law of total variance about the pooled mean, M2 = Σ c_g (M2_g + n_g δ_g δ_gᵀ), in one pass.
-        """
-        counts = [1] * len(accs) if counts is None else list(counts)
-        live = [(int(c), a) for c, a in zip(counts, accs, strict=True) if c > 0 and a.n > 0]
-        out = cls()
-        if not live:
-            return out
-        ref_D = live[0][1]._shift_D
-        c_G = torch.tensor([c * a.n for c, a in live], dtype=torch.float64, device=ref_D.device)
-        means_GD = torch.stack([a._mean_D + (a._shift_D - ref_D) for _, a in live])
-        n = int(c_G.sum())
-        mean_D = (c_G / n) @ means_GD
-        delta_GD = means_GD - mean_D
-        m2_DD = delta_GD.T @ (c_G[:, None] * delta_GD)
-        for c, a in live:
-            m2_DD.add_(a._m2_DD, alpha=c)
-        out.n, out._shift_D, out._mean_D, out._m2_DD = n, ref_D.clone(), mean_D, m2_DD
-        return out
-
-    def cov(self, ddof: int = 1) -> torch.Tensor:
-        """Σ = M2/(n − ddof); ddof=1 is MATH §0's Σ, ddof=0 the population second moment."""
-        assert self._m2_DD is not None and self.n > ddof, "need more rows than ddof"
-        return self._m2_DD / (self.n - ddof)
-
-    def gram(self) -> torch.Tensor:
-        """Uncentred G = XᵀX/n (MATH §0), rebuilt from (n, μ, M2)."""
-        assert self._m2_DD is not None, "empty accumulator"
-        mean_D = self.mean
-        return self._m2_DD / self.n + torch.outer(mean_D, mean_D)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors for safetensors (per-shard accumulators saved for a later bootstrap)."""
-        assert self._m2_DD is not None, "empty accumulator"
-        return {"n": torch.tensor(self.n), "shift": self._shift_D, "mean_shifted": self._mean_D,
-                "m2": self._m2_DD}  # fmt: skip
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> CovarianceAccumulator:
-        out = cls()
-        out._shift_D = _t64(state["shift"]).clone()
-        out._merge_stats(int(state["n"]), _t64(state["mean_shifted"]), _t64(state["m2"]))
-        return out
-
+__all__ = [  # the names other modules import; CovarianceAccumulator etc. are re-exports
+    "EPS_REL",
+    "CovarianceAccumulator",
+    "randomized_eigenspectrum",
+    "eigenspectrum",
+    "PowerLawFit",
+    "default_fit_window",
+    "fit_power_law",
+    "AlphaBootstrap",
+    "bootstrap_alpha",
+    "participation_ratio",
+    "effective_rank",
+    "n_for_variance",
+    "rho_pr",
+    "rho_info",
+    "rho_offdiag",
+    "smoothness_threshold",
+    "redundancy_summary",
+    "redundancy_summary_top",
+    "SpectralFidelity",
+    "spectral_fidelity_from_stats",
+    "spectral_fidelity",
+    "jsonable",
+]
 
 # --- eigenspectrum (MATH §A.3) ---------------------------------------------------------------
-
-
-def _zero_tail(ev: np.ndarray) -> np.ndarray:
-    ev = np.clip(ev, 0.0, None)
-    if ev.size and ev[0] > 0:
-        ev[ev <= EPS_REL * ev[0]] = 0.0
-    return ev
-
-
-def _eigh_desc(
-    cov_DD: Array, top_k: int | None = None, vectors: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
-    # torch's CPU LAPACK in fp64 (MATH §0: CPU eigh is often faster than GPU). Staying inside one
-    # thread pool matters: alternating torch (OpenMP) and numpy/scipy (OpenBLAS) kernels on a
-    # busy machine made a 20-replicate bootstrap 50x slower here.
-    cov_DD = _t64(cov_DD, torch.device("cpu"))
-    cov_DD = (cov_DD + cov_DD.T) / 2  # MATH §0: symmetrise before eigh
-    if vectors:
-        ev, vecs_DD = torch.linalg.eigh(cov_DD)
-        vecs = vecs_DD.flip(1)[:, :top_k].numpy()
-    else:
-        ev, vecs = torch.linalg.eigvalsh(cov_DD), None
-    return _zero_tail(ev.flip(0)[:top_k].numpy().copy()), vecs
 
 
 def eigenspectrum(cov_DD: Float[Array, "d d"], top_k: int | None = None) -> np.ndarray:
@@ -178,64 +65,6 @@ def eigenspectrum(cov_DD: Float[Array, "d d"], top_k: int | None = None) -> np.n
     top_k keeps the leading k (α needs ≤ ~1000); the decomposition itself is full, O(d³).
     """
     return _eigh_desc(cov_DD, top_k)[0]
-
-
-def randomized_eigenspectrum(
-    rows: Array | Callable[[], Iterable[Array]],
-    k: int,
-    oversample: int = 15,
-    n_power_iter: int = 3,
-    seed: int = 0,
-    chunk: int = 8192,
-) -> np.ndarray:
-    """Top-k covariance eigenvalues by randomized subspace iteration (MATH §A.3.4a, Halko et al.).
-
-    rows: an [n, m] matrix (numpy, dense or sparse torch) or a zero-argument callable returning a
-    fresh iterable of row chunks (it is read 3 + n_power_iter times). Never forms the m × m matrix:
-    memory O(m·(k + oversample)). Sparse chunks are centred implicitly (BᵀBQ − s(μᵀQ) − μ(sᵀQ) +
-    n_b μ(μᵀQ), s = column sums) so they stay sparse; dense chunks are centred explicitly.
-    """
-
-    def chunks() -> Iterable[torch.Tensor]:
-        if callable(rows):
-            yield from (c if isinstance(c, torch.Tensor) else _t64(c) for c in rows())
-        elif isinstance(rows, torch.Tensor) and rows.is_sparse:
-            yield rows
-        else:
-            for i in range(0, rows.shape[0], chunk):
-                yield _t64(rows[i : i + chunk])
-
-    n, sum_M = 0, None
-    for c in chunks():
-        s = torch.sparse.sum(c.double(), 0).to_dense() if c.is_sparse else c.double().sum(0)
-        n, sum_M = n + c.shape[0], s if sum_M is None else sum_M + s
-    assert sum_M is not None and n > 1, "need at least two rows"
-    mean_M = sum_M / n
-
-    def sigma_times(q_ML: torch.Tensor) -> torch.Tensor:
-        out_ML = torch.zeros_like(q_ML)
-        for c in chunks():
-            c = c.double()
-            if c.is_sparse:  # implicit centring: (B − 1μᵀ)ᵀ(B − 1μᵀ)Q expanded, B stays sparse
-                s_M = torch.sparse.sum(c, 0).to_dense()
-                mq_L = mean_M @ q_ML
-                out_ML += (
-                    c.t() @ (c @ q_ML) - torch.outer(s_M, mq_L) - torch.outer(mean_M, s_M @ q_ML)
-                )
-                out_ML += c.shape[0] * torch.outer(mean_M, mq_L)
-            else:
-                cc = c - mean_M
-                out_ML += cc.T @ (cc @ q_ML)
-        return out_ML / (n - 1)
-
-    m, ell = mean_M.shape[0], min(k + oversample, mean_M.shape[0])
-    gen = torch.Generator().manual_seed(seed)
-    y_ML = sigma_times(torch.randn(m, ell, generator=gen, dtype=torch.float64))
-    for _ in range(n_power_iter):
-        y_ML = sigma_times(torch.linalg.qr(y_ML).Q)
-    q_ML = torch.linalg.qr(y_ML).Q
-    t_LL = q_ML.T @ sigma_times(q_ML)  # Rayleigh-Ritz on the captured subspace
-    return eigenspectrum(t_LL)[:k]
 
 
 # --- power-law exponent (MATH §A.4) ----------------------------------------------------------
@@ -463,6 +292,43 @@ def redundancy_summary(
         "H_basis": None,
     }
     return jsonable(record)
+
+
+def redundancy_summary_top(
+    top_eigvals: Float[Array, " k"],
+    n_samples: int,
+    d_amb: int,
+    trace: float,
+    fro2: float,
+    diag_sq_sum: float,
+    k_lo: int = 11,
+    d_manifold: float = math.inf,
+) -> dict[str, Any]:
+    """The §A.2 record when only the leading eigenvalues are known (SAE latents too many for eigh).
+
+    trace = tr Σ, fro2 = ‖Σ‖_F² and diag_sq_sum = Σ_k Σ_kk² come from the streamed moments, so
+    PR, rho_PR and rho_offdiag are exact (MATH §A.5 needs no eigendecomposition for them). The fit
+    window is the full-spectrum default, min(500, ⌊d_amb/2⌋, ⌊n/20⌋), capped at the ranks known.
+    eff_rank and rho_info need every eigenvalue and are None; n90 is None unless the known ones
+    already reach 90% of tr Σ.
+    """
+    ev = np.sort(_np64(top_eigvals))[::-1]
+    k_hi = min(default_fit_window(d_amb, n_samples, k_lo)[1], ev.size)
+    fit = fit_power_law(ev, k_lo, k_hi)
+    cum = np.cumsum(ev)
+    reached = trace > 0 and cum[-1] >= 0.9 * trace * (1 - 1e-12)
+    pr = trace**2 / fro2 if fro2 > 0 else math.nan
+    alpha_crit = smoothness_threshold(d_manifold)
+    return jsonable({
+        "n": n_samples, "d": d_amb, "d_amb": d_amb, "eigvals": ev, **fit._asdict(),
+        "alpha_ci95": None, "alpha_crit": alpha_crit,
+        "smooth_possible": None if math.isnan(fit.alpha) else bool(fit.alpha > alpha_crit),
+        "PR": pr, "PR_over_d": pr / d_amb, "eff_rank": None,
+        "n90": int(np.searchsorted(cum, 0.9 * trace * (1 - 1e-12)) + 1) if reached else None,
+        "rho_PR": 1.0 - pr / d_amb, "rho_info": None, "rho_info_0.1": None,
+        "rho_offdiag": 1.0 - diag_sq_sum / fro2 if fro2 > 0 else math.nan,
+        "H_random": None, "H_basis": None, "top_k_only": int(ev.size),
+    })  # fmt: skip
 
 
 # --- spectral fidelity of an SAE reconstruction (MATH §A.7 iii) -------------------------------

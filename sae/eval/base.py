@@ -27,6 +27,9 @@ from sae.sae import SAE
 SUITES: dict[str, str] = {
     "core": "sae.eval.core",
     "synthetic": "sae.eval.synthetic",
+    "redundancy": "sae.eval.redundancy",
+    "capacity": "sae.eval.capacity",
+    "descramble": "sae.eval.descramble",
 }
 """suite name -> module; a new suite is a module with check/run plus one line here."""
 

@@ -124,3 +124,116 @@ def mmcs(path: Path, max_cos_N: np.ndarray, probs_N: np.ndarray, null: float, ti
     ax.set_title(f"{title}\nMMCS per true feature", fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     _save(fig, path)
+
+
+# ---- redundancy, capacity, descramble suites (MATH.md §A, §B, §D) ----------------------------
+
+
+def eigenspectra(path: Path, spectra: dict[str, dict], title: str) -> None:
+    """One log-log panel per code: λ_k against rank k, the power-law fit over its window, and a
+    line of slope −α_crit = −(1 + 2/d) through the fit's middle (α_crit = 1 for LMs, d → ∞).
+
+    spectra: code label -> redundancy record (eigvals, alpha, intercept, fit_range, alpha_crit)."""
+    n = len(spectra)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+    for ax, (label, rec) in zip(axes[0], spectra.items(), strict=True):
+        ev = np.asarray([v for v in rec.get("eigvals") or [] if v], dtype=float)
+        if ev.size == 0:
+            ax.set_title(f"{label}: no spectrum", fontsize=9)
+            continue
+        k = np.arange(1, ev.size + 1)
+        ax.loglog(k, ev, lw=1, color="tab:blue", label="eigenvalues")
+        alpha, b = rec.get("alpha"), rec.get("intercept")
+        if alpha is not None and b is not None:
+            lo, hi = rec["fit_range"]
+            kk = np.arange(lo, hi + 1)
+            ax.loglog(kk, np.exp(b) * kk**-alpha, "r--", lw=1.2, label=f"fit α = {alpha:.2f}")
+            crit = rec.get("alpha_crit") or 1.0
+            mid = np.sqrt(lo * hi)
+            y_mid = np.exp(b) * mid**-alpha
+            ax.loglog(kk, y_mid * (kk / mid) ** -crit, "k:", lw=1, label=f"slope −{crit:g}")
+        ax.set_xlabel("rank k")
+        ax.set_ylabel("λ_k")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"{title}: eigenspectra; dotted: the smoothness border α = 1 + 2/d", fontsize=9, y=1.02
+    )
+    _save(fig, path)
+
+
+def fvu_by_pcs(path: Path, k: list[int], fvu: list[float | None], title: str) -> None:
+    """FVU_k = E‖P_k(X − X̂)‖² / E‖P_k X_c‖² against k (MATH §A.7 iii)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ys = [np.nan if v is None else v for v in fvu]
+    ax.semilogx(k, ys, "o-", ms=3)
+    ax.set_xlabel("top-k principal components of X")
+    ax.set_ylabel("FVU within them")
+    ax.set_title(f"{title}\nwhere the SAE error lives in X's spectrum", fontsize=9)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def hurst_vs_alpha(path: Path, points: list[tuple[str, float, float | None, float | None]]) -> None:
+    """H of random and basis directions against α, per code, with H = min(1, d(α − 1)/2)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, alpha, h_rand, h_basis in points:
+        if h_rand is not None:
+            ax.plot(alpha, h_rand, "o", label=f"{label} random")
+        if h_basis is not None:
+            ax.plot(alpha, h_basis, "s", mfc="none", label=f"{label} basis")
+    alphas = [p[1] for p in points] or [1.0]
+    a = np.linspace(min(0.5, min(alphas)), max(3.5, max(alphas)), 200)
+    for d, style in ((1, "k--"), (8, "k:")):
+        ax.plot(a, np.clip(d * (a - 1) / 2, 0, 1), style, lw=0.8, label=f"theory, d = {d}")
+    ax.axvline(1.0, color="grey", lw=0.6)
+    ax.set_xlabel("α (power-law exponent)")
+    ax.set_ylabel("H (Hurst exponent along paths)")
+    ax.set_title("smoothness along input paths against the spectrum", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def capacity_histograms(path: Path, hists: dict[str, dict], title: str) -> None:
+    """Histogram of per-feature capacity C_i ∈ [0, 1], one bar series per view."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    width = None
+    for j, (label, h) in enumerate(hists.items()):
+        edges, counts = np.asarray(h["edges"]), np.asarray(h["counts"], dtype=float)
+        width = (edges[1] - edges[0]) / (len(hists) + 0.5)
+        ax.bar(edges[:-1] + j * width, counts, width=width, align="edge", label=label)
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_xlabel("capacity C_i (1 = a dimension of its own)")
+    ax.set_ylabel("features")
+    ax.set_title(f"{title}\nper-feature capacity", fontsize=9)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def block_sizes(path: Path, size_counts: dict[str, dict[str, int]], title: str) -> None:
+    """Number of blocks of each size (features per connected component), one series per view."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, counts in size_counts.items():
+        sizes = sorted(int(s) for s in counts)
+        ax.plot(sizes, [counts[str(s)] for s in sizes], "o-", ms=3, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("features in the block")
+    ax.set_ylabel("blocks")
+    ax.set_title(f"{title}\nblock sizes (|cos| > τ components)", fontsize=9)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def subspace_capture(path: Path, r: list[int], phi: dict[str, list[float]], d: int, title: str):
+    """φ_r: usage-weighted share of SAE decoder directions inside the top-r basis subspace."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, ys in phi.items():
+        ax.plot(r, ys, lw=1.2, label=label)
+    ax.plot(r, np.asarray(r) / d, "k--", lw=0.8, label="random subspace r/d")
+    ax.set_xlabel("r (leading basis directions)")
+    ax.set_ylabel("φ_r")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{title}\nsubspace capture of the SAE decoder", fontsize=9)
+    ax.legend(fontsize=8)
+    _save(fig, path)

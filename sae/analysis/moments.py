@@ -1,0 +1,298 @@
+"""Second moments of activation rows (MATH.md §0, §A.3): the streaming fp64 covariance, the
+randomized top-k spectrum, and the moments of sparse rows (SAE latents) without the m × m matrix.
+
+Pure functions on tensors; no file I/O. Everything is accumulated in float64 whatever the input
+dtype (MATH §0 numerics policy). `sae.analysis.spectrum` builds the §A records on top of these
+and re-exports `CovarianceAccumulator` and `randomized_eigenspectrum`.
+
+    acc = CovarianceAccumulator()
+    for x_BD in batches:
+        acc.update(x_BD)
+    cov_DD = acc.cov()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+Array = np.ndarray | torch.Tensor
+EPS_REL = 1e-12  # MATH §0: "numerically zero" is relative to λ_1
+
+
+def _np64(x: Array) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _t64(x: Array, device: torch.device | None = None) -> torch.Tensor:
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(x))
+    return t.to(device=device if device is not None else t.device, dtype=torch.float64)
+
+
+class CovarianceAccumulator:
+    """Streaming mean and covariance by the Chan/Welford merge (MATH §0), O(d²) memory.
+
+    State is (n, μ, M2 = Σ (x−μ)(x−μ)ᵀ) in float64 on the device of the first batch, whatever the
+    input dtype. Each batch is centred on its own mean before its outer product, and every row is
+    first shifted by a fixed reference row K (the first row seen), so means and the merge's δ are
+    O(spread), not O(‖μ‖): exact when ‖μ‖ ≫ spread, where E[xxᵀ] − μμᵀ loses every digit.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._shift_D: torch.Tensor | None = None  # K; the stored mean is μ − K
+        self._mean_D: torch.Tensor | None = None
+        self._m2_DD: torch.Tensor | None = None
+
+    @property
+    def d(self) -> int:
+        return 0 if self._mean_D is None else self._mean_D.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        assert self._mean_D is not None and self._shift_D is not None, "empty accumulator"
+        return self._shift_D + self._mean_D
+
+    def update(self, x_ND: Float[Array, "*batch d"]) -> CovarianceAccumulator:
+        """Add rows; leading dims are flattened ([B, S, d] token activations are fine)."""
+        x_ND = _t64(x_ND, None if self._shift_D is None else self._shift_D.device)
+        x_ND = x_ND.reshape(-1, x_ND.shape[-1])
+        if x_ND.shape[0] == 0:
+            return self
+        if self._shift_D is None:
+            self._shift_D = x_ND[0].clone()
+        y_ND = x_ND - self._shift_D
+        mean_D = y_ND.mean(0)
+        yc_ND = y_ND - mean_D
+        self._merge_stats(x_ND.shape[0], mean_D, yc_ND.T @ yc_ND)
+        return self
+
+    def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
+        """Fold `other` into self (in place; per-shard or per-rank accumulators). Returns self."""
+        if other.n == 0:
+            return self
+        assert other._shift_D is not None and other._mean_D is not None and other._m2_DD is not None
+        if self._shift_D is None:
+            self._shift_D = other._shift_D.clone()
+        dev = self._shift_D.device
+        mean_D = other._mean_D.to(dev) + (other._shift_D.to(dev) - self._shift_D)
+        self._merge_stats(other.n, mean_D, other._m2_DD.to(dev))
+        return self
+
+    def _merge_stats(self, n_b: int, mean_D: torch.Tensor, m2_DD: torch.Tensor) -> None:
+        # MATH §0: δ = μ_b − μ_a, μ = μ_a + δ n_b/n, M2 = M2_a + M2_b + δδᵀ n_a n_b/n
+        if self.n == 0:
+            self.n, self._mean_D, self._m2_DD = n_b, mean_D.clone(), m2_DD.clone()
+            return
+        n_a, n = self.n, self.n + n_b
+        delta_D = mean_D - self._mean_D
+        # in place: at d = 16k one fp64 matrix is 2 GB (a self-merge, m2 is m2, still doubles)
+        self._m2_DD.add_(m2_DD).addr_(delta_D, delta_D, alpha=n_a * n_b / n)
+        self._mean_D = self._mean_D + delta_D * (n_b / n)
+        self.n = n
+
+    @classmethod
+    def pooled(
+        cls, accs: Sequence[CovarianceAccumulator], counts: Sequence[int] | None = None
+    ) -> CovarianceAccumulator:
+        """Pool groups, group g taken counts[g] times (bootstrap weights); equals repeated merge.
+
+        Law of total variance about the pooled mean, M2 = Σ c_g (M2_g + n_g δ_g δ_gᵀ), in one pass.
+        """
+        counts = [1] * len(accs) if counts is None else list(counts)
+        live = [(int(c), a) for c, a in zip(counts, accs, strict=True) if c > 0 and a.n > 0]
+        out = cls()
+        if not live:
+            return out
+        ref_D = live[0][1]._shift_D
+        c_G = torch.tensor([c * a.n for c, a in live], dtype=torch.float64, device=ref_D.device)
+        means_GD = torch.stack([a._mean_D + (a._shift_D - ref_D) for _, a in live])
+        n = int(c_G.sum())
+        mean_D = (c_G / n) @ means_GD
+        delta_GD = means_GD - mean_D
+        m2_DD = delta_GD.T @ (c_G[:, None] * delta_GD)
+        for c, a in live:
+            m2_DD.add_(a._m2_DD, alpha=c)
+        out.n, out._shift_D, out._mean_D, out._m2_DD = n, ref_D.clone(), mean_D, m2_DD
+        return out
+
+    def cov(self, ddof: int = 1) -> torch.Tensor:
+        """Σ = M2/(n − ddof); ddof=1 is MATH §0's Σ, ddof=0 the population second moment."""
+        assert self._m2_DD is not None and self.n > ddof, "need more rows than ddof"
+        return self._m2_DD / (self.n - ddof)
+
+    def gram(self) -> torch.Tensor:
+        """Uncentred G = XᵀX/n (MATH §0), rebuilt from (n, μ, M2)."""
+        assert self._m2_DD is not None, "empty accumulator"
+        mean_D = self.mean
+        return self._m2_DD / self.n + torch.outer(mean_D, mean_D)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors for safetensors (per-shard accumulators saved for a later bootstrap)."""
+        assert self._m2_DD is not None, "empty accumulator"
+        return {"n": torch.tensor(self.n), "shift": self._shift_D, "mean_shifted": self._mean_D,
+                "m2": self._m2_DD}  # fmt: skip
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> CovarianceAccumulator:
+        out = cls()
+        out._shift_D = _t64(state["shift"]).clone()
+        out._merge_stats(int(state["n"]), _t64(state["mean_shifted"]), _t64(state["m2"]))
+        return out
+
+
+# --- symmetric eigenvalues (MATH §0, §A.3) ---------------------------------------------------
+
+
+def _zero_tail(ev: np.ndarray) -> np.ndarray:
+    ev = np.clip(ev, 0.0, None)
+    if ev.size and ev[0] > 0:
+        ev[ev <= EPS_REL * ev[0]] = 0.0
+    return ev
+
+
+def _eigh_desc(
+    cov_DD: Array, top_k: int | None = None, vectors: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    # torch's CPU LAPACK in fp64 (MATH §0: CPU eigh is often faster than GPU). Staying inside one
+    # thread pool matters: alternating torch (OpenMP) and numpy/scipy (OpenBLAS) kernels on a
+    # busy machine made a 20-replicate bootstrap 50x slower here.
+    cov_DD = _t64(cov_DD, torch.device("cpu"))
+    cov_DD = (cov_DD + cov_DD.T) / 2  # MATH §0: symmetrise before eigh
+    if vectors:
+        ev, vecs_DD = torch.linalg.eigh(cov_DD)
+        vecs = vecs_DD.flip(1)[:, :top_k].numpy()
+    else:
+        ev, vecs = torch.linalg.eigvalsh(cov_DD), None
+    return _zero_tail(ev.flip(0)[:top_k].numpy().copy()), vecs
+
+
+def randomized_eigenspectrum(
+    rows: Array | Callable[[], Iterable[Array]],
+    k: int,
+    oversample: int = 15,
+    n_power_iter: int = 3,
+    seed: int = 0,
+    chunk: int = 8192,
+) -> np.ndarray:
+    """Top-k covariance eigenvalues by randomized subspace iteration (MATH §A.3.4a, Halko et al.).
+
+    rows: an [n, m] matrix (numpy, dense or sparse torch) or a zero-argument callable returning a
+    fresh iterable of row chunks (it is read 3 + n_power_iter times). Never forms the m × m matrix:
+    memory O(m·(k + oversample)). Sparse chunks are centred implicitly (BᵀBQ − s(μᵀQ) − μ(sᵀQ) +
+    n_b μ(μᵀQ), s = column sums) so they stay sparse; dense chunks are centred explicitly.
+    """
+
+    def chunks() -> Iterable[torch.Tensor]:
+        if callable(rows):
+            yield from (c if isinstance(c, torch.Tensor) else _t64(c) for c in rows())
+        elif isinstance(rows, torch.Tensor) and rows.is_sparse:
+            yield rows
+        else:
+            for i in range(0, rows.shape[0], chunk):
+                yield _t64(rows[i : i + chunk])
+
+    n, sum_M = 0, None
+    for c in chunks():
+        s = torch.sparse.sum(c.double(), 0).to_dense() if c.is_sparse else c.double().sum(0)
+        n, sum_M = n + c.shape[0], s if sum_M is None else sum_M + s
+    assert sum_M is not None and n > 1, "need at least two rows"
+    mean_M = sum_M / n
+
+    def sigma_times(q_ML: torch.Tensor) -> torch.Tensor:
+        out_ML = torch.zeros_like(q_ML)
+        for c in chunks():
+            c = c.double()
+            if c.is_sparse:  # implicit centring: (B − 1μᵀ)ᵀ(B − 1μᵀ)Q expanded, B stays sparse
+                s_M = torch.sparse.sum(c, 0).to_dense()
+                mq_L = mean_M @ q_ML
+                out_ML += (
+                    c.t() @ (c @ q_ML) - torch.outer(s_M, mq_L) - torch.outer(mean_M, s_M @ q_ML)
+                )
+                out_ML += c.shape[0] * torch.outer(mean_M, mq_L)
+            else:
+                cc = c - mean_M
+                out_ML += cc.T @ (cc @ q_ML)
+        return out_ML / (n - 1)
+
+    m, ell = mean_M.shape[0], min(k + oversample, mean_M.shape[0])
+    gen = torch.Generator().manual_seed(seed)
+    y_ML = sigma_times(torch.randn(m, ell, generator=gen, dtype=torch.float64))
+    # QR returns Q column-major; a sparse @ column-major dense product ran 10x slower here
+    for _ in range(n_power_iter):
+        y_ML = sigma_times(torch.linalg.qr(y_ML).Q.contiguous())
+    q_ML = torch.linalg.qr(y_ML).Q.contiguous()
+    t_LL = q_ML.T @ sigma_times(q_ML)  # Rayleigh-Ritz on the captured subspace
+    return _eigh_desc(t_LL)[0][:k]
+
+
+# --- sparse rows: SAE latents with m too large for an m × m matrix (MATH §A.3.4, §A.5) ---------
+
+
+class SparseMoments(NamedTuple):
+    n: int
+    """rows"""
+    mean_M: np.ndarray
+    """μ, fp64"""
+    var_M: np.ndarray
+    """diag Σ (ddof = 1)"""
+    trace: float
+    """tr Σ"""
+    fro2: float
+    """‖Σ‖_F², Σ = (AᵀA − n μμᵀ)/(n − 1)"""
+
+
+def sparse_moments(a_NM, block: int = 256) -> SparseMoments:
+    """Mean, variances, tr Σ and ‖Σ‖_F² of sparse rows (scipy.sparse [n, m]) without Σ itself.
+
+    ‖Σ‖_F² is exact (MATH §A.5: PR and rho_offdiag need no eigendecomposition): column blocks J of
+    `block` latents give G_J = A_JᵀA, sparse; on its pattern (G − nμμᵀ)_jk is summed exactly, and
+    off the pattern the entries are −n μ_j μ_k, whose squares sum in closed form. Memory O(nnz(G_J)
+    + m); time O(n·L0²) for L0 active latents per row.
+    """
+    import scipy.sparse as sp
+
+    a = sp.csc_matrix(a_NM, dtype=np.float64)
+    n, m = a.shape
+    assert n > 1, "need at least two rows"
+    mean_M = np.asarray(a.sum(0)).ravel() / n
+    # Σ_t (a_tk − μ_k)² = Σ_nonzero (a − μ_k)² + (n − nnz_k) μ_k²: no E[a²] − μ² cancellation
+    nnz_M = np.diff(a.indptr)
+    col_M = np.repeat(np.arange(m), nnz_M)
+    ss_M = np.bincount(col_M, weights=(a.data - mean_M[col_M]) ** 2, minlength=m)
+    var_M = (ss_M + (n - nnz_M) * mean_M**2) / (n - 1)
+    a_csr = a.tocsr()
+    mu2_total = float(mean_M @ mean_M)
+    fro2 = 0.0
+    for j0 in range(0, m, block):
+        g = (a[:, j0 : j0 + block].T @ a_csr).tocoo()  # [b, m] sparse block of AᵀA
+        j, k = g.row + j0, g.col
+        outer = n * mean_M[j] * mean_M[k]
+        mu_j = mean_M[j0 : j0 + block]
+        off_pattern = n**2 * (float(mu_j @ mu_j) * mu2_total - float((outer / n) @ (outer / n)))
+        fro2 += float(((g.data - outer) ** 2).sum()) + max(off_pattern, 0.0)
+    return SparseMoments(n, mean_M, var_M, float(var_M.sum()), fro2 / (n - 1) ** 2)
+
+
+def csr_row_chunks(a_NM, rows: int = 16384) -> Callable[[], Iterable[torch.Tensor]]:
+    """A re-iterable of sparse torch row chunks of a scipy matrix, for randomized_eigenspectrum:
+    its products A·Q are formed per chunk, so memory is O(rows·(k + oversample)), not O(n·k)."""
+    import scipy.sparse as sp
+
+    a = sp.csr_matrix(a_NM, dtype=np.float64)
+
+    def chunks() -> Iterable[torch.Tensor]:
+        for s in range(0, a.shape[0], rows):
+            c = a[s : s + rows].tocoo()
+            idx = torch.from_numpy(np.stack([c.row, c.col]).astype(np.int64))
+            yield torch.sparse_coo_tensor(
+                idx, torch.from_numpy(c.data), c.shape, check_invariants=False
+            ).coalesce()
+
+    return chunks

@@ -1,0 +1,197 @@
+"""What the analysis suites (redundancy, capacity, descramble) need beyond the activation rows:
+each latent's usage over the scored rows (memoised per SAE, so the suites stream it once), the
+SAE's block in its model and that block's MLP weights, and activations along input-embedding
+interpolation paths (MATH.md §A.6 step 1).
+
+MLP input weights by family (rows = the neurons' read vectors, [d_mlp, d_model]; MATH §B.4):
+BERT `intermediate.dense` (nn.Linear), GPT-2 `mlp.c_fc` (Conv1D, stored [d_model, d_mlp], so
+transposed), GPT-NeoX `mlp.dense_h_to_4h`, Llama/Gemma/Qwen `mlp.gate_proj` (the input of the
+nonlinearity; `up_proj` is reported beside it). Found by module name under the SAE's block, so
+any model whose blocks use one of these names works.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from sae.eval.base import EvalContext, EvalTarget
+from sae.eval.stream import rows
+from sae.hooks import ActivationCapture, hook_aliases, resolve_device, resolve_hooks
+
+# (module name under the block, stored as [d_model, d_mlp] i.e. Conv1D)
+_MLP_IN = (
+    ("intermediate.dense", False),  # BERT family
+    ("mlp.c_fc", True),  # GPT-2 (Conv1D)
+    ("mlp.dense_h_to_4h", False),  # GPT-NeoX / Pythia
+    ("mlp.gate_proj", False),  # Llama, Mistral, Gemma, Qwen, ...
+    ("mlp.fc_in", False),  # GPT-J
+    ("mlp.fc1", False),  # Phi, OPT-style
+)
+
+
+class LatentUsage(NamedTuple):
+    mean_sq_M: Tensor
+    """E[a_k²] over the scored rows, float64 (MATH §B.4(b) usage)."""
+    fired_M: Tensor
+    """rows on which latent k was nonzero."""
+    n: int
+    """rows scored."""
+
+    @property
+    def dead_M(self) -> Tensor:
+        return self.fired_M == 0
+
+
+class MLPRead(NamedTuple):
+    block: int
+    module: str
+    """module path of the MLP input linear; its output is the preactivation."""
+    kind: str
+    """which of the names above matched (e.g. 'mlp.c_fc')."""
+    W_HD: Tensor
+    """read vectors, one row per neuron [d_mlp, d_model], float32 on CPU."""
+    b_H: Tensor | None
+    extra: dict[str, Tensor]
+    """other read weights of the same neurons (Llama 'mlp.up_proj')."""
+
+
+def model_of(target: EvalTarget) -> nn.Module | None:
+    """The loaded model of a live target; None for activation files and synthetic data."""
+    return target.source.capture.model if target.stream == "live" else None
+
+
+def usage_key(target: EvalTarget, ctx: EvalContext) -> tuple:
+    return ("latent_usage", target.name, ctx.eval_tokens)
+
+
+def latent_usage(target: EvalTarget, ctx: EvalContext) -> LatentUsage:
+    """E[a²] and firing counts over the scored rows; streamed once per SAE, then memoised."""
+    key = usage_key(target, ctx)
+    if key in ctx.memo:
+        return ctx.memo[key]
+    device = resolve_device(ctx.device)
+    sae = target.sae.to(device).eval()
+    sum_sq = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=device)
+    fired = torch.zeros_like(sum_sq)
+    n = 0
+    with torch.no_grad():
+        for b in rows(target, ctx.eval_tokens):
+            a_NM = sae.encode(b.x_ND.to(device)).double()
+            sum_sq += a_NM.pow(2).sum(0)
+            fired += (a_NM != 0).sum(0)
+            n += len(a_NM)
+    usage = LatentUsage((sum_sq / max(n, 1)).cpu(), fired.cpu(), n)
+    ctx.memo[key] = usage
+    return usage
+
+
+def sae_block(model: nn.Module, hook: str) -> tuple[str, int] | None:
+    """(block-list path, block index) of the block that holds `hook`, or None (embeddings, final
+    norm, or a model whose block list sae.hooks cannot find)."""
+    aliases = hook_aliases(model)
+    if "resid_post.0" not in aliases:
+        return None
+    blocks = aliases["resid_post.0"].module.rsplit(".", 1)[0]
+    module = resolve_hooks(model, [hook])[0].module
+    if not module.startswith(blocks + "."):
+        return None
+    return blocks, int(module[len(blocks) + 1 :].split(".")[0])
+
+
+def mlp_read(model: nn.Module, hook: str) -> MLPRead | None:
+    """The MLP input weights of the block that holds the SAE's hook [inferred: the same block
+    index for resid_pre/resid_post/mlp_out/attn_out N]. None when no known MLP is found."""
+    found = sae_block(model, hook)
+    if found is None:
+        return None
+    blocks, i = found
+    modules = dict(model.named_modules())
+    for name, conv1d in _MLP_IN:
+        path = f"{blocks}.{i}.{name}"
+        if path not in modules:
+            continue
+        mod = modules[path]
+        W = mod.weight.detach().float().cpu()
+        W_HD = W.T.contiguous() if conv1d else W
+        b = getattr(mod, "bias", None)
+        extra = {}
+        up = f"{blocks}.{i}.mlp.up_proj"
+        if name == "mlp.gate_proj" and up in modules:
+            extra["mlp.up_proj"] = modules[up].weight.detach().float().cpu()
+        b_H = None if b is None else b.detach().float().cpu()
+        return MLPRead(i, path, name, W_HD, b_H, extra)
+    return None
+
+
+class PathActs(NamedTuple):
+    acts: dict[str, Tensor]
+    """hook name -> [C, T, d] float32: C = paths × positions curves of T points each."""
+    n_paths: int
+    positions: int
+    tokens: int
+    """tokens per window on the paths."""
+
+
+def embedding_paths(
+    target: EvalTarget,
+    n_paths: int,
+    points: int,
+    tokens: int,
+    positions: int,
+    batch: int = 64,
+) -> PathActs | str:
+    """Activations at the SAE's hook(s) along paths e(t) = (1 − t)·E[w₁] + t·E[w₂], t ∈ [0, 1],
+    between the input embeddings of two held-out windows w₁, w₂ cut to `tokens` tokens (MATH §A.6
+    step 1): the embedding module's output is replaced by e(t) with a forward hook and the model
+    runs on to the hook. Each path contributes `positions` token positions (kept, i.e. not
+    BOS/special, in both windows, evenly spaced) as separate curves. A string says why not.
+    """
+    model = model_of(target)
+    if model is None:
+        return f"activations come from a {target.stream} source, so there is no model to run"
+    if n_paths < 1 or points < 2:
+        return f"{n_paths} paths of {points} points requested"
+    emb = model.get_input_embeddings()
+    if emb is None:
+        return f"model {type(model).__name__} exposes no input embedding module"
+    src = target.source
+    hooks = [h for h in target.source_hooks if h]
+    wins = []
+    for _, w_T in src.windows.iter_from(0):
+        wins.append(w_T[:tokens])
+        if len(wins) == 2 * n_paths:
+            break
+    if len(wins) < 2:
+        return f"the held-out data has {len(wins)} window(s); paths need two"
+    capture = ActivationCapture(model, hooks)
+    device = capture.device
+    t_T = torch.linspace(0.0, 1.0, points)
+    curves: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    for p in range(len(wins) // 2):
+        w1, w2 = wins[2 * p], wins[2 * p + 1]
+        keep = (src.keep_mask(w1[None]) & src.keep_mask(w2[None]))[0].nonzero().flatten()
+        if len(keep) == 0:
+            continue
+        pos = keep[torch.linspace(0, len(keep) - 1, min(positions, len(keep))).round().long()]
+        with torch.inference_mode():
+            e1, e2 = (emb(w[None].to(device))[0].float() for w in (w1, w2))
+        out: dict[str, list[Tensor]] = {h: [] for h in hooks}
+        for s in range(0, points, batch):
+            t_B = t_T[s : s + batch].to(device)[:, None, None]
+            e_BTE = (1 - t_B) * e1 + t_B * e2
+            handle = emb.register_forward_hook(lambda m, i, o, e=e_BTE: e.to(o.dtype))
+            try:
+                acts = capture(w1[None].expand(len(t_B), -1))
+            finally:
+                handle.remove()
+            for h in hooks:
+                out[h].append(acts[h][:, pos.to(acts[h].device)].float().cpu())
+        for h in hooks:
+            curves[h].append(torch.cat(out[h]).transpose(0, 1))  # [positions, T, d]
+    if not curves[hooks[0]]:
+        return "no token position is kept (non-special) in both windows of any pair"
+    acts = {h: torch.cat(c) for h, c in curves.items()}
+    return PathActs(acts, len(curves[hooks[0]]), positions, int(wins[0].shape[0]))
