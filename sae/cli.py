@@ -17,9 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import tyro
-
-from sae.config import ConfigError, HarvestConfig, load_yaml
+from sae.config import ConfigError, HarvestConfig, load_yaml, parse_cli
 
 USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
 
@@ -47,7 +45,7 @@ def parse(cls: type, argv: list[str], prog: str, default=None):
     path = argv[0] if argv and not argv[0].startswith("-") else None
     rest = argv[1:] if path else argv
     default = load_yaml(cls, path) if path else (default if default is not None else cls())
-    return tyro.cli(cls, default=default, args=rest, prog=prog)
+    return parse_cli(cls, default, rest, prog)
 
 
 def _harvest(argv: list[str]) -> str:

@@ -8,6 +8,7 @@ tyro turns the dataclasses into the command line. Each dataclass checks itself i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -373,6 +374,44 @@ def _dataclass_in(hint: Any) -> type | None:
             if dataclasses.is_dataclass(arg):
                 return arg
     return None
+
+
+@functools.cache
+def unchecked(cls: type) -> type:
+    """A subclass of config dataclass `cls` (and of its nested configs) that skips validation.
+
+    tyro builds the config while it parses flags and would print a validation error as a
+    multi-line box; parsing into this copy and validating afterwards (`parse_cli`) keeps every
+    error to one line. Literal fields become plain strings here, so an unknown choice also
+    reaches our own one-sentence check.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        sub = _dataclass_in(hint)
+        if sub is not None and dataclasses.is_dataclass(hint):
+            fields.append((f.name, unchecked(sub), field(default_factory=unchecked(sub))))
+        elif typing.get_origin(hint) is Literal:
+            fields.append((f.name, str, field(default=f.default)))
+    namespace = {"__post_init__": lambda self: None, "__doc__": cls.__doc__, "__module__": cls.__module__}
+    return dataclasses.make_dataclass(
+        cls.__name__, fields, bases=(cls,), namespace=namespace, kw_only=True,
+        frozen=cls.__dataclass_params__.frozen,
+    )
+
+
+def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
+    """`default` overridden by command-line flags, validated after parsing (one-line errors)."""
+    import tyro
+
+    parsed = tyro.cli(unchecked(cls), default=from_dict(unchecked(cls), to_dict(default)), args=args, prog=prog)
+    try:
+        return from_dict(cls, to_dict(parsed))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # nested configs (SAEConfig, ...) raise ValueError
+        raise ConfigError(str(e)) from None
 
 
 def load_yaml(cls: type, path: str | Path) -> Any:

@@ -184,7 +184,14 @@ class ActivationStore:
     # -- stream ----------------------------------------------------------------------------
     def _estimate_norm(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
         # Unit mean squared norm: the factor s with E||s x||^2 = 1, from the first chunk.
-        return {h: float(x.double().pow(2).sum(-1).mean().rsqrt()) for h, x in rows.items()}
+        # Summed in float64 blocks: a float64 copy of the whole chunk would double peak memory.
+        def factor(x: torch.Tensor) -> float:
+            total = sum(
+                float(x[i : i + 8192].double().pow(2).sum()) for i in range(0, len(x), 8192)
+            )
+            return (total / len(x)) ** -0.5
+
+        return {h: factor(x) for h, x in rows.items()}
 
     def _groups(self) -> Iterator[_Group]:
         first = max(self._group - 1, 0)

@@ -7,8 +7,9 @@ What it measures, each in a fresh subprocess (so peak RSS belongs to that job al
   bare      the model truncated to its first 4 layers (embeddings + encoder.layer.0-3), run on
             pre-tokenized windows: the floor any harvester pays.
   full      the whole 6-layer model on the same windows (what a harvester without early exit pays).
-  harvest   `sae harvest` end to end on the same number of windows: tokenizing, hooked forward
-            with early exit, masking special tokens, writing fp32 shards + manifest.
+  harvest   `sae harvest` on the same number of windows: tokenizing, hooked forward with early
+            exit, masking special tokens, writing fp32 shards + manifest (model loaded first,
+            as for every row).
   store     ActivationStore over live activations (buffer 262,144 rows) on the same windows.
 Tokens/s counts activation rows kept (special tokens excluded) for harvest/store, and all window
 positions for the bare/full forwards. Peak RSS is ru_maxrss of the subprocess (it counts
@@ -59,8 +60,11 @@ if kind in ("bare", "full"):
     rows, seconds = windows.numel(), time.perf_counter() - start
 elif kind == "harvest":
     from sae.harvest import harvest
+    from sae.sources import LiveSource
+    cfg = HarvestConfig(data=data, model=model_cfg, out=out, quiet=True)
+    source = LiveSource(cfg.model, cfg.data, cfg.store)  # model loaded before the clock starts
     start = time.perf_counter()
-    path = harvest(HarvestConfig(data=data, model=model_cfg, out=out, quiet=True))
+    path = harvest(cfg, source=source)
     rows, seconds = json.load(open(f"{path}/manifest.json"))["n_tokens"], time.perf_counter() - start
 elif kind == "store":
     from sae.sources import LiveSource
