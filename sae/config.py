@@ -394,9 +394,17 @@ def unchecked(cls: type) -> type:
             fields.append((f.name, unchecked(sub), field(default_factory=unchecked(sub))))
         elif typing.get_origin(hint) is Literal:
             fields.append((f.name, str, field(default=f.default)))
-    namespace = {"__post_init__": lambda self: None, "__doc__": cls.__doc__, "__module__": cls.__module__}
+    namespace = {
+        "__post_init__": lambda self: None,
+        "__doc__": cls.__doc__,
+        "__module__": cls.__module__,
+    }
     return dataclasses.make_dataclass(
-        cls.__name__, fields, bases=(cls,), namespace=namespace, kw_only=True,
+        cls.__name__,
+        fields,
+        bases=(cls,),
+        namespace=namespace,
+        kw_only=True,
         frozen=cls.__dataclass_params__.frozen,
     )
 
@@ -405,7 +413,9 @@ def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
     """`default` overridden by command-line flags, validated after parsing (one-line errors)."""
     import tyro
 
-    parsed = tyro.cli(unchecked(cls), default=from_dict(unchecked(cls), to_dict(default)), args=args, prog=prog)
+    parsed = tyro.cli(
+        unchecked(cls), default=from_dict(unchecked(cls), to_dict(default)), args=args, prog=prog
+    )
     try:
         return from_dict(cls, to_dict(parsed))
     except ConfigError:
