@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -306,6 +307,10 @@ class TrainConfig:
         _check(
             self.wandb in ("disabled", "offline", "online"),
             f"wandb={self.wandb!r} is not one of 'disabled', 'offline', 'online'.",
+        )
+        _check(
+            self.wandb == "disabled" or importlib.util.find_spec("wandb") is not None,
+            f"wandb={self.wandb!r} needs the wandb package: pip install -e '.[wandb]'.",
         )
         _check(
             not (self.target_hook and self.activations and not Path(self.activations).is_dir()),
