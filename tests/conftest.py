@@ -92,3 +92,13 @@ def text_file(tmp_path_factory) -> str:
         for i, line in enumerate(CORPUS * 4):
             f.write(json.dumps({"text": f"{i}: {line}", "id": i}) + "\n")
     return str(path)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test's kernels on one thread, restored afterwards. On a shared 2-core machine
+    OpenMP threads spin-waiting on each other made small-kernel tests up to 8x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,13 +16,7 @@ from sae.eval.capacity import read_polysemanticity
 from sae.io import save
 from sae.sae import SAE, SAEConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sae_with_decoder(W_dec_MD: torch.Tensor, k: int) -> SAE:

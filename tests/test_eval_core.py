@@ -16,14 +16,7 @@ from sae.eval.stats import WindowSums, bootstrap, resample_counts
 from sae.io import save
 from sae.sae import SAE, SAEConfig, SAEOutput
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # OpenMP threads spin-wait on this shared 2-core machine; one thread is faster and stable.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Fixed:

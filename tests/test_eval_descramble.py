@@ -16,13 +16,7 @@ from sae.eval import cli_main
 from sae.io import save
 from sae.sae import SAE, SAEConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(tmp_path, s: SAE, extra: list[str], meta: dict | None = None) -> dict:

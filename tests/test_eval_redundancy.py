@@ -20,13 +20,7 @@ from sae.hooks import ActivationCapture
 from sae.io import save
 from sae.sae import SAE, SAEConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _power_law_rows(n: int, d: int, alpha: float, seed: int = 0) -> np.ndarray:

@@ -9,13 +9,7 @@ from sae.sae import SAE, SAEConfig
 D, S, K = 16, 48, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls only slow down with threads, badly so when other jobs share the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(arch: str, seed: int = 0, **kw) -> SAE:

@@ -23,15 +23,7 @@ from sae.analysis.smoothness import (
 )
 from sae.analysis.spectrum import CovarianceAccumulator, eigenspectrum, fit_power_law
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Run this module's kernels on one thread, restored afterwards. On a shared 2-core machine
-    OpenMP threads spin-waiting on each other made these tests 8x slower (6 s → 50 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # MATH §A.6, measured with T = 4096, 500 frequencies, lags 16-256, 200 random projections

@@ -31,15 +31,7 @@ from sae.analysis.spectrum import (
     spectral_fidelity,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Run this module's kernels on one thread, restored afterwards. On a shared 2-core machine
-    OpenMP threads spin-waiting on each other made these tests 8x slower (6 s → 50 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Heavy reference linear algebra runs in torch: mixing torch's OpenMP pool with numpy's OpenBLAS
