@@ -102,3 +102,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def identity_sae(d: int):
+    """A ReLU SAE that reconstructs exactly: x = relu(x) - relu(-x), latents ±I (d_sae = 2 d)."""
+    from sae.sae import SAE, SAEConfig
+
+    s = SAE(SAEConfig(architecture="relu", d_in=d, d_sae=2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        s.W_enc.copy_(torch.cat([eye, -eye], 1))
+        s.W_dec.copy_(torch.cat([eye, -eye], 0))
+        s.b_enc.zero_()
+        s.b_dec.zero_()
+    return s
+
+
+def sae_with_decoder(W_dec_MD: torch.Tensor, k: int = 3):
+    """A TopK SAE whose decoder rows are `W_dec_MD` and whose encoder is their transpose."""
+    from sae.sae import SAE, SAEConfig
+
+    m, d = W_dec_MD.shape
+    s = SAE(SAEConfig(architecture="topk", d_in=d, d_sae=m, k=k))
+    with torch.no_grad():
+        s.W_dec.copy_(W_dec_MD)
+        s.W_enc.copy_(W_dec_MD.T)
+        s.b_enc.zero_()
+        s.b_dec.zero_()
+    return s

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import sae_with_decoder
 
 from sae.analysis.capacity import capacity_summary
 from sae.eval import cli_main
@@ -17,17 +18,6 @@ from sae.io import save
 from sae.sae import SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _sae_with_decoder(W_dec_MD: torch.Tensor, k: int) -> SAE:
-    m, d = W_dec_MD.shape
-    s = SAE(SAEConfig(architecture="topk", d_in=d, d_sae=m, k=k))
-    with torch.no_grad():
-        s.W_dec.copy_(W_dec_MD)
-        s.W_enc.copy_(W_dec_MD.T)
-        s.b_enc.zero_()
-        s.b_dec.zero_()
-    return s
 
 
 def _run(tmp_path, saes: dict[str, SAE], extra: list[str], meta: dict | None = None) -> dict:
@@ -52,7 +42,7 @@ def test_orthonormal_decoder_has_capacity_one_each_and_random_meets_the_null(tmp
     )
     res = _run(
         tmp_path,
-        {"ortho": _sae_with_decoder(q, 4), "random": _sae_with_decoder(rand, 8)},
+        {"ortho": sae_with_decoder(q, 4), "random": sae_with_decoder(rand, 8)},
         ["--activations", str(tmp_path / "acts.npy"), "--eval-tokens", "3000"],
     )
     ortho = res["ortho"]["sae"]

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import identity_sae
 
 from sae.config import DataConfig
 from sae.eval import EvalConfig, run_eval
@@ -105,18 +106,6 @@ def test_dead_and_dense_counts_on_hand_built_latents(tmp_path):
     assert sum(lat["l0_histogram"]["counts"]) == n
 
 
-def _identity_sae(d: int) -> SAE:
-    """x = relu(x) - relu(-x) exactly: a pair of ±I latents (d_sae = 2 d)."""
-    s = SAE(SAEConfig(architecture="relu", d_in=d, d_sae=2 * d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        s.W_enc.copy_(torch.cat([eye, -eye], 1))
-        s.W_dec.copy_(torch.cat([eye, -eye], 0))
-        s.b_enc.zero_()
-        s.b_dec.zero_()
-    return s
-
-
 def _zero_sae(d: int, d_out: int | None = None) -> SAE:
     s = SAE(SAEConfig(architecture="relu", d_in=d, d_sae=8, d_out=d_out))
     with torch.no_grad():
@@ -152,7 +141,7 @@ def test_ce_recovered_is_one_for_identity_and_zero_for_zero_ablation(
         tmp_path,
         tiny_models[family],
         text_file,
-        {"ident": (_identity_sae(32), meta), "zero": (_zero_sae(32), meta)},
+        {"ident": (identity_sae(32), meta), "zero": (_zero_sae(32), meta)},
     )
     ident, zero = res["ident"]["downstream"]["metrics"], res["zero"]["downstream"]["metrics"]
     assert res["ident"]["downstream"]["kind"] == "causal_lm"
@@ -194,7 +183,7 @@ def test_encoder_embedding_cosines(tiny_models, text_file, tmp_path):
         tmp_path,
         tiny_models["bert"],
         text_file,
-        {"ident": (_identity_sae(32), meta), "zero": (_zero_sae(32), meta)},
+        {"ident": (identity_sae(32), meta), "zero": (_zero_sae(32), meta)},
     )
     ident, zero = res["ident"]["downstream"]["metrics"], res["zero"]["downstream"]["metrics"]
     assert res["ident"]["downstream"]["kind"] == "encoder"

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import identity_sae
 
 import sae.eval.redundancy as red
 from sae.analysis.spectrum import CovarianceAccumulator, bootstrap_alpha, redundancy_summary
@@ -28,18 +29,6 @@ def _power_law_rows(n: int, d: int, alpha: float, seed: int = 0) -> np.ndarray:
     q, _ = np.linalg.qr(rng.standard_normal((d, d)))
     x = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** (-alpha / 2)
     return (x @ q.T).astype(np.float32)
-
-
-def _identity_sae(d: int) -> SAE:
-    """x = relu(x) - relu(-x) exactly: x_hat = x, error = 0, latents = |x| split by sign."""
-    s = SAE(SAEConfig(architecture="relu", d_in=d, d_sae=2 * d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        s.W_enc.copy_(torch.cat([eye, -eye], 1))
-        s.W_dec.copy_(torch.cat([eye, -eye], 0))
-        s.b_enc.zero_()
-        s.b_dec.zero_()
-    return s
 
 
 def _run_file(tmp_path, x: np.ndarray, saes: dict[str, SAE], n_boot: int = 20) -> dict:
@@ -64,7 +53,7 @@ def test_raw_record_is_redundancy_summary_of_the_same_rows_and_identity_keeps_it
     codes of an exact SAE: x_hat = x, error = 0, FVU_k = 0, PR ratio 1."""
     x = _power_law_rows(3000, 240, 1.5)
     x[:, :3] += 5.0  # an offset far from the origin: centring must not depend on it
-    res = _run_file(tmp_path, x, {"ident": _identity_sae(240)})["ident"]
+    res = _run_file(tmp_path, x, {"ident": identity_sae(240)})["ident"]
     ref = redundancy_summary(CovarianceAccumulator().update(torch.from_numpy(x)))
     got = res["codes"]["x"]
     for key, want in ref.items():

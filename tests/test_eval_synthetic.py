@@ -10,26 +10,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import sae_with_decoder
 
 from sae.analysis.matching import expected_null_mmcs
 from sae.config import ConfigError
 from sae.eval import EvalConfig, run_eval
 from sae.io import save
-from sae.sae import SAE, SAEConfig
+from sae.sae import SAE
 from sae.synthetic import SyntheticConfig, SyntheticData
 
 GEN = SyntheticConfig(d_in=32, n_features=64, mean_active=3.0, seed=3)
-
-
-def _sae_with_decoder(W_dec_MD: torch.Tensor, k: int = 3) -> SAE:
-    m, d = W_dec_MD.shape
-    s = SAE(SAEConfig(architecture="topk", d_in=d, d_sae=m, k=k))
-    with torch.no_grad():
-        s.W_dec.copy_(W_dec_MD)
-        s.W_enc.copy_(W_dec_MD.T)
-        s.b_enc.zero_()
-        s.b_dec.zero_()
-    return s
 
 
 def _run(tmp_path, saes: dict[str, SAE], suite="synthetic,core"):
@@ -52,7 +42,7 @@ def test_true_dictionary_scores_one_and_random_scores_the_null(tmp_path):
         torch.randn(64, 32, generator=torch.Generator().manual_seed(9)), dim=1
     )
     report = _run(
-        tmp_path, {"truth": _sae_with_decoder(true_ND[perm]), "random": _sae_with_decoder(rand)}
+        tmp_path, {"truth": sae_with_decoder(true_ND[perm]), "random": sae_with_decoder(rand)}
     )
     by_name = {e["name"]: e for e in report["saes"]}
     truth = by_name["truth"]["results"]["synthetic"]["metrics"]
@@ -76,7 +66,7 @@ def test_true_dictionary_scores_one_and_random_scores_the_null(tmp_path):
 
 
 def test_synthetic_suite_refuses_an_sae_without_synthetic_metadata(tmp_path):
-    s = _sae_with_decoder(torch.eye(32))
+    s = sae_with_decoder(torch.eye(32))
     save(s, tmp_path / "plain")
     np_path = tmp_path / "acts.npy"
     np.save(np_path, np.zeros((10, 32), dtype=np.float32))
