@@ -60,9 +60,7 @@ class ReconstructionStats:
         }
 
 
-def _eval_store(
-    trainer: Trainer, train_store: ActivationStore
-) -> tuple[ActivationStore | None, str]:
+def _eval_store(trainer: Trainer) -> tuple[ActivationStore | None, str]:
     tcfg = trainer.tcfg
     cfg = StoreConfig(
         buffer_tokens=max(2 * tcfg.store.batch_size, 8192),
@@ -97,9 +95,9 @@ def _eval_store(
 
 
 @torch.no_grad()
-def evaluate_members(trainer: Trainer, train_store: ActivationStore) -> dict[str, dict]:
+def evaluate_members(trainer: Trainer) -> dict[str, dict]:
     """Score every SAE of the run on held-out activations, scaled as in training."""
-    store, where = _eval_store(trainer, train_store)
+    store, where = _eval_store(trainer)
     results = {}
     if store is None:
         dist.print0(

@@ -165,8 +165,8 @@ class Trainer:
         )
         self.scale = dict(zip(hooks, t.tolist(), strict=True))
 
-    def _save_sae(self, m: Member, store: ActivationStore, folder: Path, sparsity=None) -> None:
-        """Write the SAE with the store's normalisation folded in (raw activations in and out)."""
+    def _save_sae(self, m: Member, folder: Path, sparsity=None) -> None:
+        """Write the SAE with the training normalisation folded in (raw activations in and out)."""
         export = SAE(m.sae.cfg, device="cpu")
         export.load_state_dict({k: v.detach().cpu() for k, v in m.sae.state_dict().items()})
         s_in, s_out = self._scales(m)
@@ -196,7 +196,7 @@ class Trainer:
             tensors = {f"train.{k}": v for k, v in m.sae.state_dict().items()}
             tensors |= optimizer_tensors(m.opt)
             tensors["dead.tokens_since_fired"] = m.tokens_since_fired
-            saes[m.name] = (lambda folder, m=m: self._save_sae(m, store, folder), tensors)
+            saes[m.name] = (lambda folder, m=m: self._save_sae(m, folder), tensors)
         trainer = {
             "step": self.step,
             "tokens": self.tokens,
@@ -330,7 +330,7 @@ class Trainer:
                 f"stopped by signal {self._stop_signal}; resume with --resume --out {self.run}"
             )
             return []
-        return self._finish(store, wandb_run)
+        return self._finish(wandb_run)
 
     def _log(self, metrics, wandb_run, bar, rate: float) -> None:
         record = {"step": self.step, "tokens": self.tokens, "tokens_per_s": round(rate, 1)}
@@ -344,15 +344,15 @@ class Trainer:
         if wandb_run is not None:
             wandb_run.log(record, step=self.step)
 
-    def _finish(self, store: ActivationStore, wandb_run) -> list[Path]:
+    def _finish(self, wandb_run) -> list[Path]:
         from sae.evaluate import evaluate_members
 
-        results = evaluate_members(self, store)
+        results = evaluate_members(self)
         finals = [self.run / "final" / m.name for m in self.members]
         if dist.is_main():
             for m, folder in zip(self.members, finals, strict=True):
                 density = results[m.name].pop("log10_density", None)
-                self._save_sae(m, store, folder, sparsity=density)
+                self._save_sae(m, folder, sparsity=density)
                 summary = json.dumps(results[m.name], indent=2) + "\n"
                 atomic_write_text(folder / "train_summary.json", summary)
             _print_summary(results, self)
