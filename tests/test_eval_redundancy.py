@@ -57,7 +57,7 @@ def test_raw_record_is_redundancy_summary_of_the_same_rows_and_identity_keeps_it
     ref = redundancy_summary(CovarianceAccumulator().update(torch.from_numpy(x)))
     got = res["codes"]["x"]
     for key, want in ref.items():
-        if key in ("alpha_ci95", "H_random", "H_basis"):
+        if key in ("alpha_ci95", "alpha_boot_bias", "H_random", "H_basis"):
             continue
         assert got[key] == pytest.approx(want, rel=1e-9, abs=1e-12), key
     assert 1.4 < got["alpha"] < 1.6 and got["smooth_possible"] is True
@@ -67,8 +67,9 @@ def test_raw_record_is_redundancy_summary_of_the_same_rows_and_identity_keeps_it
         CovarianceAccumulator().update(torch.from_numpy(x[block % red.BOOT_GROUPS == g]))
         for g in range(red.BOOT_GROUPS)
     ]
-    ci = bootstrap_alpha(groups, 20, 0, *got["fit_range"]).ci95
-    assert got["alpha_ci95"] == pytest.approx(list(ci), rel=1e-9)
+    boot = bootstrap_alpha(groups, 20, 0, *got["fit_range"])
+    assert got["alpha_ci95"] == pytest.approx(list(boot.ci95), rel=1e-9)
+    assert got["alpha_boot_bias"] == pytest.approx(boot.bias, rel=1e-9)
     assert got["alpha_ci95"][0] < got["alpha"] < got["alpha_ci95"][1]
     hat = res["codes"]["x_hat"]
     assert hat["alpha"] == pytest.approx(got["alpha"], rel=1e-6)

