@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy.special import zeta
 
+from sae.analysis import moments
 from sae.analysis.spectrum import (
     CovarianceAccumulator,
     bootstrap_alpha,
@@ -88,6 +89,27 @@ def test_streaming_matches_batch_cov_with_ragged_batches():
     assert rel_err(acc.mean.numpy(), x_ND.mean(0)) < 1e-12
     assert rel_err(acc.gram().numpy(), mm(x_ND.T, x_ND) / 3000) < 1e-12
     assert rel_err(acc.cov(ddof=0).numpy(), batch_cov(x_ND, ddof=0)) < 1e-12
+
+
+@pytest.mark.parametrize(("block", "d"), [(7, 30), (None, 1100)])
+def test_blocked_lower_update_matches_batch_cov(monkeypatch, block, d):
+    """Pins the half-GEMM update: blocks above the diagonal stale until read (ragged last block at
+    width 7), then mirrored; reads between updates, merge, pooling and state_dict all see M2
+    whole. d = 1100 crosses the real 1,024-column block."""
+    if block is not None:
+        monkeypatch.setattr(moments, "_BLOCK", block)
+    rng = np.random.default_rng(21)
+    x_ND = mm(rng.standard_normal((2000, d)), rng.standard_normal((d, d))) + 7.0
+    acc = CovarianceAccumulator().update(x_ND[:300])
+    assert acc._lower_only  # the upper blocks are stale until m2 is read
+    assert rel_err(acc.cov().numpy(), batch_cov(x_ND[:300])) < 1e-12
+    acc.update(x_ND[300:900]).update(x_ND[900:1000])
+    other = CovarianceAccumulator().update(x_ND[1000:1500]).update(x_ND[1500:])
+    restored = CovarianceAccumulator.from_state_dict(other.state_dict())
+    pooled = CovarianceAccumulator.pooled([acc, other])
+    assert rel_err(pooled.cov().numpy(), batch_cov(x_ND)) < 1e-12
+    acc.merge(restored)
+    assert rel_err(acc.cov().numpy(), batch_cov(x_ND)) < 1e-12
 
 
 def test_large_mean_stays_exact():

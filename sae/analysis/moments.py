@@ -35,6 +35,29 @@ def _t64(x: Array, device: torch.device | None = None) -> torch.Tensor:
     return t.to(device=device if device is not None else t.device, dtype=torch.float64)
 
 
+_BLOCK = 1024
+"""columns per block of the lower-triangular Gram update (one plain GEMM up to this width)."""
+
+
+def _add_lower_gram_(
+    m2_DD: torch.Tensor, yc_ND: torch.Tensor, delta_D: torch.Tensor, w: float
+) -> None:
+    """m2 += ycᵀyc + w·δδᵀ on the blocks at or below the block diagonal only, in place.
+
+    A symmetric rank-n update needs half a GEMM's flops; torch has no SYRK, so the product is
+    tiled into _BLOCK-wide blocks and only the i ≥ j ones are formed (measured at d = 4,096, 4,096
+    rows, 2 threads: 0.87 s against 1.33 s for ycᵀyc plus add, and 0.048 s against 0.105 s for the
+    205-row slices of a bootstrap group). No d × d temporary is allocated.
+    """
+    d = m2_DD.shape[0]
+    for i in range(0, d, _BLOCK):
+        for j in range(0, i + 1, _BLOCK):
+            blk = m2_DD[i : i + _BLOCK, j : j + _BLOCK]
+            blk.addmm_(yc_ND[:, i : i + _BLOCK].T, yc_ND[:, j : j + _BLOCK])
+            if w:
+                blk.addr_(delta_D[i : i + _BLOCK], delta_D[j : j + _BLOCK], alpha=w)
+
+
 class CovarianceAccumulator:
     """Streaming mean and covariance by the Chan/Welford merge (MATH §0), O(d²) memory.
 
@@ -49,6 +72,8 @@ class CovarianceAccumulator:
         self._shift_D: torch.Tensor | None = None  # K; the stored mean is μ − K
         self._mean_D: torch.Tensor | None = None
         self._m2_DD: torch.Tensor | None = None
+        self._lower_only = False
+        """only the lower block triangle of _m2_DD is current (see _add_lower_gram_)"""
 
     @property
     def d(self) -> int:
@@ -67,10 +92,20 @@ class CovarianceAccumulator:
             return self
         if self._shift_D is None:
             self._shift_D = x_ND[0].clone()
+            d = x_ND.shape[1]
+            self._mean_D = torch.zeros_like(self._shift_D)
+            self._m2_DD = torch.zeros(d, d, dtype=torch.float64, device=x_ND.device)
+        assert self._mean_D is not None and self._m2_DD is not None
         y_ND = x_ND - self._shift_D
         mean_D = y_ND.mean(0)
-        yc_ND = y_ND - mean_D
-        self._merge_stats(x_ND.shape[0], mean_D, yc_ND.T @ yc_ND)
+        y_ND -= mean_D
+        n_a, n_b = self.n, x_ND.shape[0]
+        n = n_a + n_b
+        delta_D = mean_D - self._mean_D
+        _add_lower_gram_(self._m2_DD, y_ND, delta_D, n_a * n_b / n)
+        self._lower_only = self._m2_DD.shape[0] > _BLOCK
+        self._mean_D = self._mean_D + delta_D * (n_b / n)
+        self.n = n
         return self
 
     def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
@@ -82,7 +117,7 @@ class CovarianceAccumulator:
             self._shift_D = other._shift_D.clone()
         dev = self._shift_D.device
         mean_D = other._mean_D.to(dev) + (other._shift_D.to(dev) - self._shift_D)
-        self._merge_stats(other.n, mean_D, other._m2_DD.to(dev))
+        self._merge_stats(other.n, mean_D, other.m2.to(dev))
         return self
 
     def _merge_stats(self, n_b: int, mean_D: torch.Tensor, m2_DD: torch.Tensor) -> None:
@@ -92,6 +127,7 @@ class CovarianceAccumulator:
             return
         n_a, n = self.n, self.n + n_b
         delta_D = mean_D - self._mean_D
+        self._m2_DD = self.m2
         # in place: at d = 16k one fp64 matrix is 2 GB (a self-merge, m2 is m2, still doubles)
         self._m2_DD.add_(m2_DD).addr_(delta_D, delta_D, alpha=n_a * n_b / n)
         self._mean_D = self._mean_D + delta_D * (n_b / n)
@@ -118,26 +154,38 @@ class CovarianceAccumulator:
         delta_GD = means_GD - mean_D
         m2_DD = delta_GD.T @ (c_G[:, None] * delta_GD)
         for c, a in live:
-            m2_DD.add_(a._m2_DD, alpha=c)
+            m2_DD.add_(a.m2, alpha=c)
         out.n, out._shift_D, out._mean_D, out._m2_DD = n, ref_D.clone(), mean_D, m2_DD
         return out
+
+    @property
+    def m2(self) -> torch.Tensor:
+        """M2 = Σ (x−μ)(x−μ)ᵀ, whole (the upper block triangle is filled in from the lower)."""
+        assert self._m2_DD is not None, "empty accumulator"
+        if self._lower_only:
+            m2, d = self._m2_DD, self._m2_DD.shape[0]
+            for i in range(0, d, _BLOCK):
+                for j in range(i + _BLOCK, d, _BLOCK):
+                    m2[i : i + _BLOCK, j : j + _BLOCK] = m2[j : j + _BLOCK, i : i + _BLOCK].T
+            self._lower_only = False
+        return self._m2_DD
 
     def cov(self, ddof: int = 1) -> torch.Tensor:
         """Σ = M2/(n − ddof); ddof=1 is MATH §0's Σ, ddof=0 the population second moment."""
         assert self._m2_DD is not None and self.n > ddof, "need more rows than ddof"
-        return self._m2_DD / (self.n - ddof)
+        return self.m2 / (self.n - ddof)
 
     def gram(self) -> torch.Tensor:
         """Uncentred G = XᵀX/n (MATH §0), rebuilt from (n, μ, M2)."""
         assert self._m2_DD is not None, "empty accumulator"
         mean_D = self.mean
-        return self._m2_DD / self.n + torch.outer(mean_D, mean_D)
+        return self.m2 / self.n + torch.outer(mean_D, mean_D)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors for safetensors (per-shard accumulators saved for a later bootstrap)."""
         assert self._m2_DD is not None, "empty accumulator"
         return {"n": torch.tensor(self.n), "shift": self._shift_D, "mean_shifted": self._mean_D,
-                "m2": self._m2_DD}  # fmt: skip
+                "m2": self.m2}  # fmt: skip
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> CovarianceAccumulator:
