@@ -10,10 +10,12 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy.special import zeta
 
 from sae.analysis import moments
+from sae.analysis.moments import csr_row_chunks
 from sae.analysis.spectrum import (
     CovarianceAccumulator,
     bootstrap_alpha,
@@ -366,8 +368,10 @@ def test_randomized_eigenspectrum_matches_eigh():
     chunks = randomized_eigenspectrum(
         lambda: (torch.from_numpy(c).to_sparse() if i % 2 else c
                  for i, c in enumerate(np.array_split(a_NM, 7))), 40, oversample=40)  # fmt: skip
+    csr = randomized_eigenspectrum(csr_row_chunks(sp.csr_matrix(a_NM), rows=500), 40, oversample=40)
     assert rel_err(sparse[:5], ev_a[:5]) < 1e-6
     assert rel_err(chunks, sparse) < 1e-10
+    assert rel_err(csr, sparse) < 1e-10
 
 
 def test_spectral_fidelity_known_answers():

@@ -13,6 +13,7 @@ and re-exports `CovarianceAccumulator` and `randomized_eigenspectrum`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -221,6 +222,13 @@ def _eigh_desc(
     return _zero_tail(ev.flip(0)[:top_k].numpy().copy()), vecs
 
 
+def _col_sums(c: torch.Tensor) -> torch.Tensor:
+    """Column sums of a dense, sparse COO or sparse CSR matrix, dense."""
+    if c.layout == torch.sparse_csr:
+        return torch.zeros(c.shape[1], dtype=c.dtype).index_add_(0, c.col_indices(), c.values())
+    return torch.sparse.sum(c, 0).to_dense() if c.layout == torch.sparse_coo else c.sum(0)
+
+
 def randomized_eigenspectrum(
     rows: Array | Callable[[], Iterable[Array]],
     k: int,
@@ -240,7 +248,7 @@ def randomized_eigenspectrum(
     def chunks() -> Iterable[torch.Tensor]:
         if callable(rows):
             yield from (c if isinstance(c, torch.Tensor) else _t64(c) for c in rows())
-        elif isinstance(rows, torch.Tensor) and rows.is_sparse:
+        elif isinstance(rows, torch.Tensor) and rows.layout != torch.strided:
             yield rows
         else:
             for i in range(0, rows.shape[0], chunk):
@@ -248,7 +256,7 @@ def randomized_eigenspectrum(
 
     n, sum_M = 0, None
     for c in chunks():
-        s = torch.sparse.sum(c.double(), 0).to_dense() if c.is_sparse else c.double().sum(0)
+        s = _col_sums(c.double())
         n, sum_M = n + c.shape[0], s if sum_M is None else sum_M + s
     assert sum_M is not None and n > 1, "need at least two rows"
     mean_M = sum_M / n
@@ -257,8 +265,8 @@ def randomized_eigenspectrum(
         out_ML = torch.zeros_like(q_ML)
         for c in chunks():
             c = c.double()
-            if c.is_sparse:  # implicit centring: (B − 1μᵀ)ᵀ(B − 1μᵀ)Q expanded, B stays sparse
-                s_M = torch.sparse.sum(c, 0).to_dense()
+            if c.layout != torch.strided:  # implicit centring: (B − 1μᵀ)ᵀ(B − 1μᵀ)Q expanded
+                s_M = _col_sums(c)
                 mq_L = mean_M @ q_ML
                 out_ML += (
                     c.t() @ (c @ q_ML) - torch.outer(s_M, mq_L) - torch.outer(mean_M, s_M @ q_ML)
@@ -336,11 +344,20 @@ def csr_row_chunks(a_NM, rows: int = 16384) -> Callable[[], Iterable[torch.Tenso
     a = sp.csr_matrix(a_NM, dtype=np.float64)
 
     def chunks() -> Iterable[torch.Tensor]:
+        # CSR, not COO: B·Q and Bᵀ·(BQ) (the transpose is CSC) took 0.49 s against 0.78 s per
+        # 16,384 rows × 16,384 latents, 32 nonzeros a row, Q 825 wide, on 2 threads
         for s in range(0, a.shape[0], rows):
-            c = a[s : s + rows].tocoo()
-            idx = torch.from_numpy(np.stack([c.row, c.col]).astype(np.int64))
-            yield torch.sparse_coo_tensor(
-                idx, torch.from_numpy(c.data), c.shape, check_invariants=False
-            ).coalesce()
+            c = a[s : s + rows]
+            c.sort_indices()
+            with warnings.catch_warnings():  # "CSR support is in beta": not the user's concern
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+                t = torch.sparse_csr_tensor(
+                    torch.from_numpy(c.indptr.astype(np.int64)),
+                    torch.from_numpy(c.indices.astype(np.int64)),
+                    torch.from_numpy(c.data),
+                    c.shape,
+                    check_invariants=False,
+                )
+            yield t
 
     return chunks

@@ -64,8 +64,9 @@ BOOT_GROUPS = 20
 """bootstrap units: windows are dealt to this many groups (MATH §A.4: resample sequences)."""
 BOOT_MAX = 200
 """most bootstrap replicates of α per code (MATH §A.4: B = 50-200); each is one eigh."""
-BOOT_BYTES = 1 << 30
-"""memory for the per-group fp64 accumulators of all codes together."""
+BOOT_BYTES = 3 << 30
+"""memory for the per-group fp64 accumulators of all codes together: at d = 4,096 one code's
+20 groups take 2.5 GiB, so x (first in line) keeps its interval and x_hat, error go without."""
 BOOT_LATENTS = 1024
 """latent bootstrap only up to this many live latents (one eigh of that size per replicate)."""
 DENSE_LATENTS = 4096
