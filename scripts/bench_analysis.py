@@ -2,7 +2,7 @@
 the capacity of a 65,536 × 4,096 dictionary, and the redundancy suite's accumulation and records over
 1M tokens at d = 4,096.
 
-    python scripts/bench_analysis.py --threads 2            # full size: ~1 h on 2 cores (*)
+    python scripts/bench_analysis.py --threads 2            # full size: ~28 min on 2 cores (*)
     python scripts/bench_analysis.py --small                # m 4,096, d 256, 20k tokens: a smoke run
     python scripts/bench_analysis.py --only capacity --m 65536 --d 4096 --threads 2
 
@@ -20,9 +20,9 @@ Random data, no model and no SAE forward pass (say so beside the numbers):
 Each row reports wall time, the phases, and the peak resident memory of its process (ru_maxrss)
 next to the memory of its inputs (the dictionary, or nothing).
 
-(*) extrapolated from smaller runs on this 2-core machine, one thread: capacity 16,384 × 2,048 in
-15 s (× 16 for 65,536 × 4,096: ~4 min); redundancy 50k tokens at d 2,048 accumulated in 42 s
-(× 80 for 1M tokens at d 4,096: ~55 min, plus ~5 min for the 16,384-latent spectrum).
+(*) measured on the 2-core VM of BENCHMARKS.md: capacity 106 s, redundancy 1,539 s (accumulation
+917 s, records with 100 bootstrap eighs 237 s, latent spectrum 370 s). Run it alone: a concurrent
+job makes the OpenMP threads spin-wait and the timings 2-4x slower.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def capacity_worker(args) -> dict:
         )
     usage = torch.rand(args.m, generator=g, dtype=torch.float64) ** 4
     rss_inputs = _rss_mb()
-    ok, _ = blocks_ok(args.m, args.d)
+    ok = args.blocks or blocks_ok(args.m, args.d)[0]
     t0 = time.perf_counter()
     out = capacity_summary(W, usage, torch.zeros(args.m, dtype=torch.bool), blocks=ok)
     secs = time.perf_counter() - t0
@@ -67,7 +67,13 @@ def capacity_worker(args) -> dict:
         "rss_after_inputs_mb": rss_inputs,
         "peak_rss_mb": _rss_mb(),
         "check": f"sum C geometric {out['geometric']['sum_capacity']:.1f} vs null "
-        f"{out['geometric']['null_sum_capacity']:.1f}",
+        f"{out['geometric']['null_sum_capacity']:.1f}"
+        + (
+            f"; {out['geometric']['blocks']['count']:,} blocks, largest "
+            f"{out['geometric']['blocks']['largest'][0]['n']:,} features"
+            if ok
+            else ""
+        ),
     }
 
 
@@ -135,6 +141,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096, help="redundancy: rows per update")
     p.add_argument("--n-boot", type=int, default=100, help="redundancy: bootstrap resamples")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the workers")
+    p.add_argument("--blocks", action="store_true",
+                   help="capacity: run the block search even above BLOCK_FLOPS")  # fmt: skip
     p.add_argument("--worker", choices=["capacity", "redundancy"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.small:
