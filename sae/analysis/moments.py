@@ -128,7 +128,7 @@ class CovarianceAccumulator:
             return
         n_a, n = self.n, self.n + n_b
         delta_D = mean_D - self._mean_D
-        self._m2_DD = self.m2
+        self._fill_upper()
         # in place: at d = 16k one fp64 matrix is 2 GB (a self-merge, m2 is m2, still doubles)
         self._m2_DD.add_(m2_DD).addr_(delta_D, delta_D, alpha=n_a * n_b / n)
         self._mean_D = self._mean_D + delta_D * (n_b / n)
@@ -159,16 +159,21 @@ class CovarianceAccumulator:
         out.n, out._shift_D, out._mean_D, out._m2_DD = n, ref_D.clone(), mean_D, m2_DD
         return out
 
-    @property
-    def m2(self) -> torch.Tensor:
-        """M2 = Σ (x−μ)(x−μ)ᵀ, whole (the upper block triangle is filled in from the lower)."""
-        assert self._m2_DD is not None, "empty accumulator"
+    def _fill_upper(self) -> None:
+        """Mirror the lower block triangle of M2 onto the stale upper one, in place."""
         if self._lower_only:
+            assert self._m2_DD is not None
             m2, d = self._m2_DD, self._m2_DD.shape[0]
             for i in range(0, d, _BLOCK):
                 for j in range(i + _BLOCK, d, _BLOCK):
                     m2[i : i + _BLOCK, j : j + _BLOCK] = m2[j : j + _BLOCK, i : i + _BLOCK].T
             self._lower_only = False
+
+    @property
+    def m2(self) -> torch.Tensor:
+        """M2 = Σ (x−μ)(x−μ)ᵀ, whole."""
+        assert self._m2_DD is not None, "empty accumulator"
+        self._fill_upper()
         return self._m2_DD
 
     def cov(self, ddof: int = 1) -> torch.Tensor:
