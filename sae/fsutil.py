@@ -51,6 +51,11 @@ def atomic_save_safetensors(
     _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
+def atomic_save_png(fig: Any, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure as PNG, tightly cropped."""
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -28,6 +28,7 @@ import torch
 
 from sae.analysis.spectrum import CovarianceAccumulator, redundancy_summary
 from sae.config import DataConfig, ModelConfig, StoreConfig
+from sae.eval import plots
 from sae.sources import LiveSource
 
 GROUPS = 20
@@ -143,8 +144,7 @@ def plot(rows: list, out: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle("all-MiniLM-L6-v2: redundancy of the residual stream by depth", fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    plots.save(fig, out, dpi=120)
     print(f"figure: {out}")
 
 

@@ -30,6 +30,7 @@ import torch
 from repro_tms_capacity import train_tms  # scripts/ is on sys.path when run as a script
 
 from sae.analysis.capacity import feature_capacity
+from sae.eval import plots
 
 
 def mean_rank(mask: np.ndarray) -> str:
@@ -108,8 +109,7 @@ def plot(phases: np.ndarray, W_IHF: torch.Tensor, rows: np.ndarray, args) -> Non
     ax_k.set(xlabel="input kurtosis", ylabel="polysemanticity", title="rising with kurtosis")
     ax_k.legend(fontsize=8)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120)
+    plots.save(fig, args.out, dpi=120)
     print(f"figure: {args.out}")
 
 

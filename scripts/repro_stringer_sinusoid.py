@@ -28,6 +28,7 @@ from sae.analysis.smoothness import (
     sinusoid_code,
 )
 from sae.analysis.spectrum import CovarianceAccumulator, eigenspectrum, fit_power_law
+from sae.eval import plots
 
 
 def main() -> None:
@@ -87,8 +88,7 @@ def plot(rows: list, out: Path) -> None:
     ax_h.set(xlabel="α", ylabel="H", title="Hurst exponent of random projections")
     ax_h.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    plots.save(fig, out, dpi=120)
     print(f"figure: {out}")
 
 

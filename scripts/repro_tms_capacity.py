@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from sae.analysis.capacity import feature_capacity
+from sae.eval import plots
 
 STICKY = {"1": 1.0, "3/4": 0.75, "2/3": 2 / 3, "1/2": 0.5, "2/5": 0.4, "3/8": 0.375}
 
@@ -169,8 +170,7 @@ def plot(points: list[tuple[float, float]], geo, args) -> None:
         ax.set(xlabel="1 / (1 − S)  (inverse feature probability)", ylabel="capacity C_i",
                title=f"TMS {title}")  # fmt: skip
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120)
+    plots.save(fig, args.out, dpi=120)
     print(f"figure: {args.out}")
 
 

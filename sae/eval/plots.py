@@ -3,8 +3,6 @@ feature. Each function draws one figure and writes it atomically (temp file, the
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,16 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sae.fsutil import atomic_save_png  # noqa: E402
 
-def _save(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+
+def save(fig, path: Path, dpi: int = 110) -> None:
+    """Write `fig` to `path` as PNG atomically (its folder made if missing) and close it."""
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_save_png(fig, path, dpi)
     finally:
         plt.close(fig)
 
@@ -41,7 +36,7 @@ def density(path: Path, log10_density: np.ndarray, n_dead: int, n_tokens: int, t
     ax.set_ylabel("latents")
     ax.set_title(f"{title}\nfeature density over {n_tokens:,} tokens; dead: {n_dead}", fontsize=9)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def l0(path: Path, counts: list[int], mean: float, title: str) -> None:
@@ -53,7 +48,7 @@ def l0(path: Path, counts: list[int], mean: float, title: str) -> None:
     ax.set_ylabel("tokens")
     ax.set_title(f"{title}\nL0 distribution", fontsize=9)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def _short_names(names: list[str]) -> dict[str, str]:
@@ -104,7 +99,7 @@ def frontier(path: Path, points: list[dict], fidelity_label: str | None) -> None
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     fig.suptitle("sparsity-fidelity frontier (bars: bootstrap 95% intervals)", fontsize=10)
-    _save(fig, path)
+    save(fig, path)
 
 
 def mmcs(path: Path, max_cos_N: np.ndarray, probs_N: np.ndarray, null: float, title: str) -> None:
@@ -123,7 +118,7 @@ def mmcs(path: Path, max_cos_N: np.ndarray, probs_N: np.ndarray, null: float, ti
     ax2.set_ylabel("firing probability", color="tab:orange")
     ax.set_title(f"{title}\nMMCS per true feature", fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
-    _save(fig, path)
+    save(fig, path)
 
 
 # ---- redundancy, capacity, descramble suites (MATH.md §A, §B, §D) ----------------------------
@@ -159,7 +154,7 @@ def eigenspectra(path: Path, spectra: dict[str, dict], title: str) -> None:
     fig.suptitle(
         f"{title}: eigenspectra; dotted: the smoothness border α = 1 + 2/d", fontsize=9, y=1.02
     )
-    _save(fig, path)
+    save(fig, path)
 
 
 def fvu_by_pcs(path: Path, k: list[int], fvu: list[float | None], title: str) -> None:
@@ -171,7 +166,7 @@ def fvu_by_pcs(path: Path, k: list[int], fvu: list[float | None], title: str) ->
     ax.set_ylabel("FVU within them")
     ax.set_title(f"{title}\nwhere the SAE error lives in X's spectrum", fontsize=9)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save(fig, path)
 
 
 def hurst_vs_alpha(path: Path, points: list[tuple[str, float, float | None, float | None]]) -> None:
@@ -191,7 +186,7 @@ def hurst_vs_alpha(path: Path, points: list[tuple[str, float, float | None, floa
     ax.set_ylabel("H (Hurst exponent along paths)")
     ax.set_title("smoothness along input paths against the spectrum", fontsize=9)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)
 
 
 def capacity_histograms(path: Path, hists: dict[str, dict], title: str) -> None:
@@ -207,7 +202,7 @@ def capacity_histograms(path: Path, hists: dict[str, dict], title: str) -> None:
     ax.set_ylabel("features")
     ax.set_title(f"{title}\nper-feature capacity", fontsize=9)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def block_sizes(path: Path, size_counts: dict[str, dict[str, int]], title: str) -> None:
@@ -222,7 +217,7 @@ def block_sizes(path: Path, size_counts: dict[str, dict[str, int]], title: str) 
     ax.set_ylabel("blocks")
     ax.set_title(f"{title}\nblock sizes (|cos| > τ components)", fontsize=9)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def subspace_capture(path: Path, r: list[int], phi: dict[str, list[float]], d: int, title: str):
@@ -236,4 +231,4 @@ def subspace_capture(path: Path, r: list[int], phi: dict[str, list[float]], d: i
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{title}\nsubspace capture of the SAE decoder", fontsize=9)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
