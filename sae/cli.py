@@ -49,7 +49,7 @@ def parse(cls: type, argv: list[str], prog: str, default=None):
 
 
 def _harvest(argv: list[str]) -> str:
-    from sae.harvest import harvest
+    from sae.activations.harvest import harvest
 
     cfg = parse(HarvestConfig, argv, "sae harvest")
     return str(harvest(cfg))
@@ -57,7 +57,7 @@ def _harvest(argv: list[str]) -> str:
 
 def _train(argv: list[str]) -> str:
     from sae.config import BUILTIN_TOKENS, TrainConfig
-    from sae.train import train
+    from sae.training.train import train
 
     # With no config and no activation file, the built-in default run: 1M MiniLM tokens.
     builtin = not (argv and not argv[0].startswith("-")) and "--activations" not in argv

@@ -18,8 +18,8 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from sae.analysis.synthetic import SyntheticConfig
 from sae.sae import SAEConfig
-from sae.synthetic import SyntheticConfig
 
 StorageDtype = Literal["float32", "float16", "bfloat16"]
 

@@ -44,8 +44,8 @@ data = DataConfig(max_windows=n_windows)
 model_cfg = ModelConfig(device=device)
 t0 = time.perf_counter()
 if kind in ("bare", "full"):
-    from sae.data import TokenWindows
-    from sae.hooks import load_model
+    from sae.activations.text import TokenWindows
+    from sae.activations.capture import load_model
     model, tok = load_model(model_cfg)
     windows = torch.stack([w for _, w in TokenWindows(data, tok)])
     if kind == "bare":
@@ -59,16 +59,16 @@ if kind in ("bare", "full"):
         torch.cuda.synchronize()
     rows, seconds = windows.numel(), time.perf_counter() - start
 elif kind == "harvest":
-    from sae.harvest import harvest
-    from sae.sources import LiveSource
+    from sae.activations.harvest import harvest
+    from sae.activations.sources import LiveSource
     cfg = HarvestConfig(data=data, model=model_cfg, out=out, quiet=True)
     source = LiveSource(cfg.model, cfg.data, cfg.store)  # model loaded before the clock starts
     start = time.perf_counter()
     path = harvest(cfg, source=source)
     rows, seconds = json.load(open(f"{path}/manifest.json"))["n_tokens"], time.perf_counter() - start
 elif kind == "store":
-    from sae.sources import LiveSource
-    from sae.store import ActivationStore
+    from sae.activations.sources import LiveSource
+    from sae.activations.store import ActivationStore
     cfg = StoreConfig()
     store = ActivationStore(LiveSource(model_cfg, data, cfg), cfg)
     start = time.perf_counter()

@@ -35,7 +35,7 @@ WORKER = r"""
 import json, resource, sys, torch
 from sae.config import StoreConfig, TrainConfig, ModelConfig
 from sae.sae import SAEConfig
-from sae.train import train
+from sae.training.train import train
 arch, path, tokens, out, device, autocast = sys.argv[1:7]
 extra = {"matryoshka_prefixes": [384, 1536, 3072]} if arch == "matryoshka" else {}
 cfg = TrainConfig(

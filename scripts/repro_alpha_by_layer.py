@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from sae.activations.sources import LiveSource
 from sae.analysis.spectrum import CovarianceAccumulator, redundancy_summary
 from sae.config import DataConfig, ModelConfig, StoreConfig
 from sae.eval import plots
-from sae.sources import LiveSource
 
 GROUPS = 20
 COLUMNS = ("alpha", "r2_loglog", "alpha_drift", "PR", "PR_over_d", "n90", "rho_info", "rho_offdiag")

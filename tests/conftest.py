@@ -40,7 +40,7 @@ def _bpe_tokenizer(bos: str, eos: str):
 def _build(family: str, path: str) -> None:
     import transformers as tf
 
-    from sae.hooks import resolve_model_path
+    from sae.activations.capture import resolve_model_path
 
     torch.manual_seed(0)
     small = dict(num_hidden_layers=3, num_attention_heads=2, hidden_size=32, intermediate_size=64)

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae.activations.capture import ActivationCapture, resolve_device, resolve_hooks
+from sae.activations.sources import CacheSource
 from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, fmt, metric
 from sae.eval.splice import (
@@ -43,8 +45,6 @@ from sae.eval.splice import (
 )
 from sae.eval.stats import WindowSums, bootstrap, histogram, resample_counts
 from sae.eval.stream import BLOCK_ROWS, rows, window_batches
-from sae.hooks import ActivationCapture, resolve_device, resolve_hooks
-from sae.sources import CacheSource
 
 # name -> (statistic of summed quantities, the count it averages over, unit)
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae.activations.capture import ActivationCapture, resolve_device
 from sae.analysis.descramble import (
     brockett_bound,
     descrambled_weights,
@@ -52,7 +53,6 @@ from sae.eval.base import EvalContext, EvalTarget, SuiteResult
 from sae.eval.layer import LatentUsage, mlp_read, model_of, usage_key
 from sae.eval.stream import rows, window_batches
 from sae.fsutil import atomic_save_safetensors
-from sae.hooks import ActivationCapture, resolve_device
 
 DESCRAMBLE_MAX = 8192
 """largest n_h descrambled (HHᵀ is n_h² fp64; two eighs of n_h³)."""

@@ -17,9 +17,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from sae.activations.capture import ActivationCapture, hook_aliases, resolve_device, resolve_hooks
 from sae.eval.base import EvalContext, EvalTarget
 from sae.eval.stream import rows
-from sae.hooks import ActivationCapture, hook_aliases, resolve_device, resolve_hooks
 
 # (module name under the block, stored as [d_model, d_mlp] i.e. Conv1D)
 _MLP_IN = (
@@ -90,7 +90,7 @@ def latent_usage(target: EvalTarget, ctx: EvalContext) -> LatentUsage:
 
 def sae_block(model: nn.Module, hook: str) -> tuple[str, int] | None:
     """(block-list path, block index) of the block that holds `hook`, or None (embeddings, final
-    norm, or a model whose block list sae.hooks cannot find)."""
+    norm, or a model whose block list sae.activations.capture cannot find)."""
     aliases = hook_aliases(model)
     if "resid_post.0" not in aliases:
         return None

@@ -43,6 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from sae.activations.capture import resolve_device
 from sae.analysis.moments import csr_row_chunks, sparse_moments
 from sae.analysis.smoothness import smoothness_record
 from sae.analysis.spectrum import (
@@ -58,7 +59,6 @@ from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult
 from sae.eval.layer import LatentUsage, embedding_paths, usage_key
 from sae.eval.stream import rows
-from sae.hooks import resolve_device
 
 BOOT_GROUPS = 20
 """bootstrap units: windows are dealt to this many groups (MATH §A.4: resample sequences)."""

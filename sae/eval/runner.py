@@ -11,12 +11,12 @@ from typing import Any
 
 import yaml
 
+from sae.activations.sources import MATRIX_HOOK, CacheSource, LiveSource, MatrixSource, open_source
 from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, suite_module
 from sae.eval.config import EvalConfig, parse_args
 from sae.eval.stream import SYNTHETIC_HELDOUT_START
 from sae.io import load as load_sae
-from sae.sources import MATRIX_HOOK, CacheSource, LiveSource, MatrixSource, open_source
 
 _DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
 
@@ -85,7 +85,7 @@ def _file_target(folder: Path, sae, meta: dict, cfg: EvalConfig) -> dict[str, An
 
 
 def _synthetic_target(folder: Path, sae, meta: dict) -> dict[str, Any]:
-    from sae.synthetic import SyntheticConfig, SyntheticData
+    from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 
     try:
         gen = SyntheticConfig(**meta["synthetic"])
@@ -110,7 +110,7 @@ def _synthetic_target(folder: Path, sae, meta: dict) -> dict[str, Any]:
 
 
 def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContext) -> dict:
-    from sae.hooks import load_model
+    from sae.activations.capture import load_model
 
     model_name, hook, target = (
         meta.get("model_name"),

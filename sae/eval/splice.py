@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sae.hooks import HookPoint
+from sae.activations.capture import HookPoint
 
 ModelKind = Literal["causal_lm", "encoder"]
 Replace = tuple[HookPoint, Callable[[Tensor], Tensor]]
@@ -24,7 +24,7 @@ Replace = tuple[HookPoint, Callable[[Tensor], Tensor]]
 
 
 def model_kind(model: nn.Module) -> ModelKind:
-    """Causal LMs (loaded with their LM head by sae.hooks.load_model) give logits; else encoder."""
+    """Causal LMs (loaded with their LM head by sae.activations.capture.load_model) give logits; else encoder."""
     name = type(model).__name__
     return "causal_lm" if name.endswith(("ForCausalLM", "LMHeadModel")) else "encoder"
 

@@ -14,8 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from sae.activations.sources import LiveSource
 from sae.eval.base import EvalTarget
-from sae.sources import LiveSource
 
 BLOCK_ROWS = 128
 """rows per bootstrap unit where the source has no windows (matrix files, synthetic data)."""

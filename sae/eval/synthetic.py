@@ -24,10 +24,10 @@ from sae.analysis.matching import (
     hungarian_mcc,
     random_null,
 )
+from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 from sae.config import ConfigError
 from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, finite
-from sae.synthetic import SyntheticConfig, SyntheticData
 
 
 def synthetic_config(target: EvalTarget) -> SyntheticConfig:

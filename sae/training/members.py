@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from sae.activations.sources import ActivationSource, LiveSource
 from sae.config import ConfigError, TrainConfig
 from sae.sae import SAE
-from sae.sources import ActivationSource, LiveSource
 
 
 class Member:

@@ -13,11 +13,11 @@ import torch
 from conftest import sae_with_decoder
 
 from sae.analysis.matching import expected_null_mmcs
+from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 from sae.config import ConfigError
 from sae.eval import EvalConfig, run_eval
 from sae.io import save
 from sae.sae import SAE
-from sae.synthetic import SyntheticConfig, SyntheticData
 
 GEN = SyntheticConfig(d_in=32, n_features=64, mean_active=3.0, seed=3)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sae.activations.sources import MATRIX_HOOK, LiveSource, MatrixSource
+from sae.activations.store import ActivationStore
 from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
-from sae.sources import MATRIX_HOOK, LiveSource, MatrixSource
-from sae.store import ActivationStore
 
 H = MATRIX_HOOK
 

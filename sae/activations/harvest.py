@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from sae import dist
+from sae.activations.sources import LiveSource
+from sae.activations.store import fixed_chunks
 from sae.config import ConfigError, HarvestConfig, save_yaml, to_dict
 from sae.fsutil import atomic_save_safetensors, atomic_write_json, sha256_file, sha256_json
-from sae.sources import LiveSource
-from sae.store import fixed_chunks
 
 FORMAT = "sae-activation-cache"
 VERSION = 1

@@ -1,11 +1,11 @@
-"""Generator statistics of MATH.md §E.4 and stream determinism for sae.synthetic."""
+"""Generator statistics of MATH.md §E.4 and stream determinism for sae.analysis.synthetic."""
 
 import math
 
 import pytest
 import torch
 
-from sae.synthetic import (
+from sae.analysis.synthetic import (
     SyntheticConfig,
     SyntheticData,
     feature_probs,

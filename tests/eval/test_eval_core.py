@@ -195,8 +195,8 @@ def test_encoder_embedding_cosines(tiny_models, text_file, tmp_path):
 def test_cache_and_live_streams_give_identical_numbers(tiny_models, text_file, tmp_path):
     """Pins the cache path (hooks picked by name, window ids kept for the bootstrap): a harvest
     of the held-out windows scores a transcoder exactly as the live model does."""
+    from sae.activations.harvest import harvest
     from sae.config import HarvestConfig, ModelConfig
-    from sae.harvest import harvest
 
     hooks = {"hook_name": "resid_pre.1", "target_hook_name": "mlp_out.1"}
     torch.manual_seed(0)

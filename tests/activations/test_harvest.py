@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-import sae.harvest as harvest_mod
+import sae.activations.harvest as harvest_mod
+from sae.activations.harvest import harvest
+from sae.activations.sources import CacheSource, LiveSource
+from sae.activations.store import ActivationStore
 from sae.cli import main
 from sae.config import ConfigError, DataConfig, HarvestConfig, ModelConfig, StoreConfig
-from sae.harvest import harvest
-from sae.sources import CacheSource, LiveSource
-from sae.store import ActivationStore
 
 HOOKS = ["resid_pre.1", "mlp_out.1", "resid_post.2"]
 
@@ -151,7 +151,7 @@ def test_cli_harvest_prints_path_last_and_errors_in_one_line(
 
 def test_training_refuses_a_cache_from_another_model_or_hook(tiny_models, text_file, tmp_path):
     from sae.config import TrainConfig
-    from sae.train import Trainer
+    from sae.training.train import Trainer
 
     out = harvest(_cfg(tiny_models, text_file, tmp_path / "c", max_tokens=700))
     with pytest.raises(

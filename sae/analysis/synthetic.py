@@ -4,7 +4,7 @@ x = Σ_i c_i g_i (+ noise) with N unit feature vectors g_i in R^d and sparse non
 Batch j is a pure function of (seed, j, batch_size), so a resumed run sees the same stream and any
 batch can be regenerated on its own.
 
-    from sae.synthetic import SyntheticConfig, SyntheticData
+    from sae.analysis.synthetic import SyntheticConfig, SyntheticData
     data = SyntheticData(SyntheticConfig(d_in=256, n_features=512, variant="correlated"))
     for x_BD in data.batches(batch_size=4096, start=0, stop=100): ...
     true_ND = data.dictionary_ND

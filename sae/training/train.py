@@ -26,21 +26,21 @@ import torch
 from tqdm import tqdm
 
 from sae import dist
-from sae.checkpoint import (
+from sae.activations.capture import resolve_device
+from sae.activations.sources import CacheSource, SyntheticSource, open_source
+from sae.activations.store import ActivationStore
+from sae.config import ConfigError, TrainConfig, save_yaml, to_dict
+from sae.fsutil import atomic_write_text
+from sae.io import save as save_sae
+from sae.sae import SAE
+from sae.training.checkpoint import (
     latest_checkpoint,
     load_optimizer_tensors,
     optimizer_tensors,
     read_checkpoint,
     write_checkpoint,
 )
-from sae.config import ConfigError, TrainConfig, save_yaml, to_dict
-from sae.fsutil import atomic_write_text
-from sae.hooks import resolve_device
-from sae.io import save as save_sae
-from sae.members import Member, build_members, rows_per_epoch, schedule
-from sae.sae import SAE
-from sae.sources import CacheSource, SyntheticSource, open_source
-from sae.store import ActivationStore
+from sae.training.members import Member, build_members, rows_per_epoch, schedule
 
 
 class Trainer:
@@ -345,7 +345,7 @@ class Trainer:
             wandb_run.log(record, step=self.step)
 
     def _finish(self, wandb_run) -> list[Path]:
-        from sae.evaluate import evaluate_members
+        from sae.training.heldout import evaluate_members
 
         results = evaluate_members(self)
         finals = [self.run / "final" / m.name for m in self.members]

@@ -1,6 +1,6 @@
 """ActivationStore: a bounded, shuffled stream of activation batches with exact resume.
 
-    python -c "from sae.store import demo; demo()"    # prints a few batch shapes on the default
+    python -c "from sae.activations.store import demo; demo()"    # prints a few batch shapes on the default
 
 Mixing scheme. The row stream from a source is cut into chunks of C = buffer_tokens / 2 rows.
 Chunk j is split at random into halves a_j and b_j; group g = shuffle(b_{g-1} + a_g); groups are
@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from sae.activations.sources import ActivationSource
 from sae.config import ConfigError, StoreConfig
-from sae.sources import ActivationSource
 
 STATE_VERSION = 1
 
@@ -251,8 +251,8 @@ class ActivationStore:
 
 
 def demo() -> None:
+    from sae.activations.sources import LiveSource
     from sae.config import DataConfig, ModelConfig
-    from sae.sources import LiveSource
 
     cfg = StoreConfig(buffer_tokens=16_384, batch_size=1024)
     store = ActivationStore(LiveSource(ModelConfig(), DataConfig(max_windows=256), cfg), cfg)

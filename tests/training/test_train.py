@@ -13,7 +13,7 @@ import sae
 from sae.cli import main
 from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig, TrainConfig
 from sae.sae import SAEConfig
-from sae.train import Trainer, train
+from sae.training.train import Trainer, train
 
 
 def _planted(tmp_path, n=12_000, d=16, n_feat=48, k=3, seed=0, name="acts.npy"):
@@ -204,7 +204,7 @@ def test_bad_inputs_fail_before_training(tmp_path):
 def test_synthetic_ground_truth_training_records_the_generator(tmp_path):
     """`--activations synthetic`: trains on the §E generator; metadata lets eval rebuild the truth."""
     from sae.analysis.matching import compare_dictionaries
-    from sae.synthetic import SyntheticConfig, SyntheticData
+    from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 
     syn = SyntheticConfig(d_in=32, n_features=48, mean_active=3.0, seed=3)
     cfg = TrainConfig(

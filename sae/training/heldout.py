@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from sae import dist
+from sae.activations.sources import LiveSource, SyntheticSource, open_source
+from sae.activations.store import ActivationStore
 from sae.config import StoreConfig
-from sae.sources import LiveSource, SyntheticSource, open_source
-from sae.store import ActivationStore
 
 if TYPE_CHECKING:
-    from sae.train import Trainer
+    from sae.training.train import Trainer
 
 
 class ReconstructionStats:

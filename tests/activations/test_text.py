@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sae.activations.text import TokenWindows, builtin_documents, documents, pack_windows
 from sae.config import ConfigError, DataConfig
-from sae.data import TokenWindows, builtin_documents, documents, pack_windows
 
 docs_strategy = st.lists(st.lists(st.integers(3, 99), max_size=40), max_size=20)
 
@@ -46,7 +46,7 @@ def test_builtin_corpus_is_python_docs_and_deterministic():
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    from sae.hooks import resolve_model_path
+    from sae.activations.capture import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path("builtin"))
 

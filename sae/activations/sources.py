@@ -56,8 +56,8 @@ class LiveSource:
         model=None,
         tokenizer=None,
     ):
-        from sae.data import TokenWindows
-        from sae.hooks import ActivationCapture, load_model, max_positions
+        from sae.activations.capture import ActivationCapture, load_model, max_positions
+        from sae.activations.text import TokenWindows
 
         if model is None:
             model, tokenizer = load_model(model_cfg)
@@ -303,7 +303,7 @@ class SyntheticSource(_RowFile):
     def __init__(
         self, cfg, n_rows: int, held_out: bool = False, rank: int = 0, world_size: int = 1
     ):
-        from sae.synthetic import SyntheticData
+        from sae.analysis.synthetic import SyntheticData
 
         self.cfg, self.n_rows, self.held_out = cfg, n_rows, held_out
         self.rank, self.world_size = rank, world_size

@@ -1,6 +1,6 @@
 """Text sources and packing: documents -> tokens -> fixed-length windows.
 
-    python -c "from sae.data import builtin_documents; print(sum(map(len, builtin_documents())))"
+    python -c "from sae.activations.text import builtin_documents; print(sum(map(len, builtin_documents())))"
 
 Sources: the built-in corpus (Python's own English documentation: `pydoc_data.topics` plus the
 standard library's docstrings, read with `ast`), local .txt/.jsonl/.parquet files or folders,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import FAMILIES
 
+from sae.activations.capture import ActivationCapture, hook_aliases, load_model
 from sae.config import ConfigError, ModelConfig
-from sae.hooks import ActivationCapture, hook_aliases, load_model
 
 
 def _model(tiny_models, family):
