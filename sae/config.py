@@ -124,7 +124,8 @@ class StoreConfig:
     batch_size: int = 1024
     """activation rows per batch."""
     exclude_bos: bool = True
-    """drop BOS/CLS positions (their outlier norms dominate second moments; MATH.md §0)."""
+    """drop BOS/CLS positions (their outlier norms dominate second moments;
+    docs/methods.md#special-token-exclusion)."""
     exclude_special: bool = True
     """drop every special token (SEP, EOS, PAD, ...), not only BOS."""
     normalize: bool = False
@@ -216,7 +217,8 @@ class TrainConfig:
     """train on an activation cache folder, a [tokens, d_in] .npy/.safetensors file, or
     'synthetic' (the ground-truth generator configured in `synthetic`)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    """the synthetic ground truth (MATH.md §E), used when activations='synthetic'."""
+    """the synthetic ground truth (docs/methods.md#synthetic-generator), used when
+    activations='synthetic'."""
     eval_activations: str | None = None
     """held-out activations (cache or matrix file); live runs use the held-out windows."""
     eval_tokens: int = 100_000

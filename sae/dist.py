@@ -1,4 +1,5 @@
-"""torch.distributed helpers that become no-ops in a single process (STYLE.md habit 8)."""
+"""torch.distributed helpers that become no-ops in a single process, so distributed code is
+invisible when torchrun is not used."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""α by layer for the built-in model (MATH.md §A.7 i, §A.10: Marshall & Kirchner's depth trend), with
+"""α by layer for the built-in model (Marshall & Kirchner 2024's depth trend;
+docs/methods.md#alpha-power-law-exponent), with
 an SAE's reconstruction, error and latents beside its layer when an SAE folder is given.
 
 Run (CPU, about 1-3 minutes on 2 cores at the default 30k tokens; GPU: add --device cuda):

@@ -1,19 +1,21 @@
-"""Reproduce Scherlis et al.'s (2022) capacity phases on a toy model (MATH.md §B.4, §B.6): the most
-important features are monosemantic (C = 1), the middle ones polysemantic (0 < C < 1), the least
-important ignored (C = 0), and polysemanticity rises with the kurtosis of the inputs.
+"""Reproduce Scherlis et al.'s (2022) capacity phases on a toy model
+(docs/methods.md#feature-classes): the most important features are monosemantic (C = 1), the middle
+ones polysemantic (0 < C < 1), the least important ignored (C = 0), and polysemanticity rises with
+the kurtosis of the inputs.
 
 Run (CPU, about 1-2 minutes on 2 cores; no GPU or torchrun variant: the models are 20 × 5):
 
     python scripts/repro_scherlis_phases.py
     python scripts/repro_scherlis_phases.py --decay 0.8 --seeds 3 --out runs/repro/scherlis_0.8.png
 
-Scherlis et al.'s quadratic model and its loss were not retrievable (MATH §G), so this uses the
-ReLU-output toy model of scripts/repro_tms_capacity.py (20 features → 5 dims, importance 0.7^i).
-Input kurtosis is varied through sparsity: x_i = U[0, 1] with probability p = 1 − S, else 0, whose
-kurtosis E[(x − μ)⁴]/Var² = (p/5 − p²/2 + p³/2 − 3p⁴/16)/(p/3 − p²/4)² grows like 9/(5p).
-Phases per feature (MATH §B.3, ε = 0.05): ignored if ‖W_i‖ < 0.1·max_j ‖W_j‖ [project choice
-here: MATH's 0.1·median rule breaks when most features are ignored, the median norm is then ~0],
-monosemantic if C_i ≥ 0.95, polysemantic otherwise. The table gives, per sparsity, the input
+Scherlis et al.'s quadratic model and its loss were not retrievable (only the abstract was), so this
+uses the ReLU-output toy model of scripts/repro_tms_capacity.py (20 features → 5 dims, importance
+0.7^i). Input kurtosis is varied through sparsity: x_i = U[0, 1] with probability p = 1 − S, else 0,
+whose kurtosis E[(x − μ)⁴]/Var² = (p/5 − p²/2 + p³/2 − 3p⁴/16)/(p/3 − p²/4)² grows like 9/(5p).
+Phases per feature (docs/methods.md#feature-classes, ε = 0.05): ignored if ‖W_i‖ < 0.1·max_j ‖W_j‖
+[project choice
+here: the suite's 0.1·median rule breaks when most features are ignored, the median norm is then
+~0], monosemantic if C_i ≥ 0.95, polysemantic otherwise. The table gives, per sparsity, the input
 kurtosis, the count and the mean importance rank (0 = most important) of each phase, the
 polysemantic share of represented features and 1 − mean C over them. The figure shows each
 feature's phase and capacity against importance rank and kurtosis.

@@ -1,4 +1,5 @@
-"""Reproduce Stringer et al.'s sinusoid-code check (MATH.md §A.6): α → (α̂, H, predicted H).
+"""Reproduce Stringer et al.'s sinusoid-code check (docs/methods.md#random-projection-hurst-test): α
+→ (α̂, H, predicted H).
 
 Run (CPU, ~5 s; no GPU or torchrun variant: the work is a few 1000 × 1000 dense matrices):
 
@@ -6,11 +7,11 @@ Run (CPU, ~5 s; no GPU or torchrun variant: the work is a few 1000 × 1000 dense
     python scripts/repro_stringer_sinusoid.py --alphas 1 1.5 2 2.5 3 4 --out runs/repro/stringer_sinusoid.png
 
 For each α it builds the circle code cos(kθ), sin(kθ) scaled by k^(−α/2), k = 1..500, at T = 4096
-angles; fits α̂ on ranks 11-500 with Stringer's 1/k-weighted fit; and measures the Hurst exponent
-H of 200 random projections over lags 16-256 grid steps. Theory for a d = 1 manifold:
-H = min(1, (α − 1)/2); the code is differentiable iff α > 1 + 2/d = 3. MATH §A.6 measured
-α = 1.5 → 0.28, 2 → 0.50, 2.5 → 0.71, 3 → 0.86, 4 → 0.98. The figure (needs matplotlib) shows the
-spectra with their fits, one random projection per α (Stringer's simulation panel), and H vs α.
+angles; fits α̂ on ranks 11-500 with Stringer's 1/k-weighted fit; and measures the Hurst exponent H
+of 200 random projections over lags 16-256 grid steps. Theory for a d = 1 manifold: H = min(1, (α −
+1)/2); the code is differentiable iff α > 1 + 2/d = 3. The tests pin what was measured α = 1.5 →
+0.28, 2 → 0.50, 2.5 → 0.71, 3 → 0.86, 4 → 0.98. The figure (needs matplotlib) shows the spectra with
+their fits, one random projection per α (Stringer's simulation panel), and H vs α.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Reproduce Elhage et al.'s toy model of superposition (2022) as a capacity check (MATH.md §B.5, §B.6).
+"""Reproduce Elhage et al.'s toy model of superposition (2022) as a capacity check
+(docs/methods.md#capacity).
 
 Run (CPU, no GPU or torchrun variant: the models are tiny; timings in BENCHMARKS.md):
 
@@ -18,11 +19,11 @@ independent models (Adam, lr 1e-3 with cosine decay, batch 1024):
 
 Per learned W the script prints ΣC (≤ rank), Elhage's dimensions per feature D* = m/‖W‖_F², the
 number of represented features (‖W_i‖ > 0.5), how many represented features sit within 0.03 of each
-"sticky" fraction 1, 3/4, 2/3, 1/2, 2/5, 3/8 (§B.5: a feature alone, a tetrahedron, a triangle, an
+"sticky" fraction 1, 3/4, 2/3, 1/2, 2/5, 3/8 (a feature alone, a tetrahedron, a triangle, an
 antipodal pair, a pentagon, a square antiprism) and, for the sweep, every feature's capacity C_i
-(= Elhage's dimensionality D_i, MATH §B.1) in importance order. The figure shows C_i against
-1/(1 − S), one dot per represented feature, with those fractions and, for the geometry experiment,
-D* per model.
+(= Elhage's dimensionality D_i, docs/methods.md#capacity) in importance order. The figure shows C_i
+against 1/(1 − S), one dot per represented feature, with those fractions and, for the geometry
+experiment, D* per model.
 """
 
 from __future__ import annotations

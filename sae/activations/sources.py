@@ -298,7 +298,8 @@ _HELD_OUT_PIECE = 10**9
 
 
 class SyntheticSource(_RowFile):
-    """Sparse combinations of a known dictionary (MATH.md §E), `n_rows` long, deterministic."""
+    """Sparse combinations of a known dictionary, `n_rows` long, deterministic
+    (docs/methods.md#synthetic-generator)."""
 
     def __init__(
         self, cfg, n_rows: int, held_out: bool = False, rank: int = 0, world_size: int = 1

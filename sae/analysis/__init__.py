@@ -1,1 +1,1 @@
-"""Evaluation mathematics (../shared/MATH.md): pure functions on tensors, no I/O."""
+"""Evaluation mathematics (docs/methods.md): pure functions on tensors, no I/O."""

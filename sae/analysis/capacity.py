@@ -1,11 +1,12 @@
-"""Per-feature capacity of a dictionary (MATH.md §B; Scherlis et al. 2022, Elhage et al. 2022).
+"""Per-feature capacity of a dictionary (Scherlis et al. 2022, Elhage et al. 2022;
+docs/methods.md#capacity).
 
 Convention: a dictionary ``W_ND`` holds one feature per **row** (N features in R^D), the layout of
 ``W_dec [d_sae, d_in]`` and of an MLP input weight ``[d_mlp, d_model]`` (whose rows are the
-neurons' read vectors, MATH.md §B.4). MATH.md writes the transpose, W ∈ R^{d×N}.
+neurons' read vectors). Papers often write the transpose, W ∈ R^{d×N}.
 
 Capacity C_i = G_ii² / (G²)_ii with G = W Wᵀ (N×N here) is computed through the d×d frame
-operator F = Wᵀ W, because (G²)_ii = W_i F W_iᵀ (§B.2): O(N d²) time, O(d² + chunk·d) memory,
+operator F = Wᵀ W, because (G²)_ii = W_i F W_iᵀ: O(N d²) time, O(d² + chunk·d) memory,
 fp64 accumulation. The N×N Gram is never formed.
 
     from sae.analysis.capacity import capacity_summary
@@ -38,8 +39,8 @@ __all__ = [
 
 
 class FeatureCapacity(NamedTuple):
-    capacity_N: Tensor  # C_i ∈ [0, 1], fp64; 0 for a zero row (§B.1)
-    rayleigh_N: Tensor  # ρ_i = W_i F W_iᵀ / ‖W_i‖² (§B.3)
+    capacity_N: Tensor  # C_i ∈ [0, 1], fp64; 0 for a zero row
+    rayleigh_N: Tensor  # ρ_i = W_i F W_iᵀ / ‖W_i‖²
     residual_N: Tensor  # res_i = ‖F W_i − ρ_i W_i‖ / ‖F W_i‖; 0 iff W_i is an eigenvector of F
     sq_norm_N: Tensor  # ‖W_i‖²
     interference_N: Tensor  # (G²)_ii = Σ_j (W_i·W_j)² = W_i F W_iᵀ
@@ -65,8 +66,9 @@ class BlockStructure(NamedTuple):
 
 
 def _rank_rtol(dtype: torch.dtype, n: int, d: int) -> float:
-    # §0 uses 1e-12 relative in fp64. The eigenvalues of F are squared singular values, so a
-    # low-precision input needs the square of numpy's matrix_rank tolerance (max(n,d)·eps).
+    # docs/methods.md#numerics uses 1e-12 relative in fp64. The eigenvalues of F are squared
+    # singular values, so a low-precision input needs the square of numpy's matrix_rank tolerance
+    # (max(n,d)·eps).
     return max(1e-12, (max(n, d) * torch.finfo(dtype).eps) ** 2)
 
 
@@ -80,7 +82,7 @@ def _usage_scale(mean_sq_act_N: Tensor | None, n: int) -> Tensor | None:
         return None
     if mean_sq_act_N.shape != (n,):
         raise ValueError(f"mean_sq_act_N has shape {tuple(mean_sq_act_N.shape)}; need ({n},).")
-    return mean_sq_act_N.to(torch.float64).clamp_min(0).sqrt()  # W_i ← √E[a_i²]·d_i, §B.4(b)
+    return mean_sq_act_N.to(torch.float64).clamp_min(0).sqrt()  # W_i ← √E[a_i²]·d_i
 
 
 def frame_operator(
@@ -88,7 +90,7 @@ def frame_operator(
     mean_sq_act_N: Float[Tensor, " n"] | None = None,
     chunk_size: int = 4096,
 ) -> Float[Tensor, "d d"]:
-    """F = Σ_i W_iᵀ W_i (d×d) accumulated in fp64 over chunks of rows (§B.2)."""
+    """F = Σ_i W_iᵀ W_i (d×d) accumulated in fp64 over chunks of rows (docs/methods.md#capacity)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size is {chunk_size}; it must be a positive integer.")
     n, d = W_ND.shape
@@ -105,11 +107,13 @@ def feature_capacity(
     mean_sq_act_N: Float[Tensor, " n"] | None = None,
     chunk_size: int = 4096,
 ) -> FeatureCapacity:
-    """Capacity, Rayleigh quotient and localisation residual of every row of ``W_ND`` (§B.1–B.3).
+    """Capacity, Rayleigh quotient and localisation residual of every row of ``W_ND``
+    (docs/methods.md#capacity).
 
     With ``mean_sq_act_N`` (E[a_i²] per latent) the rows are first scaled by √E[a_i²]: the
-    usage-weighted capacity of §B.4(b). Scaling happens chunk by chunk, so no copy of W is made.
-    Two passes over W: one for F, one for the per-feature quadratic forms.
+    usage-weighted capacity (docs/methods.md#usage-weighted-capacity). Scaling happens chunk by
+    chunk, so no copy of W is made. Two passes over W: one for F, one for the per-feature quadratic
+    forms.
     """
     n, d = W_ND.shape
     scale_N = _usage_scale(mean_sq_act_N, n)
@@ -120,7 +124,7 @@ def feature_capacity(
         W_CD = _scaled_rows(W_ND, scale_N, s, chunk_size)
         FW_CD = W_CD @ F_DD  # F symmetric, so row i is (F W_iᵀ)ᵀ
         sq_norm_C = (W_CD * W_CD).sum(1)
-        den_C = (FW_CD * W_CD).sum(1)  # (G²)_ii, §B.2
+        den_C = (FW_CD * W_CD).sum(1)  # (G²)_ii
         live_C = sq_norm_C > 0
         cap_C = torch.where(live_C, sq_norm_C**2 / den_C.where(live_C, 1.0), 0.0)
         rho_C = torch.where(live_C, den_C / sq_norm_C.where(live_C, 1.0), 0.0)
@@ -137,7 +141,8 @@ def feature_capacity(
 
 
 def capacity_null(d_in: int, n_features: int) -> float:
-    """Σ C of a random unit dictionary: d·m / (d + m − 1) (§B.4, §B.5 within 2%)."""
+    """Σ C of a random unit dictionary: d·m / (d + m − 1)
+    (docs/methods.md#saturation-and-the-random-null)."""
     return d_in * n_features / (d_in + n_features - 1)
 
 
@@ -147,7 +152,8 @@ def classify_features(
     eps: float = 0.05,
     tau_norm: float = 0.1,
 ) -> FeatureClasses:
-    """Monosemantic / polysemantic / ignored (§B.3; ε = 0.05, τ_norm = 0.1 are project choices)."""
+    """Monosemantic / polysemantic / ignored (docs/methods.md#feature-classes;
+    ε = 0.05, τ_norm = 0.1 are project choices)."""
     norm_N = cap.sq_norm_N.sqrt()
     ignored_N = norm_N <= tau_norm * norm_N.median()
     if dead_N is not None:
@@ -157,7 +163,8 @@ def classify_features(
 
 
 def _components(W_ND: Tensor, tau: float, exclude_N: Tensor, chunk_size: int) -> np.ndarray:
-    """Connected components of the graph |cos(W_i, W_j)| > τ, found tile by tile (§B.3).
+    """Connected components of the graph |cos(W_i, W_j)| > τ, found tile by tile
+    (docs/methods.md#blocks).
 
     Only tiles on or above the diagonal are computed (the graph is symmetric), each of
     chunk × chunk entries, so memory is O(chunk² + chunk·d) and the time O(N² d / 2). Union is
@@ -202,13 +209,14 @@ def block_structure(
     cap: FeatureCapacity | None = None,
     chunk_size: int = 2048,
 ) -> BlockStructure:
-    """Blocks = connected components of |cos(W_i, W_j)| > τ among non-excluded features (§B.3).
+    """Blocks = connected components of |cos(W_i, W_j)| > τ among non-excluded features
+    (docs/methods.md#blocks).
 
     τ defaults to 3/√d, the noise scale of random cosines (trained SAEs); use τ = 1e-6 for exact
     toy solutions. Cost O(N² d / 2) for the neighbour search (tiled, never N×N in memory) plus
     Σ_b min(n_b, d)³ for the per-block spectra. Excluded (ignored) features get label −1 but still
-    count in the leakage of the blocks they overlap. [inferred] The per-block leakage aggregates
-    MATH.md's pairwise ‖W_bᵀW_b'‖_F over all b' ≠ b, and leakage_fraction normalises by ‖G‖_F².
+    count in the leakage of the blocks they overlap. [inferred] The per-block leakage aggregates the
+    pairwise ‖W_bᵀW_b'‖_F over all b' ≠ b, and leakage_fraction normalises by ‖G‖_F².
     """
     n, d = W_ND.shape
     tau = 3 / d**0.5 if tau is None else tau
@@ -264,7 +272,8 @@ def neuron_polysemanticity(
     mean_sq_act_N: Float[Tensor, " n"] | None = None,
     chunk_size: int = 4096,
 ) -> Float[Tensor, " d"]:
-    """NP_c = (Σ_k u_ck²)² / Σ_k u_ck⁴: effective number of latents loading on coordinate c (§B.4).
+    """NP_c = (Σ_k u_ck²)² / Σ_k u_ck⁴: effective number of latents loading on coordinate c
+    (docs/methods.md#neuron-polysemanticity).
 
     u_ck = √E[a_k²] · (W_dec)_{k,c}: coordinate c (a neuron, when the SAE reads a neuron basis) of
     latent k's write vector, weighted by usage. [inferred] "Weighted by usage" is read as the same
@@ -294,11 +303,11 @@ def _one_view(
     return {
         "sum_capacity": total,
         "rank": cap.rank,
-        "saturation": total / cap.rank if cap.rank else 0.0,  # s = ΣC / rank, §B.3
+        "saturation": total / cap.rank if cap.rank else 0.0,  # s = ΣC / rank
         "sum_over_d": total / d,
-        "null_sum_capacity": null,  # random unit dictionary with n_null features, §B.4
+        "null_sum_capacity": null,  # random unit dictionary with n_null features
         "sum_over_null": total / null if null else float("nan"),
-        "dims_per_feature": d / sq_fro if sq_fro else float("nan"),  # Elhage D*, §B.6
+        "dims_per_feature": d / sq_fro if sq_fro else float("nan"),  # Elhage D*
         "n_monosemantic": int(classes.monosemantic_N.sum()),
         "n_polysemantic": int(classes.polysemantic_N.sum()),
         "n_ignored": int(classes.ignored_N.sum()),
@@ -324,8 +333,9 @@ def capacity_summary(
     bins: int = 20,
     chunk_size: int = 4096,
 ) -> dict[str, Any]:
-    """JSON-ready §B report: geometric capacity, usage-weighted capacity (if ``mean_sq_act_N``),
-    classes, saturation, the random null, block structure and the neuron polysemanticity index.
+    """JSON-ready capacity report (docs/methods.md#capacity-suite): geometric capacity,
+    usage-weighted capacity (if ``mean_sq_act_N``), classes, saturation, the random null, block
+    structure and the neuron polysemanticity index.
 
     Works for an SAE decoder (``W_dec [d_sae, d_in]``, pass E[a²] and the dead mask) and for a
     model's MLP read vectors (rows of ``W_in [d_mlp, d_model]``, no usage). The null for the
@@ -363,7 +373,7 @@ def capacity_summary(
         use_cls = classify_features(use, dead_N, eps, tau_norm)
         out["usage_weighted"] = _one_view(use, use_cls, int((use.sq_norm_N > 0).sum()), d, bins)
     np_D = neuron_polysemanticity(W_ND, mean_sq_act_N, chunk_size)
-    # NP per input coordinate: a neuron when the SAE reads an MLP's neuron basis (§B.4).
+    # NP per input coordinate: a neuron when the SAE reads an MLP's neuron basis.
     out["neuron_polysemanticity"] = {
         "mean": float(np_D.mean()),
         "median": float(np_D.median()),

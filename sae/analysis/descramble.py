@@ -1,11 +1,13 @@
-"""Closed-form descrambler of a layer's preactivations (MATH.md §D; Sule, Spencer & Czaja).
+"""Closed-form descrambler of a layer's preactivations (Sule, Spencer & Czaja 2023;
+docs/methods.md#descrambler).
 
-Preactivations ``H = W X + b 1ᵀ`` (n_h × n, columns = samples). The descrambler is the orthogonal
-P minimising the roughness η(P) = Σ_x ‖D P h_x‖² = tr(L P HHᵀ Pᵀ), L = DᵀD, over O(n_h). That is a
-Brockett function, so the optimum is closed form (§D.2): with L = T diag(μ) Tᵀ (μ ascending) and
-HHᵀ = U diag(σ²) Uᵀ (σ descending), P* = T Uᵀ and η* = Σ_k μ_k σ_k². No optimiser is needed.
+Preactivations ``H = W X + b 1ᵀ`` (n_h × n, columns = samples). The descrambler is the orthogonal P
+minimising the roughness η(P) = Σ_x ‖D P h_x‖² = tr(L P HHᵀ Pᵀ), L = DᵀD, over O(n_h). That is a
+Brockett function, so the optimum is closed form (Brockett 1991): with L = T diag(μ) Tᵀ (μ
+ascending) and HHᵀ = U diag(σ²) Uᵀ (σ descending), P* = T Uᵀ and η* = Σ_k μ_k σ_k². No optimiser is
+needed.
 
-Batches arrive as ``h_BH`` (rows = samples, the transpose of MATH.md's H); ``hht_HH`` is HHᵀ.
+Batches arrive as ``h_BH`` (rows = samples, the transpose of the paper's H); ``hht_HH`` is HHᵀ.
 
     from sae.analysis.descramble import (
         accumulate_hht, descrambled_weights, descrambler, smoothness_operator,
@@ -62,11 +64,12 @@ class Seriation(NamedTuple):
 
 
 def fourier_derivative(n: int, dtype: torch.dtype = torch.float64) -> Float[Tensor, "n n"]:
-    """Periodic Fourier spectral first-derivative matrix on the grid θ_j = 2πj/n (§D.1).
+    """Periodic Fourier spectral first-derivative matrix on the grid θ_j = 2πj/n
+    (docs/methods.md#smoothness-operators).
 
     D = F⁻¹ diag(i κ) F with κ the integer wavenumbers. For even n the Nyquist wavenumber is set to
     0 (the usual spectral-derivative convention), so L = DᵀD has eigenvalues 0, 0 (constant and
-    Nyquist), then κ² twice each: 1, 1, 4, 4, …; cos/sin pairs are degenerate (§D.2, O(2) freedom).
+    Nyquist), then κ² twice each: 1, 1, 4, 4, …; cos/sin pairs are degenerate (O(2) freedom).
     [inferred] The reference code's treatment of the Nyquist mode was not checked.
     """
     kappa = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64)
@@ -78,7 +81,8 @@ def fourier_derivative(n: int, dtype: torch.dtype = torch.float64) -> Float[Tens
 
 
 def path_difference(n: int, dtype: torch.dtype = torch.float64) -> Float[Tensor, "m n"]:
-    """Neumann first-difference operator on a path, (n−1) × n: (Dh)_k = h_{k+1} − h_k (§D.3).
+    """Neumann first-difference operator on a path, (n−1) × n: (Dh)_k = h_{k+1} − h_k
+    (docs/methods.md#smoothness-operators).
 
     L = DᵀD is the path-graph Laplacian; its eigenvectors are the DCT-II modes with eigenvalues
     2 − 2cos(πk/n), k = 0..n−1, all distinct.
@@ -101,9 +105,10 @@ def smoothness_operator(
 
 
 def accumulate_hht(batches: Iterable[Float[Tensor, "b h"]]) -> Float[Tensor, "h h"]:
-    """HHᵀ = Σ_x h_x h_xᵀ streamed over batches ``[B, n_h]`` into fp64 (§D.3: O(n n_h²)).
+    """HHᵀ = Σ_x h_x h_xᵀ streamed over batches ``[B, n_h]`` into fp64, O(n n_h²).
 
-    Uncentred on purpose: H includes the bias, and MATH.md §D.2 pairs the SVD of H itself.
+    Uncentred on purpose: H includes the bias, and the optimum pairs the SVD of H itself
+    (docs/methods.md#descrambler).
     """
     hht_HH: Tensor | None = None
     for h_BH in batches:
@@ -115,13 +120,13 @@ def accumulate_hht(batches: Iterable[Float[Tensor, "b h"]]) -> Float[Tensor, "h 
 
 
 def eta(P_HH: Tensor, L_HH: Tensor, hht_HH: Tensor) -> float:
-    """Roughness η(P) = tr(L P HHᵀ Pᵀ) in fp64 (§D.1)."""
+    """Roughness η(P) = tr(L P HHᵀ Pᵀ) in fp64."""
     P, L, B = (t.to(torch.float64) for t in (P_HH, L_HH, hht_HH))
     return float(((L @ P @ B) * P).sum())
 
 
 def brockett_bound(mu_H: Tensor, sigma_sq_H: Tensor) -> float:
-    """Σ_k μ_k σ_k² with μ ascending and σ² descending: min over O(n_h) of tr(L P B Pᵀ) (§D.2)."""
+    """Σ_k μ_k σ_k² with μ ascending and σ² descending: min over O(n_h) of tr(L P B Pᵀ)."""
     mu = torch.sort(mu_H.to(torch.float64)).values
     s2 = torch.sort(sigma_sq_H.to(torch.float64), descending=True).values
     return float((mu * s2).sum())
@@ -129,12 +134,12 @@ def brockett_bound(mu_H: Tensor, sigma_sq_H: Tensor) -> float:
 
 def _sym_eigh(S: Tensor) -> tuple[Tensor, Tensor]:
     S = S.to(torch.float64)
-    vals, vecs = torch.linalg.eigh((S + S.T) / 2)  # §0: symmetrise, eigh in fp64
+    vals, vecs = torch.linalg.eigh((S + S.T) / 2)  # docs/methods.md#numerics
     return vals.clamp_min(0), vecs
 
 
 def descrambler(hht_HH: Float[Tensor, "h h"], L_HH: Float[Tensor, "h h"]) -> Descrambler:
-    """P* = T Uᵀ and η* = Σ μ_k σ_k² (§D.2). Unique only up to signs and equal-μ / equal-σ
+    """P* = T Uᵀ and η* = Σ μ_k σ_k². Unique only up to signs and equal-μ / equal-σ
     eigenspaces (the periodic operator's cos/sin pairs)."""
     if hht_HH.shape != L_HH.shape or hht_HH.shape[0] != hht_HH.shape[1]:
         raise ValueError(
@@ -150,7 +155,8 @@ def descrambler(hht_HH: Float[Tensor, "h h"], L_HH: Float[Tensor, "h h"]) -> Des
 def descrambled_weights(
     P_HH: Tensor, W_HD: Float[Tensor, "h d"], b_H: Tensor | None = None
 ) -> DescrambledWeights:
-    """W_desc = P W (and P b): row k is the read vector of the k-th descrambled unit (§D.2).
+    """W_desc = P W (and P b): row k is the read vector of the k-th descrambled unit
+    (docs/methods.md#descrambled-weights).
 
     For isotropic inputs this is T Σ_W V_Wᵀ, the layer's SVD with Fourier/DCT left factor. The next
     layer's ``W_next Pᵀ`` keeps the function only for a linear activation.
@@ -193,10 +199,10 @@ def seriate(
 ) -> Seriation:
     """Permutation-restricted descrambler under the path operator: spectral seriation plus 2-opt.
 
-    The signed-permutation problem is a quadratic assignment (NP-hard, §D.2); under the path L it
-    is an open travelling-salesman path with d_ij = B_ii + B_jj − 2B_ij = Σ_x (h_i − h_j)². Start
-    from the Fiedler vector of the |correlation| graph, or from each neuron's angle in the top-2
-    PC plane, then improve by 2-opt. η* of :func:`descrambler` is a lower bound.
+    The signed-permutation problem is a quadratic assignment (NP-hard; docs/methods.md#seriation);
+    under the path L it is an open travelling-salesman path with d_ij = B_ii + B_jj − 2B_ij = Σ_x
+    (h_i − h_j)². Start from the Fiedler vector of the |correlation| graph, or from each neuron's
+    angle in the top-2 PC plane, then improve by 2-opt. η* of :func:`descrambler` is a lower bound.
     [inferred] The similarity graph is |uncentred correlation| B_ij / √(B_ii B_jj).
     """
     if method not in ("fiedler", "angle"):

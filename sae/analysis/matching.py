@@ -1,5 +1,6 @@
-"""Dictionary matching: MMCS, recovery, Hungarian MCC and their random nulls (MATH.md §E.3–E.4),
-and the alignment of SAE features with a reference basis (§C.6).
+"""Dictionary matching: MMCS, recovery, Hungarian MCC and their random nulls (Sharkey, Braun &
+Millidge 2022; docs/methods.md#mmcs), and the alignment of SAE features with a reference basis
+(docs/methods.md#alignment).
 
 Every dictionary holds one vector per **row** (``W_dec [d_sae, d_in]``, a true dictionary
 ``[N_gt, d_in]``). Cosines are computed in tiles of ``chunk_size × chunk_size``, so the full
@@ -52,7 +53,7 @@ class MaxCosine(NamedTuple):
 
 
 class DictionaryMatch(NamedTuple):
-    mmcs: float  # (1/N) Σ_i max_k cos(g_i, d_k), signed, as in the replication (§E.3)
+    mmcs: float  # (1/N) Σ_i max_k cos(g_i, d_k), signed, as in the replication
     mmcs_abs: float
     reverse_mmcs: float  # learned → GT: (1/m) Σ_k max_i cos(d_k, g_i)
     reverse_mmcs_abs: float
@@ -80,7 +81,7 @@ class NullMMCS(NamedTuple):
 
 
 class BasisAlignment(NamedTuple):
-    weighted_mmcs: float  # Σ_k w_k cos_max(k) / Σ_k w_k, w_k = E[a_k²] ‖d_k‖² (§C.6)
+    weighted_mmcs: float  # Σ_k w_k cos_max(k) / Σ_k w_k, w_k = E[a_k²] ‖d_k‖²
     mmcs: float  # unweighted mean of cos_max over latents
     reverse_mmcs: float  # mean over basis directions of max_k |cos(u_j, d_k)|
     null: float  # E[max of K iid |cos|] for random unit vectors in R^d (expected_null_mmcs)
@@ -89,7 +90,7 @@ class BasisAlignment(NamedTuple):
 
 
 class SubspaceCapture(NamedTuple):
-    phi_R: Tensor  # φ_r for r = 1..K (§C.6)
+    phi_R: Tensor  # φ_r for r = 1..K
     baseline_R: Tensor  # r / d, a random subspace
 
 
@@ -139,10 +140,10 @@ def max_cosine(
 def compare_dictionaries(
     true_ND: Float[Tensor, "n d"], learned_MD: Float[Tensor, "m d"], chunk_size: int = 4096
 ) -> DictionaryMatch:
-    """MMCS both ways (signed and abs) and recovery at cos > 0.9 / 0.99 (§E.3).
+    """MMCS both ways (signed and abs) and recovery at cos > 0.9 / 0.99 (docs/methods.md#mmcs).
 
     Invariant to permuting and positively rescaling rows; signed MMCS drops when a learned row is
-    sign-flipped, the abs version does not (§E.4).
+    sign-flipped, the abs version does not.
     """
     mc = max_cosine(true_ND, learned_MD, chunk_size)
     return DictionaryMatch(
@@ -196,7 +197,8 @@ def hungarian_mcc(
     candidates: int = 32,
     chunk_size: int = 4096,
 ) -> HungarianMatch:
-    """One-to-one matching maximising the summed cosine, and its mean over GT features (§E.3).
+    """One-to-one matching maximising the summed cosine, and its mean over GT features
+    (docs/methods.md#hungarian-mcc).
 
     [inferred] MCC is taken on dictionary cosines (signed by default, since SAE latents are
     nonnegative and a flipped direction is not a recovery). Up to ``max_dense`` = N·m entries the
@@ -245,7 +247,8 @@ def random_null(
     chunk_size: int = 4096,
 ) -> NullMMCS:
     """MMCS of the true dictionary against ``repeats`` random unit dictionaries ``[m, d]``
-    (Gaussian rows, normalised; seeded), the baseline to print beside every MMCS (§E.4)."""
+    (Gaussian rows, normalised; seeded), the baseline to print beside every MMCS
+    (docs/methods.md#random-dictionary-nulls)."""
     if m < 1 or repeats < 1:
         raise ValueError(f"m is {m} and repeats is {repeats}; both must be positive integers.")
     # Mix the seed so that seed 0 here never replays a caller's torch.manual_seed(0) draws.
@@ -264,7 +267,7 @@ def random_null(
 def expected_null_mmcs(d_in: int, m: int, grid: int = 200_001) -> tuple[float, float]:
     """Exact E[max of m iid cos] and E[max of m iid |cos|] for a fixed unit vector against random
     unit vectors in R^d; (signed, abs). [derived] cos² ~ Beta(1/2, (d−1)/2), so with CDF F,
-    E[max] = ∫_0^1 (1 − F^m) − ∫_{−1}^0 F^m. Gives 0.1890/0.2015 at d = 256, m = 512 (§E.4)."""
+    E[max] = ∫_0^1 (1 − F^m) − ∫_{−1}^0 F^m. Gives 0.1890/0.2015 at d = 256, m = 512."""
     if d_in < 2 or m < 1:
         raise ValueError(f"d_in is {d_in} and m is {m}; need d_in ≥ 2 and m ≥ 1.")
     t = np.linspace(0.0, 1.0, grid)
@@ -291,10 +294,11 @@ def basis_alignment(
     chunk_size: int = 4096,
 ) -> BasisAlignment:
     """Usage-weighted MMCS of SAE write vectors against a reference basis (PCA, LIB write
-    directions, neurons, the descrambler's rows), plus the reverse direction (§C.6).
+    directions, neurons, the descrambler's rows), plus the reverse direction
+    (docs/methods.md#alignment).
 
     Without ``mean_sq_act_M`` the weights are ‖d_k‖² alone. The null is the exact iid expectation;
-    MATH.md's heuristic √(2 ln(2K)/d) overestimates it (0.23 vs 0.20 at d = 256, K = 512).
+    the heuristic √(2 ln(2K)/d) overestimates it (0.23 vs 0.20 at d = 256, K = 512).
     """
     mc = max_cosine(W_dec_MD, basis_KD, chunk_size)
     w_M = _weights(W_dec_MD, mean_sq_act_M).to(mc.a_abs_A.device)
@@ -317,7 +321,7 @@ def subspace_capture(
     chunk_size: int = 4096,
 ) -> SubspaceCapture:
     """φ_r = Σ_k w_k ‖P_{S_r} d̂_k‖² / Σ_k w_k for every r = 1..K, S_r = span of the first r basis
-    rows after QR (§C.6). Random-subspace baseline r/d.
+    rows after QR (docs/methods.md#subspace-capture). Random-subspace baseline r/d.
 
     [inferred] d_k enters the projection unit-normalised (its norm is already in w_k), so φ_r ∈
     [0, 1] and r/d is the right baseline. Assumes the first K basis rows are independent.

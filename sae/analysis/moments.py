@@ -1,9 +1,10 @@
-"""Second moments of activation rows (MATH.md §0, §A.3): the streaming fp64 covariance, the
-randomized top-k spectrum, and the moments of sparse rows (SAE latents) without the m × m matrix.
+"""Second moments of activation rows (docs/methods.md#streaming-covariance): the streaming fp64
+covariance, the randomized top-k spectrum, and the moments of sparse rows (SAE latents) without the
+m × m matrix.
 
 Pure functions on tensors; no file I/O. Everything is accumulated in float64 whatever the input
-dtype (MATH §0 numerics policy). `sae.analysis.spectrum` builds the §A records on top of these
-and re-exports `CovarianceAccumulator` and `randomized_eigenspectrum`.
+dtype (docs/methods.md#numerics). `sae.analysis.spectrum` builds the redundancy records on top of
+these and re-exports `CovarianceAccumulator` and `randomized_eigenspectrum`.
 
     acc = CovarianceAccumulator()
     for x_BD in batches:
@@ -22,7 +23,7 @@ import torch
 from jaxtyping import Float
 
 Array = np.ndarray | torch.Tensor
-EPS_REL = 1e-12  # MATH §0: "numerically zero" is relative to λ_1
+EPS_REL = 1e-12  # docs/methods.md#numerics: "numerically zero" is relative to λ_1
 
 
 def _np64(x: Array) -> np.ndarray:
@@ -60,7 +61,7 @@ def _add_lower_gram_(
 
 
 class CovarianceAccumulator:
-    """Streaming mean and covariance by the Chan/Welford merge (MATH §0), O(d²) memory.
+    """Streaming mean and covariance by the Chan/Welford merge, O(d²) memory.
 
     State is (n, μ, M2 = Σ (x−μ)(x−μ)ᵀ) in float64 on the device of the first batch, whatever the
     input dtype. Each batch is centred on its own mean before its outer product, and every row is
@@ -122,7 +123,8 @@ class CovarianceAccumulator:
         return self
 
     def _merge_stats(self, n_b: int, mean_D: torch.Tensor, m2_DD: torch.Tensor) -> None:
-        # MATH §0: δ = μ_b − μ_a, μ = μ_a + δ n_b/n, M2 = M2_a + M2_b + δδᵀ n_a n_b/n
+        # docs/methods.md#streaming-covariance: δ = μ_b − μ_a, μ = μ_a + δ n_b/n, M2 = M2_a + M2_b +
+        # δδᵀ n_a n_b/n
         if self.n == 0:
             self.n, self._mean_D, self._m2_DD = n_b, mean_D.clone(), m2_DD.clone()
             return
@@ -177,12 +179,12 @@ class CovarianceAccumulator:
         return self._m2_DD
 
     def cov(self, ddof: int = 1) -> torch.Tensor:
-        """Σ = M2/(n − ddof); ddof=1 is MATH §0's Σ, ddof=0 the population second moment."""
+        """Σ = M2/(n − ddof); ddof=1 the sample covariance, ddof=0 the population moment."""
         assert self._m2_DD is not None and self.n > ddof, "need more rows than ddof"
         return self.m2 / (self.n - ddof)
 
     def gram(self) -> torch.Tensor:
-        """Uncentred G = XᵀX/n (MATH §0), rebuilt from (n, μ, M2)."""
+        """Uncentred G = XᵀX/n, rebuilt from (n, μ, M2)."""
         assert self._m2_DD is not None, "empty accumulator"
         mean_D = self.mean
         return self.m2 / self.n + torch.outer(mean_D, mean_D)
@@ -201,7 +203,7 @@ class CovarianceAccumulator:
         return out
 
 
-# --- symmetric eigenvalues (MATH §0, §A.3) ---------------------------------------------------
+# --- symmetric eigenvalues (docs/methods.md#numerics) ------------------------------------
 
 
 def _zero_tail(ev: np.ndarray) -> np.ndarray:
@@ -214,11 +216,11 @@ def _zero_tail(ev: np.ndarray) -> np.ndarray:
 def _eigh_desc(
     cov_DD: Array, top_k: int | None = None, vectors: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    # torch's CPU LAPACK in fp64 (MATH §0: CPU eigh is often faster than GPU). Staying inside one
+    # torch's CPU LAPACK in fp64 (CPU eigh is often faster than GPU). Staying inside one
     # thread pool matters: alternating torch (OpenMP) and numpy/scipy (OpenBLAS) kernels on a
     # busy machine made a 20-replicate bootstrap 50x slower here.
     cov_DD = _t64(cov_DD, torch.device("cpu"))
-    cov_DD = (cov_DD + cov_DD.T) / 2  # MATH §0: symmetrise before eigh
+    cov_DD = (cov_DD + cov_DD.T) / 2  # docs/methods.md#numerics: symmetrise before eigh
     if vectors:
         ev, vecs_DD = torch.linalg.eigh(cov_DD)
         vecs = vecs_DD.flip(1)[:, :top_k].numpy()
@@ -242,7 +244,8 @@ def randomized_eigenspectrum(
     seed: int = 0,
     chunk: int = 8192,
 ) -> np.ndarray:
-    """Top-k covariance eigenvalues by randomized subspace iteration (MATH §A.3.4a, Halko et al.).
+    """Top-k covariance eigenvalues by randomized subspace iteration (Halko, Martinsson & Tropp
+    2011).
 
     rows: an [n, m] matrix (numpy, dense or sparse torch) or a zero-argument callable returning a
     fresh iterable of row chunks (it is read 3 + n_power_iter times). Never forms the m × m matrix:
@@ -293,7 +296,7 @@ def randomized_eigenspectrum(
     return _eigh_desc(t_LL)[0][:k]
 
 
-# --- sparse rows: SAE latents with m too large for an m × m matrix (MATH §A.3.4, §A.5) ---------
+# --- sparse rows: SAE latents with m too large for an m × m matrix (docs/methods.md#codes-compared)
 
 
 class SparseMoments(NamedTuple):
@@ -312,7 +315,7 @@ class SparseMoments(NamedTuple):
 def sparse_moments(a_NM, block: int = 256) -> SparseMoments:
     """Mean, variances, tr Σ and ‖Σ‖_F² of sparse rows (scipy.sparse [n, m]) without Σ itself.
 
-    ‖Σ‖_F² is exact (MATH §A.5: PR and rho_offdiag need no eigendecomposition): column blocks J of
+    ‖Σ‖_F² is exact (PR and rho_offdiag need no eigendecomposition): column blocks J of
     `block` latents give G_J = A_JᵀA, sparse; on its pattern (G − nμμᵀ)_jk is summed exactly, and
     off the pattern the entries are −n μ_j μ_k, whose squares sum in closed form. Memory O(nnz(G_J)
     + m); time O(n·L0²) for L0 active latents per row.

@@ -1,13 +1,14 @@
-"""Random-projection smoothness test (MATH.md §A.6): structure function, Hurst exponent, jumps.
+"""Random-projection smoothness test: structure function, Hurst exponent, jumps
+(docs/methods.md#random-projection-hurst-test).
 
 Pure functions; no file I/O. Path activations are F [P, T, d]: P input paths, T points along
 each, d units (neurons, or SAE latents when F holds latents). A single path [T, d] is accepted.
 
-    F_PTD = model_activations_along_paths(...)  # e.g. interpolated embeddings, MATH §A.6 step 1
+    F_PTD = model_activations_along_paths(...)  # e.g. interpolated embeddings
     record = smoothness_record(F_PTD)           # H_random, H_basis, jump diagnosis; JSON-ready
 
-The Hurst reading of Stringer's test and every threshold here are [inferred] project definitions
-(MATH §G): Stringer et al. show random projections, not H.
+The Hurst reading of Stringer's test and every threshold here are [inferred] project definitions:
+Stringer et al. 2019 show random projections, not H.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def geometric_lags(
 ) -> np.ndarray:
     """Unique integer lags spaced geometrically; default T/256 … T/16 grid steps.
 
-    The default is the window in which MATH §A.6 measured the sinusoid-code H table (16-256 at
-    T = 4096): long enough to skip grid-scale effects, short enough for many independent pairs.
+    The default is the window in which the sinusoid-code H table of the tests was measured (16-256
+    at T = 4096): long enough to skip grid-scale effects, short enough for many independent pairs.
     """
     lo = max(1, T // 256) if lag_min is None else lag_min
     hi = max(lo + 1, T // 16) if lag_max is None else lag_max
@@ -54,7 +55,7 @@ def geometric_lags(
 
 
 def _projections(F_TD: np.ndarray, directions_RD: np.ndarray | None) -> np.ndarray:
-    # r(t) = wᵀ(F(t) − mean_t F) (MATH §A.6 step 3); None projects on the coordinate axes.
+    # r(t) = wᵀ(F(t) − mean_t F) (step 2 of the test); None projects on the coordinate axes.
     # The matmul runs in torch so the package stays in one BLAS thread pool (see spectrum._eigh_desc).
     Fc_TD = F_TD - F_TD.mean(0)
     if directions_RD is None:
@@ -96,7 +97,7 @@ def structure_function(
     directions_RD: Float[Array, "r d"] | None = None,
     lags: np.ndarray | None = None,
 ) -> np.ndarray:
-    """[L] S(Δ) = mean over paths, t and directions of (r(t+Δ) − r(t))² (MATH §A.6 step 3)."""
+    """[L] S(Δ) = mean over paths, t and directions of (r(t+Δ) − r(t))² (step 3)."""
     return structure_function_per_direction(F_PTD, directions_RD, lags).mean(1)
 
 
@@ -119,7 +120,7 @@ def increment_kurtosis(
     """Excess kurtosis of increments r(t+lag) − r(t), each direction scaled to unit RMS first.
 
     Separates isolated jumps (TopK/JumpReLU switching: a few huge increments, heavy tails) from
-    a rough but continuous Gaussian-like field (≈ 0); both can give H ≈ 0.5 (MATH §A.6 step 4).
+    a rough but continuous Gaussian-like field (≈ 0); both can give H ≈ 0.5 (step 5).
     Per-direction scaling matters: pooling directions of unequal scale fakes heavy tails.
     Directions with no movement at all (dead units) are left out.
     """
@@ -140,7 +141,7 @@ def increment_kurtosis(
 
 class HurstFit(NamedTuple):
     H: float
-    """½ · slope of ln S(Δ) vs ln Δ, S pooled over directions (MATH §A.6): 1 smooth, <1 rough"""
+    """½ · slope of ln S(Δ) vs ln Δ, S pooled over directions: 1 smooth, <1 rough"""
     H_median: float
     """median over directions of each direction's own H [inferred]"""
     H_iqr: tuple[float, float]
@@ -162,9 +163,10 @@ def hurst_exponent(
     directions_RD: Float[Array, "r d"] | None = None,
     lags: np.ndarray | None = None,
 ) -> HurstFit:
-    """Hurst/Hölder exponent H = ½ · OLS slope of ln S vs ln Δ over geometric lags (MATH §A.6 4).
+    """Hurst/Hölder exponent H = ½ · OLS slope of ln S vs ln Δ over geometric lags
+    (docs/methods.md#random-projection-hurst-test, step 4).
 
-    H pools S over directions as MATH §A.6 specifies. H_median fits each direction on its own:
+    H pools S over directions. H_median fits each direction on its own:
     pooled S is nearly the same for any orthonormal set and for random directions (E_w (wᵀv)² =
     ‖v‖²/d), so only per-direction H can show that a basis is privileged [inferred].
     """
@@ -190,7 +192,8 @@ def hurst_exponent(
 
 
 def predicted_hurst(alpha: float, d_manifold: float = 1.0) -> float:
-    """H = min(1, d(α − 1)/2) for a power-law code on a d-manifold [derived, MATH §A.6], ≥ 0."""
+    """H = min(1, d(α − 1)/2) for a power-law code on a d-manifold [derived;
+    docs/methods.md#random-projection-hurst-test], ≥ 0."""
     return float(min(1.0, max(0.0, d_manifold * (alpha - 1.0) / 2.0)))
 
 
@@ -201,11 +204,11 @@ def smoothness_record(
     basis_RD: Float[Array, "r d"] | None = None,
     lags: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """H along the paths for random unit directions vs basis directions (MATH §A.6 step 5).
+    """H along the paths for random unit directions vs basis directions (step 6).
 
     basis_RD: the basis to test, e.g. SAE encoder rows or LIB/PCA directions in F's space;
     None uses F's own coordinate axes (neurons, or latents when F holds SAE latents).
-    H_random/H_basis pool S over directions (MATH §A.6); basis_privileged ([inferred]) compares
+    H_random/H_basis pool S over directions; basis_privileged ([inferred]) compares
     the per-direction medians, |H_basis_median − H_random_median| > 0.1, because the pooled
     values agree in expectation for any basis (see hurst_exponent).
     """
@@ -230,7 +233,8 @@ def smoothness_record(
 def sinusoid_code(T: int = 4096, n_freq: int = 500, alpha: float = 2.0) -> np.ndarray:
     """Stringer's circle code [T, 2·n_freq]: cos(kθ), sin(kθ) scaled by k^(−α/2), θ_t = 2πt/T.
 
-    Its covariance has eigenvalue pairs ½k^(−α), so the spectrum decays as rank^(−α) (MATH §A.6).
+    Its covariance has eigenvalue pairs ½k^(−α), so the spectrum decays as rank^(−α)
+    (Stringer et al. 2019).
     """
     theta_T = 2 * np.pi * np.arange(T) / T
     k_K = np.arange(1, n_freq + 1)

@@ -1,13 +1,14 @@
-"""Eigenspectrum, power-law exponent and redundancy of a layer's code (MATH.md §0, §A.2-§A.5, §A.7).
+"""Eigenspectrum, power-law exponent and redundancy of a layer's code
+(docs/methods.md#redundancy-suite).
 
 Pure functions on tensors; no file I/O. Second moments are accumulated in float64 whatever the
-input dtype (MATH §0 numerics policy); spectra come back as float64 numpy arrays, descending.
+input dtype (docs/methods.md#numerics); spectra come back as float64 numpy arrays, descending.
 The accumulators live in `sae.analysis.moments` and are re-exported here.
 
     acc = CovarianceAccumulator()
     for x_BD in batches:
         acc.update(x_BD)
-    record = redundancy_summary(acc)  # the §A.2 record, JSON-ready
+    record = redundancy_summary(acc)  # the redundancy record, JSON-ready
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ __all__ = [  # the names other modules import; CovarianceAccumulator etc. are re
     "jsonable",
 ]
 
-# --- eigenspectrum (MATH §A.3) ---------------------------------------------------------------
+# --- eigenspectrum (docs/methods.md#eigenspectrum) ------------------------------------------
 
 
 def eigenspectrum(cov_DD: Float[Array, "d d"], top_k: int | None = None) -> np.ndarray:
@@ -67,7 +68,7 @@ def eigenspectrum(cov_DD: Float[Array, "d d"], top_k: int | None = None) -> np.n
     return _eigh_desc(cov_DD, top_k)[0]
 
 
-# --- power-law exponent (MATH §A.4) ----------------------------------------------------------
+# --- power-law exponent (docs/methods.md#alpha-power-law-exponent) -----------------------
 
 
 class PowerLawFit(NamedTuple):
@@ -86,7 +87,8 @@ class PowerLawFit(NamedTuple):
 
 
 def default_fit_window(r: int, n_samples: int | None = None, k_lo: int = 11) -> tuple[int, int]:
-    """MATH §A.4: k_hi = min(500, ⌊r/2⌋, ⌊n/20⌋) keeps the sample-eigenvalue bias under ~0.05."""
+    """k_hi = min(500, ⌊r/2⌋, ⌊n/20⌋) keeps the sample-eigenvalue bias under ~0.05
+    (docs/methods.md#fit-window-r2-and-drift)."""
     k_hi = min(500, r // 2, n_samples // 20 if n_samples else r)
     return k_lo, k_hi
 
@@ -108,8 +110,9 @@ def fit_power_law(
 ) -> PowerLawFit:
     """Fit ln λ_k = b − α ln k on ranks [k_lo, k_hi] by Stringer's 1/k-weighted least squares.
 
-    Default k_hi per MATH §A.4 from the numerical rank r and n_samples; an explicit k_hi is capped
-    at r. Returns NaNs if k_hi/k_lo < 10 (less than a decade cannot pin a slope).
+    Default k_hi (docs/methods.md#fit-window-r2-and-drift) from the numerical rank r and n_samples;
+    an explicit k_hi is capped at r. Returns NaNs if k_hi/k_lo < 10 (less than a decade cannot pin a
+    slope).
     The drift sign (α of the head half minus the tail half) and the 0.2 flag are [inferred].
     """
     ev = np.sort(_np64(eigvals))[::-1]
@@ -147,7 +150,8 @@ def bootstrap_alpha(
     k_lo: int = 11,
     k_hi: int | None = None,
 ) -> AlphaBootstrap:
-    """CI for α by resampling whole groups (sequences or shards) with replacement (MATH §A.4).
+    """CI for α by resampling whole groups (sequences or shards) with replacement
+    (docs/methods.md#alpha-interval-and-bias).
 
     Tokens within a sequence are correlated, so groups, not rows, are the resampling unit. The
     window is fixed from the pooled fit so the interval reflects sampling noise, not window moves.
@@ -179,13 +183,14 @@ def bootstrap_alpha(
     return AlphaBootstrap(fit.alpha, ci, bias, alphas, fit.fit_range)
 
 
-# --- effective dimension and redundancy (MATH §A.5, all [inferred] project definitions) --------
+# --- effective dimension and redundancy (docs/methods.md#participation-ratio; [inferred]) --
 
 
 def participation_ratio(x: Float[Array, "d d"] | Float[Array, " r"]) -> float:
     """PR = (Σλ)²/Σλ² from eigenvalues (1-D), or (tr Σ)²/‖Σ‖_F² from a covariance (2-D, no eigh).
 
-    [inferred] as a redundancy measure (MATH §A.5); the formula itself is standard.
+    [inferred] as a redundancy measure (docs/methods.md#participation-ratio); the formula itself is
+    standard.
     """
     x = _np64(x)
     if x.ndim == 1:
@@ -221,7 +226,7 @@ def rho_pr(x: Float[Array, "d d"] | Float[Array, " r"], d_amb: int | None = None
 def rho_info(
     eigvals: Float[Array, " r"], sigma2: float | None = None, d_amb: int | None = None
 ) -> float:
-    """1 − C/C_max of a Gaussian channel at noise σ² [inferred] (MATH §A.5).
+    """1 − C/C_max of a Gaussian channel at noise σ² [inferred] (docs/methods.md#rho_info).
 
     C = ½ Σ ln(1 + λ_k/σ²), C_max = ½ D ln(1 + λ̄/σ²), λ̄ = Σλ/D: the same power spread evenly.
     σ² defaults to λ̄ (absolute units, not relative). Rotation invariant; in [0, 1) by Jensen.
@@ -262,7 +267,8 @@ def redundancy_summary(
     n_boot: int = 100,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The MATH §A.2 record as plain floats/lists (NaN → None), ready for json.dumps.
+    """The redundancy record (docs/methods.md#redundancy-suite) as plain floats/lists (NaN → None),
+    ready for json.dumps.
 
     d_manifold sets the smoothness verdict α > 1 + 2/d (default ∞: the LM test α > 1).
     groups (per-sequence or per-shard accumulators) adds a basic-bootstrap alpha_ci95 and the
@@ -318,10 +324,11 @@ def redundancy_summary_top(
     k_lo: int = 11,
     d_manifold: float = math.inf,
 ) -> dict[str, Any]:
-    """The §A.2 record when only the leading eigenvalues are known (SAE latents too many for eigh).
+    """The redundancy record when only the leading eigenvalues are known (SAE latents too many for
+    eigh).
 
     trace = tr Σ, fro2 = ‖Σ‖_F² and diag_sq_sum = Σ_k Σ_kk² come from the streamed moments, so
-    PR, rho_PR and rho_offdiag are exact (MATH §A.5 needs no eigendecomposition for them). The fit
+    PR, rho_PR and rho_offdiag are exact (no eigendecomposition is needed for them). The fit
     window is the full-spectrum default, min(500, ⌊d_amb/2⌋, ⌊n/20⌋), capped at the ranks known.
     eff_rank and rho_info need every eigenvalue and are None; n90 is None unless the known ones
     already reach 90% of tr Σ.
@@ -345,7 +352,7 @@ def redundancy_summary_top(
     })  # fmt: skip
 
 
-# --- spectral fidelity of an SAE reconstruction (MATH §A.7 iii) -------------------------------
+# --- spectral fidelity of an SAE reconstruction (docs/methods.md#spectral-fidelity) ------
 
 
 class SpectralFidelity(NamedTuple):
@@ -398,7 +405,8 @@ def spectral_fidelity(
     k_lo: int = 11,
     k_hi: int | None = None,
 ) -> SpectralFidelity:
-    """α(X̂) − α(X), PR(X̂)/PR(X) and the FVU_k curve for in-memory X and X̂ (MATH §A.7 iii)."""
+    """α(X̂) − α(X), PR(X̂)/PR(X) and the FVU_k curve for in-memory X and X̂
+    (docs/methods.md#spectral-fidelity)."""
     x_ND, x_hat_ND = _t64(x_ND), _t64(x_hat_ND)
     accs = [CovarianceAccumulator().update(a) for a in (x_ND, x_hat_ND, x_ND - x_hat_ND)]
     return spectral_fidelity_from_stats(*accs, k_values=k_values, k_lo=k_lo, k_hi=k_hi)

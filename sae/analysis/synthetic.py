@@ -1,4 +1,5 @@
-"""Synthetic ground-truth activations (MATH.md §E.1; Sharkey, Braun & Millidge 2022).
+"""Synthetic ground-truth activations (Sharkey, Braun & Millidge 2022;
+docs/methods.md#synthetic-generator).
 
 x = Σ_i c_i g_i (+ noise) with N unit feature vectors g_i in R^d and sparse nonnegative codes c.
 Batch j is a pure function of (seed, j, batch_size), so a resumed run sees the same stream and any
@@ -127,13 +128,13 @@ class SavedDictionary(NamedTuple):
 
 
 def feature_probs(cfg: SyntheticConfig) -> Float[Tensor, " n"]:
-    """Marginal activation probability of every feature, float64 (§E.1).
+    """Marginal activation probability of every feature, float64.
 
-    Profile f_i = prob_decay^i (the reference) or (i+1)^-a ([inferred]: MATH.md names a power-law
-    option without its form), scaled so that Σ p_i = mean_active. With
-    ``reference_quirks`` the independent variant uses p_i = f_i · mean_active / N instead
-    (the replication's missing rescale: ≈0.97 active at d 256, N 512). For 'correlated' these are
-    the expected marginals E[p_i(z)], since E[Φ(z_i)] = 1/2.
+    Profile f_i = prob_decay^i (the reference) or (i+1)^-a ([inferred]: the reference has no
+    power-law option; this is its simplest form), scaled so that Σ p_i = mean_active. With
+    ``reference_quirks`` the independent variant uses p_i = f_i · mean_active / N instead (the
+    replication's missing rescale: ≈0.97 active at d 256, N 512). For 'correlated' these are the
+    expected marginals E[p_i(z)], since E[Φ(z_i)] = 1/2.
     """
     i = torch.arange(cfg.n_features, dtype=torch.float64)
     if cfg.frequency == "exponential":

@@ -1,5 +1,6 @@
-"""The `capacity` suite: how much of the space each learned feature owns (MATH.md §B; Scherlis et
-al. 2022, Elhage et al. 2022), for the SAE decoder and for the model's own MLP neurons.
+"""The `capacity` suite: how much of the space each learned feature owns (Scherlis et al. 2022,
+Elhage et al. 2022; docs/methods.md#capacity-suite), for the SAE decoder and for the model's own MLP
+neurons.
 
     sae eval checkpoints/default/final/resid_post.3-topk-3072-k32 --suite capacity --out reports/cap
 
@@ -10,7 +11,8 @@ results:
   tokens: rows scored for the usage E[a_k²]; dead: latents that never fired on them
   sae: capacity_summary(W_dec, E[a²], dead): d_in, n_features, thresholds, neuron_polysemanticity
        (per input coordinate), and two views, `geometric` (decoder rows as they are) and
-       `usage_weighted` (rows scaled by √E[a_k²], §B.4(b), the headline), each with
+       `usage_weighted` (rows scaled by √E[a_k²], the headline;
+       docs/methods.md#usage-weighted-capacity), each with
        sum_capacity, rank, saturation (ΣC / rank), sum_over_d, null_sum_capacity (random unit
        dictionary, dm/(d + m − 1)), sum_over_null, dims_per_feature, n_monosemantic (C ≥ 0.95),
        n_polysemantic, n_ignored (dead, or norm ≤ 0.1 × median), mean_capacity_live,
@@ -22,8 +24,8 @@ results:
        only), extra (Llama up_proj), polysemanticity: NP_n = (Σ_k u_nk²)² / Σ_k u_nk⁴, the
        effective number of latents neuron n reads, with u_nk = √E[a_k²]·(w_n·d_k) when the SAE
        reads the residual stream the neurons read, or u_nk = √E[a_k²]·(W_dec)_{k,n} when the SAE
-       reads the neurons themselves (MATH §B.4) [inferred: the first form generalises §B.4 to
-       residual SAEs]: {basis, mean, median, max, histogram}
+       reads the neurons themselves (docs/methods.md#neuron-polysemanticity) [inferred: the first
+       form generalises the second to residual SAEs]: {basis, mean, median, max, histogram}
 """
 
 from __future__ import annotations

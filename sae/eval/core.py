@@ -7,12 +7,13 @@ Definitions (sums over the scored tokens, float64; y = target, ŷ = reconstructi
 - mse = Σ|y − ŷ|² / (n·d): per token and dimension, so it does not scale with batch size.
 - fvu = Σ|y − ŷ|² / Σ|y − ȳ|²: variance about the mean, summed over dimensions (not about
   zero); explained_variance = 1 − fvu. The mean is taken after a shift by the first batch's mean,
-  which leaves the variance unchanged and avoids cancellation (MATH.md §0).
+  which leaves the variance unchanged and avoids cancellation
+  (docs/methods.md#fvu-and-explained-variance).
 - cosine = mean_t cos(ŷ_t, y_t); l2_ratio = mean_t |ŷ_t| / |y_t|.
 - optimal_scale = argmin_γ E|γŷ − y|² = Σ ŷ·y / Σ|ŷ|²; relative_reconstruction_bias =
   its inverse, Σ|ŷ|² / Σ ŷ·y (Rajamanoharan et al. 2024, "Improving Dictionary Learning with Gated
-  SAEs" §5: < 1 means shrinkage; Wright & Sharkey 2024 on feature suppression). [inferred] MATH.md
-  does not define these; the two are reported so neither convention is lost.
+  SAEs": < 1 means shrinkage; Wright & Sharkey 2024 on feature suppression). [inferred] The two
+  are reported so neither convention is lost (docs/methods.md#shrinkage).
 - l0 = mean active latents per token; dead = never fired on the scored tokens; dense = firing on
   more than 1% / 10% of them.
 - causal LMs: CE of the next token (nats per prediction, all T − 1 predictions of each window),
@@ -102,7 +103,7 @@ class _Recon:
 
     def __init__(self, d_sae: int):
         self.acc = WindowSums()
-        self.fired_S = torch.zeros(d_sae, dtype=torch.float64)
+        self.fired_M = torch.zeros(d_sae, dtype=torch.float64)
         self.l0_parts: list[torch.Tensor] = []
         self.center_D: torch.Tensor | None = None
 
@@ -117,7 +118,7 @@ class _Recon:
         dot = (yh * y).sum(-1)
         active = out.latents != 0
         l0_N = active.sum(-1)
-        self.fired_S += active.sum(0).double().cpu()
+        self.fired_M += active.sum(0).double().cpu()
         self.l0_parts.append(l0_N.cpu())
         self.acc.add(
             window_N,
@@ -266,18 +267,18 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
     elif kind == "encoder":
         downstream |= {"metrics": table(ENCODER)}
     n = max(n_tokens, 1)
-    density_S = rec.fired_S / n
-    dead = rec.fired_S == 0
+    density_M = rec.fired_M / n
+    dead = rec.fired_M == 0
     l0_N = torch.cat(rec.l0_parts) if rec.l0_parts else torch.zeros(0, dtype=torch.long)
     l0_counts = torch.bincount(l0_N).tolist()
-    log10_live = torch.log10(density_S[~dead]).numpy()
+    log10_live = torch.log10(density_M[~dead]).numpy()
     d_sae = sae.cfg.d_sae
     latents = {
         "d_sae": d_sae,
         "dead": int(dead.sum()),
         "dead_frac": float(dead.double().mean()),
-        "dense_1pct": int((density_S > 0.01).sum()),
-        "dense_10pct": int((density_S > 0.10).sum()),
+        "dense_1pct": int((density_M > 0.01).sum()),
+        "dense_10pct": int((density_M > 0.10).sum()),
         "tokens": n_tokens,
         "l0_histogram": {"values": list(range(len(l0_counts))), "counts": l0_counts},
         "log10_density_histogram": histogram(

@@ -1,20 +1,22 @@
-"""The `descramble` suite: is the dictionary just a rotation of the principal components (MATH.md §D;
-Sule, Spencer & Czaja)? The closed-form descrambler of the layer's preactivations, the Brockett
-bound it reaches, the descrambled weights, and its basis against the SAE decoder (§C.6 alignment).
+"""The `descramble` suite: is the dictionary just a rotation of the principal components (Sule,
+Spencer & Czaja 2023; docs/methods.md#descramble-suite)? The closed-form descrambler of the layer's
+preactivations, the Brockett bound it reaches, the descrambled weights, and its basis against the
+SAE decoder (docs/methods.md#alignment).
 
     sae eval checkpoints/default/final/resid_post.3-topk-3072-k32 --suite descramble --out reports/ds
 
-Preactivations H (uncentred, bias included, §D.1): the output of the MLP input linear of the SAE's
-block when the model runs (`sae.eval.layer.mlp_read`), otherwise the SAE's input activations
-themselves. HHᵀ is streamed in fp64 over the scored rows and divided by their number, so every η
-is per token. L = DᵀD for the periodic Fourier derivative (the reference code's operator).
+Preactivations H (uncentred, bias included; docs/methods.md#descrambler): the output of the MLP
+input linear of the SAE's block when the model runs (`sae.eval.layer.mlp_read`), otherwise the SAE's
+input activations themselves. HHᵀ is streamed in fp64 over the scored rows and divided by their
+number, so every η is per token. L = DᵀD for the periodic Fourier derivative (the reference code's
+operator).
 
 results:
   source: 'mlp_preactivations' | 'activations'; module, block (MLP only); n_h; tokens
   eta: identity (η(I) = tr(L HHᵀ), the neurons as they are), star (the Brockett bound
        Σ μ_k σ_k²), at_P_star (η evaluated at P* = T Uᵀ: equals star), identity_over_star;
        path: the same three under the path operator plus seriation (best signed permutation
-       found by spectral seriation + 2-opt, §D.2; n_h ≤ SERIATION_MAX)
+       found by spectral seriation + 2-opt, docs/methods.md#seriation; n_h ≤ SERIATION_MAX)
   sigma_sq: leading eigenvalues of HHᵀ/n (uncentred PCA variances), descending
   weights (MLP only): file (descrambled_weights.safetensors in the SAE's report folder: W_desc =
        P* W_in, b_desc = P* b), roughness_identity and roughness_descrambled (tr(L W Wᵀ)/‖W‖²
@@ -25,10 +27,10 @@ results:
        in the top-r span, against the random baseline r/d), or {skipped: why}
 
 The descrambler's basis: P* pairs the k-th uncentred principal direction u_k of H with the k-th
-smoothest mode, so its directions are the u_k in order of σ_k (§D.2: for an LM, descrambling
-reduces to PCA). In the SAE's space they are u_k itself when H is the SAE's input, and the read
-direction W_inᵀu_k (the input direction driving principal component k) when H is the MLP
-preactivation of a residual-stream SAE [inferred].
+smoothest mode, so its directions are the u_k in order of σ_k (docs/methods.md#descrambler: for an
+LM, descrambling reduces to PCA). In the SAE's space they are u_k itself when H is the SAE's input,
+and the read direction W_inᵀu_k (the input direction driving principal component k) when H is the
+MLP preactivation of a residual-stream SAE [inferred].
 """
 
 from __future__ import annotations

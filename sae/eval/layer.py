@@ -1,9 +1,10 @@
 """What the analysis suites (redundancy, capacity, descramble) need beyond the activation rows:
 each latent's usage over the scored rows (memoised per SAE, so the suites stream it once), the
 SAE's block in its model and that block's MLP weights, and activations along input-embedding
-interpolation paths (MATH.md §A.6 step 1).
+interpolation paths (docs/methods.md#random-projection-hurst-test).
 
-MLP input weights by family (rows = the neurons' read vectors, [d_mlp, d_model]; MATH §B.4):
+MLP input weights by family (rows = the neurons' read vectors, [d_mlp, d_model];
+docs/methods.md#neuron-polysemanticity):
 BERT `intermediate.dense` (nn.Linear), GPT-2 `mlp.c_fc` (Conv1D, stored [d_model, d_mlp], so
 transposed), GPT-NeoX `mlp.dense_h_to_4h`, Llama/Gemma/Qwen `mlp.gate_proj` (the input of the
 nonlinearity; `up_proj` is reported beside it). Found by module name under the SAE's block, so
@@ -34,7 +35,7 @@ _MLP_IN = (
 
 class LatentUsage(NamedTuple):
     mean_sq_M: Tensor
-    """E[a_k²] over the scored rows, float64 (MATH §B.4(b) usage)."""
+    """E[a_k²] over the scored rows, float64 (docs/methods.md#usage-weighted-capacity)."""
     fired_M: Tensor
     """rows on which latent k was nonzero."""
     n: int
@@ -144,10 +145,11 @@ def embedding_paths(
     batch: int = 64,
 ) -> PathActs | str:
     """Activations at the SAE's hook(s) along paths e(t) = (1 − t)·E[w₁] + t·E[w₂], t ∈ [0, 1],
-    between the input embeddings of two held-out windows w₁, w₂ cut to `tokens` tokens (MATH §A.6
-    step 1): the embedding module's output is replaced by e(t) with a forward hook and the model
-    runs on to the hook. Each path contributes `positions` token positions (kept, i.e. not
-    BOS/special, in both windows, evenly spaced) as separate curves. A string says why not.
+    between the input embeddings of two held-out windows w₁, w₂ cut to `tokens` tokens
+    (docs/methods.md#random-projection-hurst-test, step 1): the embedding module's output is
+    replaced by e(t) with a forward hook and the model runs on to the hook. Each path contributes
+    `positions` token positions (kept, i.e. not BOS/special, in both windows, evenly spaced) as
+    separate curves. A string says why not.
     """
     model = model_of(target)
     if model is None:

@@ -121,7 +121,7 @@ def mmcs(path: Path, max_cos_N: np.ndarray, probs_N: np.ndarray, null: float, ti
     save(fig, path)
 
 
-# ---- redundancy, capacity, descramble suites (MATH.md §A, §B, §D) ----------------------------
+# ---- redundancy, capacity, descramble suites (docs/methods.md) -------------------------------
 
 
 def eigenspectra(path: Path, spectra: dict[str, dict], title: str) -> None:
@@ -158,7 +158,7 @@ def eigenspectra(path: Path, spectra: dict[str, dict], title: str) -> None:
 
 
 def fvu_by_pcs(path: Path, k: list[int], fvu: list[float | None], title: str) -> None:
-    """FVU_k = E‖P_k(X − X̂)‖² / E‖P_k X_c‖² against k (MATH §A.7 iii)."""
+    """FVU_k = E‖P_k(X − X̂)‖² / E‖P_k X_c‖² against k (docs/methods.md#spectral-fidelity)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ys = [np.nan if v is None else v for v in fvu]
     ax.semilogx(k, ys, "o-", ms=3)

@@ -1,14 +1,14 @@
 """The `redundancy` suite: is the layer's code redundant, and does the dictionary keep or remove that
-redundancy (MATH.md §A; Marshall & Kirchner 2024; Stringer et al. 2019)?
+redundancy (Marshall & Kirchner 2024; Stringer et al. 2019; docs/methods.md#redundancy-suite)?
 
     sae eval checkpoints/default/final/resid_post.3-topk-3072-k32 --suite redundancy --out reports/red
     sae eval SAE_DIR --suite redundancy --activations caches/l3 --n-boot 100 --out reports/red
 
-Four codes over the same scored rows, side by side (MATH §A.7 iii):
+Four codes over the same scored rows, side by side (docs/methods.md#codes-compared):
   x        the activations the SAE reconstructs (its input; the target for a transcoder), d dims
   x_hat    the SAE's reconstruction
   error    x − x_hat
-  latents  contribution-scaled live latents ã_k = a_k·‖d_k‖ (dead latents dropped, §A.7 ii)
+  latents  contribution-scaled live latents ã_k = a_k·‖d_k‖ (dead latents dropped)
 
 Each code's record is `sae.analysis.spectrum.redundancy_summary` (x, x_hat and error: streaming
 fp64 covariance): eigvals (top 1000), alpha, intercept, fit_range, r2_loglog, alpha_drift,
@@ -26,12 +26,12 @@ would pass `BOOT_BYTES` in all get no interval, and the report says so.
 
 fidelity: α(x_hat) − α(x) in x's window, PR(x_hat)/PR(x), FVU_k over the top-k PCs of x.
 
-smoothness (live models only; MATH §A.6): `PATHS` paths between the input embeddings of two
-held-out windows cut to `PATH_TOKENS` tokens, `PATH_POINTS` points each, run to the SAE's hook;
-`PATH_POSITIONS` token positions per path are separate curves. Per code, smoothness_record: H and
-increment kurtosis for `N_RANDOM` random directions against the basis (neurons for x/x_hat/error,
-latents for latents), plus x along the SAE decoder directions of the `DECODER_DIRECTIONS` most-used
-latents ("decoder").
+smoothness (live models only; docs/methods.md#random-projection-hurst-test): `PATHS` paths between
+the input embeddings of two held-out windows cut to `PATH_TOKENS` tokens, `PATH_POINTS` points each,
+run to the SAE's hook; `PATH_POSITIONS` token positions per path are separate curves. Per code,
+smoothness_record: H and increment kurtosis for `N_RANDOM` random directions against the basis
+(neurons for x/x_hat/error, latents for latents), plus x along the SAE decoder directions of the
+`DECODER_DIRECTIONS` most-used latents ("decoder").
 """
 
 from __future__ import annotations
@@ -61,16 +61,18 @@ from sae.eval.layer import LatentUsage, embedding_paths, usage_key
 from sae.eval.stream import rows
 
 BOOT_GROUPS = 20
-"""bootstrap units: windows are dealt to this many groups (MATH §A.4: resample sequences)."""
+"""bootstrap units: windows are dealt to this many groups
+(docs/methods.md#alpha-interval-and-bias)."""
 BOOT_MAX = 200
-"""most bootstrap replicates of α per code (MATH §A.4: B = 50-200); each is one eigh."""
+"""most bootstrap replicates of α per code; each is one eigh."""
 BOOT_BYTES = 3 << 30
 """memory for the per-group fp64 accumulators of all codes together: at d = 4,096 one code's
 20 groups take 2.5 GiB, so x (first in line) keeps its interval and x_hat, error go without."""
 BOOT_LATENTS = 1024
 """latent bootstrap only up to this many live latents (one eigh of that size per replicate)."""
 DENSE_LATENTS = 4096
-"""above this many live latents, only the top eigenvalues (randomized, MATH §A.3.4a)."""
+"""above this many live latents, only the top eigenvalues (randomized;
+docs/methods.md#codes-compared)."""
 PATHS, PATH_POINTS, PATH_TOKENS, PATH_POSITIONS = 4, 512, 32, 4
 N_RANDOM = 100
 DECODER_DIRECTIONS = 1024

@@ -3,13 +3,14 @@
 Every headline number of a suite is a function of a few sums over tokens (squared error,
 target second moment, CE, ...). Keeping those sums per window (sequence) makes the bootstrap
 cheap and honest: tokens within a sequence are correlated, so resampling whole sequences gives
-the right width (MATH.md §A.4 "resampling sequences matters"), and resampling is one matmul,
-counts [B, W] @ sums [W, ...], instead of B passes over the data.
+the right width (docs/methods.md#bootstrap-over-windows), and resampling is one matmul,
+counts [R, W] @ sums [W, ...], instead of R passes over the data (R resamples, W windows).
 
     acc = WindowSums()
     acc.add(window_N, n=ones_N, sq_err=err_N, sum_y=y_ND)
     totals = acc.totals()                       # name -> [W] or [W, D], float64
-    ci = bootstrap(totals, lambda s: s["sq_err"] / s["n"], n_boot=1000, seed=0)
+    counts_RW = resample_counts(acc.n_windows, n_boot=1000, seed=0)
+    ci = bootstrap(totals, lambda s: s["sq_err"] / s["n"], counts_RW)
 """
 
 from __future__ import annotations
@@ -74,26 +75,26 @@ def _total(sums: Sums) -> Sums:
 def resample_counts(n_windows: int, n_boot: int, seed: int) -> Tensor:
     """[n_boot, W] multiplicities: each row is one resample of W windows with replacement."""
     g = torch.Generator().manual_seed(seed)
-    idx_BW = torch.randint(n_windows, (n_boot, n_windows), generator=g)
+    idx_RW = torch.randint(n_windows, (n_boot, n_windows), generator=g)
     counts = torch.zeros(n_boot, n_windows, dtype=torch.float64)
-    return counts.scatter_add_(1, idx_BW, torch.ones_like(idx_BW, dtype=torch.float64))
+    return counts.scatter_add_(1, idx_RW, torch.ones_like(idx_RW, dtype=torch.float64))
 
 
-def bootstrap(sums: Sums, stat: Callable[[Sums], Tensor], counts_BW: Tensor | None) -> Interval:
+def bootstrap(sums: Sums, stat: Callable[[Sums], Tensor], counts_RW: Tensor | None) -> Interval:
     """`stat` on the total sums, and its percentile 95% interval over window resamples.
 
     `stat` maps summed quantities (leading batch dims allowed) to a scalar per batch entry, so
-    the B resamples are evaluated at once on `counts_BW @ sums`. Resamples whose statistic is not
+    the R resamples are evaluated at once on `counts_RW @ sums`. Resamples whose statistic is not
     finite (e.g. a ratio with a zero denominator) are dropped before taking percentiles."""
     value = float(stat(_total(sums)))
-    if counts_BW is None or counts_BW.shape[0] == 0:
+    if counts_RW is None or counts_RW.shape[0] == 0:
         return Interval(value, None)
-    boot = {k: torch.tensordot(counts_BW, v, dims=([1], [0])) for k, v in sums.items()}
-    dist_B = stat(boot).double()
-    dist_B = dist_B[torch.isfinite(dist_B)]
-    if len(dist_B) < 2:
+    boot = {k: torch.tensordot(counts_RW, v, dims=([1], [0])) for k, v in sums.items()}
+    dist_R = stat(boot).double()
+    dist_R = dist_R[torch.isfinite(dist_R)]
+    if len(dist_R) < 2:
         return Interval(value, None)
-    lo, hi = torch.quantile(dist_B, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    lo, hi = torch.quantile(dist_R, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return Interval(value, (lo, hi))
 
 

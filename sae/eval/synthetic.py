@@ -1,6 +1,6 @@
 """The `synthetic` suite: how well the SAE's decoder recovers the true dictionary of the synthetic
-data it was trained on (MATH.md §E.3; Sharkey, Braun & Millidge 2022), each number beside its
-random-dictionary null (§E.4).
+data it was trained on (Sharkey, Braun & Millidge 2022; docs/methods.md#synthetic-suite), each
+number beside its random-dictionary null (docs/methods.md#random-dictionary-nulls).
 
     sae train configs/synthetic.yaml && sae eval checkpoints/synthetic/final/* --suite synthetic,core
 

@@ -1,4 +1,5 @@
-"""Known answers of MATH.md §B.5 for sae.analysis.capacity. Rows are features (W_dec layout)."""
+"""Known answers (docs/methods.md#capacity) for sae.analysis.capacity. Rows are features (W_dec
+layout)."""
 
 import json
 import math
@@ -47,7 +48,7 @@ def antiprism() -> torch.Tensor:
 
 
 def block_example() -> torch.Tensor:
-    """Triangle in span(e1,e2) ⊕ antipodal pair on e3 ⊕ a norm-2 vector on e4 (§B.5)."""
+    """Triangle in span(e1,e2) ⊕ antipodal pair on e3 ⊕ a norm-2 vector on e4."""
     W = torch.zeros(6, 4, dtype=F64)
     W[:3, :2] = polygon(3)
     W[3, 2], W[4, 2], W[5, 3] = 1.0, -1.0, 2.0
@@ -110,7 +111,7 @@ def test_elhage_sticky_dimensionalities(W, value):
 
 
 def test_block_example_capacity_rayleigh_residual():
-    """Pins: frame-operator Rayleigh quotients and residuals of the block example (§B.5)."""
+    """Pins: frame-operator Rayleigh quotients and residuals of the block example."""
     W = block_example() @ random_orthogonal(4, 2)  # any rotation leaves all of this unchanged
     cap = feature_capacity(W)
     expected = torch.tensor([2 / 3] * 3 + [0.5, 0.5, 1.0], dtype=F64)
@@ -163,7 +164,7 @@ def test_sum_bounded_by_rank_equality_iff_block_semi_orthogonal():
 
 @pytest.mark.parametrize(("d", "m"), [(64, 64), (64, 512), (256, 256)])
 def test_random_null(d, m):
-    """Pins: the random-dictionary null dm/(d+m−1) within 2% (MATH.md measured 32.22/57.26/129.4)."""
+    """Pins: the random-dictionary null dm/(d+m−1) within 2% (sampled once: 32.22/57.26/129.4)."""
     g = torch.Generator().manual_seed(d + m)
     W = torch.nn.functional.normalize(torch.randn(m, d, generator=g, dtype=F64), dim=1)
     total = float(feature_capacity(W).capacity_N.sum())

@@ -1,4 +1,4 @@
-"""Known answers of MATH.md §D.3 for sae.analysis.descramble."""
+"""Known answers for sae.analysis.descramble (docs/methods.md#descrambler)."""
 
 import math
 
@@ -28,7 +28,8 @@ def random_orthogonal(n: int, g: torch.Generator) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def scrambled():
-    """§D.3 setup: n_h = 32, path L, smooth signals s = T diag(0.8^k) z, n = 50,000, H = Q S."""
+    """Scramble-recover setup: n_h = 32, path L, smooth signals s = T diag(0.8^k) z, n = 50,000, H =
+    Q S."""
     g = torch.Generator().manual_seed(0)
     L = smoothness_operator(N_H, "path")
     _, T = torch.linalg.eigh(L)
@@ -89,7 +90,7 @@ def test_brockett_bound_reached(scrambled, kind):
 
 
 def test_identity_and_random_orthogonal_are_much_rougher(scrambled):
-    """Pins: a descrambler that is not optimal (MATH.md: identity / random P give > 20× η*)."""
+    """Pins: a descrambler that is not optimal (identity / random P give > 20× η*)."""
     L, *_, hht = scrambled
     d = descrambler(hht, L)
     g = torch.Generator().manual_seed(2)
@@ -100,7 +101,7 @@ def test_identity_and_random_orthogonal_are_much_rougher(scrambled):
 
 def test_scramble_recover(scrambled):
     """Pins: recovering the scrambling rotation, |diag(Tᵀ P* Q T)| ≥ 0.999 for all 32 modes
-    (0.8^k decay keeps every mode well separated, §D.3)."""
+    (0.8^k decay keeps every mode well separated)."""
     L, T, Q, _, _, hht = scrambled
     d = descrambler(hht, L)
     assert float((T.T @ d.P_HH @ Q @ T).diagonal().abs().min()) >= 0.999

@@ -1,4 +1,5 @@
-"""Known answers of MATH.md §E.4 and §C.6 for sae.analysis.matching. Rows are dictionary vectors."""
+"""Known answers for sae.analysis.matching (docs/methods.md#mmcs, docs/methods.md#alignment).
+Rows are dictionary vectors."""
 
 import math
 
@@ -93,11 +94,11 @@ def test_float32_and_float64_agree(gt):
 
 @pytest.mark.parametrize(("m", "signed", "absolute"), [(512, 0.189, 0.202), (1024, 0.201, 0.214)])
 def test_random_null_matches_math(gt, m, signed, absolute):
-    """Pins: a wrong null (e.g. normalising the wrong axis). MATH.md §E.4 values at d 256, N 512.
+    """Pins: a wrong null (e.g. normalising the wrong axis). Measured values at d 256, N 512.
 
     Tolerance ±0.01: the per-feature max has std ≈ 0.025 at d 256, so the mean over 512 features
     and 3 repeats has SE ≈ 0.0007; the exact expectations (0.1890/0.2015, 0.2014/0.2132) differ
-    from MATH.md's single measurements by ≤ 0.001. ±0.01 is > 10 SE yet far below any real signal.
+    from single sampled measurements by ≤ 0.001. ±0.01 is > 10 SE yet far below any real signal.
     """
     null = random_null(gt, m, repeats=3, seed=0)
     assert null.mmcs == pytest.approx(signed, abs=0.01)
@@ -140,7 +141,7 @@ def test_hungarian_with_fewer_learned_counts_unmatched_as_zero():
 
 
 def test_basis_alignment_weights_and_null():
-    """Pins: usage weights w_k = E[a_k²]‖d_k‖² and the random null ≈ 0.20 at d 256, K 512 (§C.6)."""
+    """Pins: usage weights w_k = E[a_k²]‖d_k‖² and the random null ≈ 0.20 at d 256, K 512."""
     basis = torch.eye(4)
     dec = torch.tensor([[1.0, 0, 0, 0], [0.6, 0.8, 0, 0]]) * torch.tensor([[2.0], [1.0]])
     al = basis_alignment(dec, basis, mean_sq_act_M=torch.tensor([1.0, 4.0]))

@@ -1,5 +1,6 @@
-"""Known answers for sae.analysis.smoothness (MATH.md §A.6, §A.8): Stringer's sinusoid code,
-Brownian paths, smooth paths, jumps, and random-vs-basis directions. Seeded, CPU, a few seconds.
+"""Known answers for sae.analysis.smoothness (docs/methods.md#random-projection-hurst-test):
+Stringer's sinusoid code, Brownian paths, smooth paths, jumps, and random-vs-basis directions.
+Seeded, CPU, a few seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sae.analysis.spectrum import CovarianceAccumulator, eigenspectrum, fit_powe
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# MATH §A.6, measured with T = 4096, 500 frequencies, lags 16-256, 200 random projections
+# measured once with T = 4096, 500 frequencies, lags 16-256, 200 random projections
 MEASURED_H = {1.5: 0.28, 2.0: 0.50, 4.0: 0.98}
 
 
@@ -37,8 +38,8 @@ def directions_RD() -> np.ndarray:
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 4.0])
 def test_sinusoid_code_alpha_and_hurst(alpha, directions_RD):
-    """Pins the §A.6 table: α̂ within 0.05 of α (ranks 11-500) and H within 0.06 of the measured
-    value; a wrong scale (k^−α instead of k^(−α/2)) or a lag/slope factor of 2 fails it."""
+    """Pins the sinusoid H table: α̂ within 0.05 of α (ranks 11-500) and H within 0.06 of the
+    measured value; a wrong scale (k^−α instead of k^(−α/2)) or a lag/slope factor of 2 fails it."""
     F_TD = sinusoid_code(4096, 500, alpha)
     ev = eigenspectrum(CovarianceAccumulator().update(F_TD).cov())
     fit = fit_power_law(ev, 11, 500)
@@ -126,7 +127,7 @@ def test_isotropic_code_has_no_privileged_basis():
 
 
 def test_predicted_hurst():
-    """Pins H = min(1, d(α − 1)/2) and its border α = 1 + 2/d (MATH §A.6)."""
+    """Pins H = min(1, d(α − 1)/2) and its border α = 1 + 2/d (Stringer's bound)."""
     assert predicted_hurst(2.0) == 0.5 and predicted_hurst(3.0) == 1.0
     assert predicted_hurst(1.5, d_manifold=4) == 1.0 and predicted_hurst(0.5) == 0.0
     assert math.isclose(predicted_hurst(1.25, d_manifold=8), 1.0)

@@ -1,4 +1,5 @@
-"""Known answers and invariances for sae.analysis.spectrum (MATH.md §0, §A.3-§A.5, §A.7, §A.8).
+"""Known answers and invariances for sae.analysis.spectrum
+(docs/methods.md#redundancy-suite).
 
 Every test names the bug it pins. Seeded, CPU, a few seconds in all.
 """
@@ -48,7 +49,7 @@ def random_orthogonal(d: int, seed: int) -> np.ndarray:
 
 
 def power_law_data(n: int, d: int, alpha: float, seed: int = 0) -> np.ndarray:
-    """MATH §A.8: X = Z · diag(k^(−α/2)) · Qᵀ, so Σ has eigenvalues k^(−α)."""
+    """X = Z · diag(k^(−α/2)) · Qᵀ, so Σ has eigenvalues k^(−α)."""
     g = torch.Generator().manual_seed(seed)
     scale_D = torch.arange(1, d + 1, dtype=torch.float64) ** (-alpha / 2)
     z_ND = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -75,7 +76,7 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-# --- streaming covariance (MATH §0) ----------------------------------------------------------
+# --- streaming covariance ---------------------------------------------------------------------
 
 
 def test_streaming_matches_batch_cov_with_ragged_batches():
@@ -178,7 +179,7 @@ def test_state_dict_round_trip():
     assert rel_err(back.cov().numpy(), batch_cov(x_ND)) < 1e-12
 
 
-# --- eigenspectrum and α (MATH §A.3, §A.4, §A.8) ----------------------------------------------
+# --- eigenspectrum and α ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("n", "d", "pr_expected"), [(10_000, 100, 99.0), (2000, 500, 399.8)])
@@ -239,7 +240,7 @@ def test_wls_weights_match_stringer_get_powerlaw():
 
 
 def test_fit_window_rules_and_diagnostics():
-    """Pins the §A.4 window (min(500, r/2, n/20)), the one-decade NaN rule and the drift flag."""
+    """Pins the fit window (min(500, r/2, n/20)), the one-decade NaN rule and the drift flag."""
     assert default_fit_window(r=4096, n_samples=10**6) == (11, 500)
     assert default_fit_window(r=300, n_samples=10**6) == (11, 150)
     assert default_fit_window(r=4096, n_samples=3000) == (11, 150)
@@ -256,7 +257,7 @@ def test_fit_window_rules_and_diagnostics():
     assert fit_power_law(ev).fit_range == (11, 150)
 
 
-# --- PR, rank-r codes and invariances (MATH §A.5, §A.8) --------------------------------------
+# --- PR, rank-r codes and invariances --------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -265,7 +266,8 @@ def test_fit_window_rules_and_diagnostics():
      (1.0, 1000, 34.08, 5e-3)],
 )  # fmt: skip
 def test_participation_ratio_of_power_laws(alpha, N, expected, tol):
-    """Pins PR = (Σλ)²/Σλ² to the digits MATH §A.8 quotes; infinite-N PR is ζ(α)²/ζ(2α)."""
+    """Pins PR = (Σλ)²/Σλ² to the digits docs/methods.md#participation-ratio quotes; infinite-N PR
+    is ζ(α)²/ζ(2α)."""
     ev = np.arange(1, N + 1.0) ** -alpha
     assert abs(participation_ratio(ev) - expected) < tol
     # the no-eigh route (tr Σ)²/‖Σ‖_F² agrees with the eigenvalue route
@@ -320,7 +322,7 @@ def test_rotation_invariance():
         assert abs(a[key] - b[key]) < 1e-10
 
 
-# --- bootstrap, randomized spectrum, fidelity, record (MATH §A.3.4, §A.4, §A.7) ---------------
+# --- bootstrap, randomized spectrum, fidelity, record ----------------------------------------
 
 
 def test_bootstrap_alpha_groups():
@@ -393,7 +395,7 @@ def test_spectral_fidelity_known_answers():
 
 
 def test_redundancy_summary_is_strict_json():
-    """Pins the §A.2 record: every field present, plain types, NaN → None (strict JSON)."""
+    """Pins the redundancy record: every field present, plain types, NaN → None (strict JSON)."""
     x_ND = power_law_data(2500, 250, 2.0, seed=18)
     groups = [CovarianceAccumulator().update(c) for c in np.array_split(x_ND, 20)]
     rec = redundancy_summary(CovarianceAccumulator.pooled(groups), groups=groups, n_boot=10)

@@ -1,4 +1,5 @@
-"""Generator statistics of MATH.md §E.4 and stream determinism for sae.analysis.synthetic."""
+"""Generator statistics (docs/methods.md#synthetic-generator) and stream determinism for
+sae.analysis.synthetic."""
 
 import math
 

@@ -31,8 +31,9 @@ def _run(tmp_path, saes: dict[str, SAE], extra: list[str], meta: dict | None = N
 
 
 def test_orthonormal_decoder_has_capacity_one_each_and_random_meets_the_null(tmp_path):
-    """An orthonormal decoder owns d dimensions (every C = 1, saturation 1, d singleton blocks)
-    in both views; a random unit decoder sums to the null dm/(d + m − 1) (MATH §B.5, 2%)."""
+    """An orthonormal decoder owns d dimensions (every C = 1, saturation 1, d singleton blocks) in
+    both views; a random unit decoder sums to the null dm/(d + m − 1)
+    (docs/methods.md#saturation-and-the-random-null, 2%)."""
     d, m = 32, 256
     x = torch.randn(3000, d, generator=torch.Generator().manual_seed(0))
     np.save(tmp_path / "acts.npy", x.numpy())

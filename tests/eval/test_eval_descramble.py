@@ -27,8 +27,9 @@ def _run(tmp_path, s: SAE, extra: list[str], meta: dict | None = None) -> dict:
 
 def test_eta_star_is_the_brockett_bound_and_a_pca_decoder_aligns_fully(tmp_path):
     """On activation rows: η(P*) equals the Brockett bound Σ μ_k σ_k² of HHᵀ/n computed here
-    (uncentred, as §D.1), the neurons as they are are rougher, and a decoder made of the
-    principal directions has usage-weighted MMCS 1 and captures the whole space at r = d."""
+    (uncentred, docs/methods.md#descrambler), the neurons as they are are rougher, and a decoder
+    made of the principal directions has usage-weighted MMCS 1 and captures the whole space at r =
+    d."""
     d, n = 24, 4000
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(n, d, generator=g) * torch.linspace(3, 0.2, d)) @ torch.linalg.qr(

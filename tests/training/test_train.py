@@ -202,7 +202,7 @@ def test_bad_inputs_fail_before_training(tmp_path):
 
 
 def test_synthetic_ground_truth_training_records_the_generator(tmp_path):
-    """`--activations synthetic`: trains on the §E generator; metadata lets eval rebuild the truth."""
+    """`--activations synthetic`: trains on synthetic data; metadata lets eval rebuild the truth."""
     from sae.analysis.matching import compare_dictionaries
     from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 
