@@ -17,7 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sae.config import ConfigError, HarvestConfig, load_yaml, parse_cli
+from sae.cliconfig import parse
+from sae.config import ConfigError, HarvestConfig
 
 USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
 
@@ -38,14 +39,6 @@ def _quiet_libraries() -> None:
         transformers.utils.logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-
-
-def parse(cls: type, argv: list[str], prog: str, default=None):
-    """Config from an optional leading YAML path plus tyro overrides."""
-    path = argv[0] if argv and not argv[0].startswith("-") else None
-    rest = argv[1:] if path else argv
-    default = load_yaml(cls, path) if path else (default if default is not None else cls())
-    return parse_cli(cls, default, rest, prog)
 
 
 def _harvest(argv: list[str]) -> str:

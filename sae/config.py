@@ -1,16 +1,15 @@
-"""Configuration: dataclasses with one documented field each, loaded from YAML plus overrides.
+"""Configuration: dataclasses with one documented field each, and the training constants.
 
 Every command takes a YAML file from configs/ and dotted overrides (`--data.context-size 64`);
-tyro turns the dataclasses into the command line. Each dataclass checks itself in
-`__post_init__`, so a bad value stops the run with one sentence before any work starts.
+`sae/cliconfig.py` turns these dataclasses into YAML and flags. Each dataclass checks itself in
+`__post_init__`, so a bad value stops the run with one sentence before any work starts. Knobs
+that nobody tunes are constants below, each with the reason for its value.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,34 @@ class ConfigError(ValueError):
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+# -- training constants (were TrainConfig fields; sae/cliconfig.py names them when a config
+# still sets one to another value) -------------------------------------------------------------
+LR_WARMUP = 0.01
+"""Fraction of steps with a linear LR warm-up from zero: Adam's adaptive step has a large
+variance over its first steps, and a short warm-up tames it (Liu et al. 2020, "On the
+Variance of the Adaptive Learning Rate and Beyond", §3)."""
+LR_DECAY = 0.2
+"""Fraction of final steps with a linear LR decay to zero (the final 20% of Conerly et al.,
+Anthropic "Circuits Updates - April 2024", training section)."""
+SPARSITY_WARMUP = 0.05
+"""Fraction of steps over which the L1/L0 coefficient ramps up from zero, so few latents die
+before the reconstruction has formed (Anthropic April 2024 ramp the penalty over the first 5%)."""
+ADAM_BETAS = (0.9, 0.999)
+"""Adam's moment decays: the defaults of Kingma & Ba 2015, which Gao et al. 2024 (§A) use."""
+GRAD_CLIP = 1.0
+"""Largest global gradient norm per step (Anthropic April 2024 clip at 1)."""
+B_DEC_INIT: Literal["mean", "geometric_median"] = "geometric_median"
+"""b_dec starts at the geometric median of the first batch (Bricken et al. 2023, "Towards
+Monosemanticity", §Appendix: Autoencoder)."""
+MAX_NONFINITE_STEPS = 10
+"""Consecutive non-finite losses tolerated (each step skipped) before the run stops: a rare
+overflow under bf16 autocast passes, a diverged run stops within seconds (no paper; the value
+only bounds wasted compute)."""
+KEEP_CHECKPOINTS = 2
+"""Checkpoint folders kept on disk: the newest and one before it, in case the newest was
+written from a state that is already bad (no paper; disk versus safety)."""
 
 
 @dataclass
@@ -198,7 +225,6 @@ class TrainConfig:
         "wandb_project",
         "log_every",
         "checkpoint_every",
-        "keep_checkpoints",
     )
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -231,30 +257,12 @@ class TrainConfig:
     lr: float | None = None
     """Adam learning rate; None: 1.2e-3 / sqrt(d_sae / 16384) (the 1/sqrt(width) rule of Gao et
     al. 2024, constant tuned on MiniLM at batch 1024; see BENCHMARKS.md)."""
-    lr_warmup: float = 0.01
-    """fraction of steps with linear LR warm-up."""
-    lr_decay: float = 0.2
-    """fraction of final steps with linear LR decay to zero."""
-    sparsity_warmup: float = 0.05
-    """fraction of steps over which the L1/L0 coefficient ramps up from zero."""
-    adam_beta1: float = 0.9
-    """Adam first-moment decay."""
-    adam_beta2: float = 0.999
-    """Adam second-moment decay."""
-    grad_clip: float = 1.0
-    """max global gradient norm (0: no clipping)."""
     seed: int = 0
     """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
-    b_dec_init: Literal["mean", "geometric_median"] = "geometric_median"
-    """b_dec starts at this statistic of the first batch."""
     dead_tokens: int = 250_000
     """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %)."""
     checkpoint_every: int = 0
     """tokens between checkpoints (0: only at the end and on SIGINT/SIGTERM)."""
-    keep_checkpoints: int = 2
-    """checkpoints kept on disk (older ones are deleted)."""
-    max_nonfinite_steps: int = 10
-    """consecutive non-finite losses tolerated (each step is skipped) before the run stops."""
     log_every: int = 10
     """steps between log lines in metrics.jsonl (and wandb)."""
     autocast: bool = False
@@ -279,8 +287,6 @@ class TrainConfig:
             "dead_tokens": self.dead_tokens > 0,
             "log_every": self.log_every > 0,
             "checkpoint_every": self.checkpoint_every >= 0,
-            "max_nonfinite_steps": self.max_nonfinite_steps >= 0,
-            "grad_clip": self.grad_clip >= 0,
         }
         for name, ok in positive.items():
             _check(ok, f"{name}={getattr(self, name)} is out of range (see `sae train --help`).")
@@ -290,21 +296,6 @@ class TrainConfig:
         )
         _check(
             self.lr is None or self.lr > 0, f"lr={self.lr} must be > 0 (or null for the default)."
-        )
-        for name in ("lr_warmup", "lr_decay", "sparsity_warmup"):
-            v = getattr(self, name)
-            _check(0 <= v <= 1, f"{name}={v} must be a fraction between 0 and 1.")
-        _check(
-            self.lr_warmup + self.lr_decay <= 1,
-            f"lr_warmup + lr_decay = {self.lr_warmup + self.lr_decay} must not exceed 1.",
-        )
-        _check(
-            0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,
-            f"adam betas ({self.adam_beta1}, {self.adam_beta2}) must be in [0, 1).",
-        )
-        _check(
-            self.b_dec_init in ("mean", "geometric_median"),
-            f"b_dec_init={self.b_dec_init!r} is not one of 'mean', 'geometric_median'.",
         )
         _check(
             self.wandb in ("disabled", "offline", "online"),
@@ -349,104 +340,3 @@ class TrainConfig:
         for item in self.sweep_items():
             hooks += [item[k] for k in ("hook", "target_hook") if item.get(k)]
         return list(dict.fromkeys(hooks))
-
-
-# ---------------------------------------------------------------------------------------------
-# YAML <-> dataclass
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build dataclass `cls` from a nested dict, refusing unknown keys with the valid ones listed."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping of field names to values, got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in names:
-            raise ConfigError(f"unknown field {key!r} in {where}; valid fields are {names}.")
-        sub = _dataclass_in(hints[name])
-        kwargs[name] = (
-            from_dict(sub, value, f"{where}.{name}") if sub and value is not None else value
-        )
-    return cls(**kwargs)
-
-
-def _dataclass_in(hint: Any) -> type | None:
-    if dataclasses.is_dataclass(hint):
-        return hint
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            if dataclasses.is_dataclass(arg):
-                return arg
-    return None
-
-
-@functools.cache
-def unchecked(cls: type) -> type:
-    """A subclass of config dataclass `cls` (and of its nested configs) that skips validation.
-
-    tyro builds the config while it parses flags and would print a validation error as a
-    multi-line box; parsing into this copy and validating afterwards (`parse_cli`) keeps every
-    error to one line. Literal fields become plain strings here, so an unknown choice also
-    reaches our own one-sentence check.
-    """
-    hints = typing.get_type_hints(cls)
-    fields = []
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        sub = _dataclass_in(hint)
-        if sub is not None and dataclasses.is_dataclass(hint):
-            fields.append((f.name, unchecked(sub), field(default_factory=unchecked(sub))))
-        elif typing.get_origin(hint) is Literal:
-            fields.append((f.name, str, field(default=f.default)))
-    namespace = {
-        "__post_init__": lambda self: None,
-        "__doc__": cls.__doc__,
-        "__module__": cls.__module__,
-    }
-    return dataclasses.make_dataclass(
-        cls.__name__,
-        fields,
-        bases=(cls,),
-        namespace=namespace,
-        kw_only=True,
-        frozen=cls.__dataclass_params__.frozen,
-    )
-
-
-def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
-    """`default` overridden by command-line flags, validated after parsing (one-line errors)."""
-    import tyro
-
-    parsed = tyro.cli(
-        unchecked(cls), default=from_dict(unchecked(cls), to_dict(default)), args=args, prog=prog
-    )
-    try:
-        return from_dict(cls, to_dict(parsed))
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:  # nested configs (SAEConfig, ...) raise ValueError
-        raise ConfigError(str(e)) from None
-
-
-def load_yaml(cls: type, path: str | Path) -> Any:
-    """Read a YAML config file into dataclass `cls`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist.")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
-    return from_dict(cls, data, where=str(path))
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def save_yaml(cfg: Any, path: str | Path) -> None:
-    """Write the config beside an output, atomically."""
-    from sae.fsutil import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

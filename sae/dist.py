@@ -77,3 +77,46 @@ def all_gather_object(obj) -> list:
 def barrier() -> None:
     if is_distributed():
         tdist.barrier()
+
+
+# -- agreement between ranks: each returns its input unchanged on one process ------------------
+
+
+def all_ranks(flag: torch.Tensor) -> torch.Tensor:
+    """Elementwise: True only where every rank holds True (e.g. all ranks skip a non-finite
+    step together, or the gradient all-reduce of the others would hang)."""
+    if not is_distributed():
+        return flag
+    return all_reduce(flag.to(torch.int32), "min").bool()
+
+
+def any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """Elementwise: True where some rank holds True (e.g. a latent fired on any rank's rows)."""
+    if not is_distributed():
+        return flag
+    return all_reduce(flag.to(torch.int32), "max").bool()
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of the ranks' integers (e.g. a stop signal that reached ranks at different
+    steps: every rank stops at the same one)."""
+    if not is_distributed():
+        return value
+    return int(all_reduce(torch.tensor(value), "max"))
+
+
+def min_over_ranks(value: int) -> int:
+    """The smallest of the ranks' integers (e.g. steps per epoch when ranks hold a few rows
+    more or less: all stop at the smallest count)."""
+    if not is_distributed():
+        return value
+    return int(all_reduce(torch.tensor(value), "min"))
+
+
+def average_gradients(params) -> None:
+    """Data parallel: replace every gradient by its mean over ranks, as DDP does."""
+    if not is_distributed():
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.copy_(all_reduce_mean(p.grad))

@@ -1,7 +1,7 @@
 """Training losses for every SAE architecture, and the estimators they need.
 
-`training_forward(sae, x, target, dead_mask, sparsity_scale)` is what `SAE.training_forward`
-calls. The reconstruction term is always the FVU: squared error summed over dimensions, mean
+`training_forward(sae, x, target, dead_mask, sparsity_scale)` is one training step's loss; the
+trainer calls it (this module depends on `sae.sae`, never the reverse). The reconstruction term is always the FVU: squared error summed over dimensions, mean
 over the batch, divided by the target's variance about its batch mean (summed over dimensions).
 It reads as "fraction of variance unexplained" and makes the loss independent of the scale of
 the activations, so one learning rate serves every layer and model (as in EleutherAI/sparsify).
@@ -12,15 +12,12 @@ instead of multiplying a mostly-zero [B, d_sae] matrix, forward and backward.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from sae.sae import SAE, TrainOutput
+from sae.sae import SAE, TrainOutput
 
 # Momentum of the running BatchTopK threshold estimate (as SAELens's topk_threshold_lr).
 THRESHOLD_EMA = 0.01
@@ -80,22 +77,6 @@ def bag_decode(idx_BK: Tensor, vals_BK: Tensor, W_dec_SO: Tensor) -> Tensor:
     return F.embedding_bag(
         idx_BK, W_dec_SO, mode="sum", per_sample_weights=vals_BK.to(W_dec_SO.dtype)
     )
-
-
-@torch.no_grad()
-def geometric_median(x_ND: Float[Tensor, "N D"], iters: int = 100, tol: float = 1e-6) -> Tensor:
-    """Point minimising the summed Euclidean distance to the rows (Weiszfeld's algorithm,
-    computed in float64)."""
-    x = x_ND.double()
-    m = x.mean(0)
-    for _ in range(iters):
-        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-12)
-        m_new = (w[:, None] * x).sum(0) / w.sum()
-        done = (m_new - m).norm() <= tol * m.norm().clamp_min(1e-12)
-        m = m_new
-        if done:
-            break
-    return m.to(x_ND.dtype)
 
 
 def auxk_loss(sae: SAE, pre_BS: Tensor, residual_BO: Tensor, dead_mask_S: Tensor | None) -> Tensor:
@@ -162,8 +143,6 @@ def training_forward(
 ) -> TrainOutput:
     """Loss of one batch; see `TrainOutput` for each field. Updates the BatchTopK threshold
     estimate and clamps the JumpReLU threshold at zero as side effects."""
-    from sae.sae import TrainOutput
-
     cfg = sae.cfg
     arch = cfg.architecture
     if arch == "gated":
@@ -226,7 +205,7 @@ def training_forward(
             if arch == "matryoshka":
                 # Bussmann et al. 2025 §3: every nested prefix of latents must reconstruct
                 # the target on its own; the loss sums their reconstruction losses.
-                for m in cfg.matryoshka_prefixes[:-1]:
+                for m in cfg.prefixes[:-1]:
                     vals_m = vals_BM * (idx_BM < m).to(vals_BM.dtype)
                     x_m = bag_decode(idx_BM, vals_m, sae.W_dec) + base_BO
                     inner.append(fvu(x_m.float(), t_BO.float(), var))

@@ -3,10 +3,10 @@
     from sae.sae import SAE, SAEConfig
     sae = SAE(SAEConfig(architecture="topk", d_in=384, d_sae=3072, k=32))
     sae.init_from_data(x_sample_ND)
-    out = sae.training_forward(x_BD, dead_mask=dead_S)  # loss, mse (FVU), sparsity, aux, ...
+    out = training_forward(sae, x_BD, dead_mask_S=dead_S)  # sae.losses: loss, mse (FVU), ...
     latents_BS = sae.encode(x_BD); x_hat_BD = sae.decode(latents_BS)
 
-Architectures (each trains through `training_forward`, whose losses live in sae/losses.py):
+Architectures (the training losses live in sae/losses.py, which imports this module):
 
 - relu: ReLU encoder with an L1 penalty weighted by decoder row norms (Anthropic, "Circuits
   Updates - April 2024", the decoder-norm-weighted penalty; no unit-norm constraint needed).
@@ -77,7 +77,8 @@ class SAEConfig:
     target_l0: float | None = None
     """jumprelu: if set, the L0 term becomes (L0/target_l0 - 1)^2, in active latents per token."""
     matryoshka_prefixes: list[int] = field(default_factory=list)
-    """matryoshka: nested prefix widths in latents, strictly ascending, the last equal to d_sae."""
+    """matryoshka: nested prefix widths in latents, strictly ascending, the last equal to d_sae;
+    empty: d_sae/16, /8, /4, /2, d_sae (see `matryoshka_ladder`)."""
     aux_k: int | None = None
     """TopK family: dead latents used by the AuxK loss per token; None means d_in // 2 (Gao et
     al. 2024 §A.2 pick a power of two near d_model/2)."""
@@ -121,9 +122,9 @@ class SAEConfig:
         ):
             bad(f"aux_k={self.aux_k} must be in [1, d_sae={self.d_sae}] or None (d_in // 2).")
         p = list(self.matryoshka_prefixes)
-        if self.architecture == "matryoshka":
-            if not p or p[-1] != self.d_sae:
-                bad(f"matryoshka_prefixes={p} must be non-empty and end at d_sae={self.d_sae}.")
+        if self.architecture == "matryoshka" and p:
+            if p[-1] != self.d_sae:
+                bad(f"matryoshka_prefixes={p} must end at d_sae={self.d_sae} (or be empty).")
             if p[0] < 1 or any(a >= b for a, b in zip(p[:-1], p[1:], strict=True)):
                 bad(f"matryoshka_prefixes={p} must be positive and strictly ascending.")
 
@@ -133,8 +134,20 @@ class SAEConfig:
         return self.d_in if self.d_out is None else self.d_out
 
     @property
+    def prefixes(self) -> list[int]:
+        """matryoshka: the nested prefix widths in use (the default ladder when none are given)."""
+        return list(self.matryoshka_prefixes) or matryoshka_ladder(self.d_sae)
+
+    @property
     def k_aux(self) -> int:
         return self.aux_k if self.aux_k is not None else max(1, self.d_in // 2)
+
+
+def matryoshka_ladder(d_sae: int) -> list[int]:
+    """Default matryoshka prefixes: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae, rounded, each twice
+    the one before, so coarse and fine features both get a prefix (the doubling is our choice;
+    Bussmann et al. 2025 nest prefixes of several sizes). Duplicates collapse for tiny d_sae."""
+    return sorted({max(1, round(d_sae / 2**i)) for i in range(5)})
 
 
 class SAEOutput(NamedTuple):
@@ -222,6 +235,13 @@ class SAE(nn.Module):
         return self.cfg.apply_b_dec_to_input and self.cfg.d_out is None
 
     @property
+    def unit_norm_decoder(self) -> bool:
+        """True if training keeps decoder rows at unit norm. ReLU does not: its L1 penalty is
+        weighted by the row norms, so the norm is free (Anthropic, "Circuits Updates - April
+        2024"); every other architecture would otherwise shrink latents and grow rows."""
+        return self.cfg.architecture != "relu"
+
+    @property
     def has_learned_threshold(self) -> bool:
         """jumprelu always; batchtopk/matryoshka once training has estimated the threshold."""
         if self.cfg.architecture == "jumprelu":
@@ -270,24 +290,6 @@ class SAE(nn.Module):
     def forward(self, x: Float[Tensor, "... d_in"]) -> SAEOutput:
         latents = self.encode(x)
         return SAEOutput(self.decode(latents) + self.skip(x), latents)
-
-    def training_forward(
-        self,
-        x: Float[Tensor, "B d_in"],
-        target: Float[Tensor, "B d_out"] | None = None,
-        dead_mask: Tensor | None = None,
-        sparsity_scale: float = 1.0,
-    ) -> TrainOutput:
-        """Training loss for this architecture; see `sae.losses.training_forward`.
-
-        The reconstruction term is the FVU (squared error over the target's batch variance), so
-        the loss does not depend on the scale of the activations. `target` is required for a
-        transcoder; `dead_mask` (bool [d_sae]) feeds AuxK; `sparsity_scale` multiplies the
-        sparsity coefficient (warm-up).
-        """
-        from sae.losses import training_forward
-
-        return training_forward(self, x, target, dead_mask, sparsity_scale)
 
     # ---- decoder norms -------------------------------------------------------------------
 
@@ -363,8 +365,6 @@ class SAE(nn.Module):
         median), unit-norm random decoder rows with W_enc = W_dec.T (Gao et al. 2024 §A.1),
         then W_enc scaled so the first reconstruction has the RMS norm of the centred target.
         """
-        from sae.losses import geometric_median
-
         if method not in ("mean", "geometric_median"):
             raise ValueError(f"method={method!r} must be 'mean' or 'geometric_median'.")
         if self.cfg.d_out is not None and target_sample is None:
@@ -383,3 +383,19 @@ class SAE(nn.Module):
         rms_target = (t - center).pow(2).sum(-1).mean().sqrt()
         if rms_recon > 0 and rms_target > 0:
             self.W_enc.mul_(rms_target / rms_recon)
+
+
+@torch.no_grad()
+def geometric_median(x_ND: Float[Tensor, "N D"], iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """Point minimising the summed Euclidean distance to the rows (Weiszfeld's algorithm,
+    computed in float64)."""
+    x = x_ND.double()
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-12)
+        m_new = (w[:, None] * x).sum(0) / w.sum()
+        done = (m_new - m).norm() <= tol * m.norm().clamp_min(1e-12)
+        m = m_new
+        if done:
+            break
+    return m.to(x_ND.dtype)

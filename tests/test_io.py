@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 import sae as sae_pkg
 from sae import io
+from sae.losses import training_forward
 from sae.sae import SAE, SAEConfig
 
 D, S, K = 16, 48, 5
@@ -29,7 +30,7 @@ def make(arch: str, trained: bool = True, **kw) -> SAE:
             if name == "threshold":
                 p.copy_(0.2 * torch.rand_like(p))
     if trained and arch in ("batchtopk", "matryoshka"):
-        sae.training_forward(data(seed=7))
+        training_forward(sae, data(seed=7))
     return sae
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sae.losses import JumpReLUFn, StepFn, batch_topk, geometric_median
-from sae.sae import SAE, SAEConfig
+from sae.losses import JumpReLUFn, StepFn, batch_topk, training_forward
+from sae.sae import SAE, SAEConfig, geometric_median
 
 D, S, K = 16, 48, 5
 
@@ -33,7 +33,7 @@ def data(n: int = 64, seed: int = 1, d: int = D) -> torch.Tensor:
 def with_threshold(sae: SAE) -> SAE:
     # Other data than the checks use: on the same data one pre-activation sits exactly on
     # the threshold, and any rounding flips it.
-    sae.training_forward(data(seed=7))
+    training_forward(sae, data(seed=7))
     assert sae.has_learned_threshold
     return sae
 
@@ -55,7 +55,6 @@ def with_threshold(sae: SAE) -> SAE:
         (dict(architecture="jumprelu", jumprelu_bandwidth=0.0), "jumprelu_bandwidth=0.0"),
         (dict(architecture="jumprelu", target_l0=0.0), "target_l0=0.0"),
         (dict(skip_connection=True), "skip_connection=True needs d_out"),
-        (dict(architecture="matryoshka"), "matryoshka_prefixes=[]"),
         (dict(architecture="matryoshka", matryoshka_prefixes=[8, 4, 64]), "strictly ascending"),
         (dict(architecture="matryoshka", matryoshka_prefixes=[8, 32]), "end at d_sae=64"),
         (dict(aux_k=0), "aux_k=0"),
@@ -89,7 +88,7 @@ def test_topk_keeps_exactly_k_per_row():
     """Pins: TopK must keep exactly k latents per token, at inference and in training."""
     sae, x = make("topk"), data()
     assert ((sae.encode(x) != 0).sum(-1) == K).all()
-    assert ((sae.training_forward(x).latents != 0).sum(-1) == K).all()
+    assert ((training_forward(sae, x).latents != 0).sum(-1) == K).all()
 
 
 def test_batchtopk_keeps_k_times_batch_in_training_and_learns_a_threshold():
@@ -97,7 +96,7 @@ def test_batchtopk_keeps_k_times_batch_in_training_and_learns_a_threshold():
     threshold so inference needs no batch (Bussmann et al. 2024)."""
     sae, x = make("batchtopk"), data(n=64)
     assert not sae.has_learned_threshold
-    latents = sae.training_forward(x).latents
+    latents = training_forward(sae, x).latents
     nonzero = (latents != 0).sum(-1)
     assert nonzero.sum() == K * 64 and nonzero.min() < nonzero.max()
     assert sae.has_learned_threshold
@@ -131,7 +130,7 @@ def test_batchtopk_threshold_is_frozen_in_eval_mode():
     sae = with_threshold(make("batchtopk"))
     before = sae.threshold.clone()
     sae.eval()
-    sae.training_forward(data(seed=5))
+    training_forward(sae, data(seed=5))
     assert torch.equal(sae.threshold, before)
 
 
@@ -155,10 +154,10 @@ def test_jumprelu_threshold_gets_gradient_through_the_ste():
     for l0 in (0.0, 1e-2):
         sae.cfg.l0_coefficient = l0
         sae.zero_grad()
-        sae.training_forward(x).loss.backward()
+        training_forward(sae, x).loss.backward()
         assert sae.threshold.grad is not None and sae.threshold.grad.abs().sum() > 0
     sae.cfg.target_l0 = 3.0
-    out = sae.training_forward(x)
+    out = training_forward(sae, x)
     l0 = (out.latents != 0).sum(-1).float().mean()
     assert torch.allclose(out.sparsity, 1e-2 * (l0 / 3.0 - 1) ** 2)
 
@@ -167,7 +166,7 @@ def test_gated_is_inference_only():
     sae = make("gated")
     assert sae.encode(data()).shape == (64, S)
     with pytest.raises(ValueError, match="inference-only"):
-        sae.training_forward(data())
+        training_forward(sae, data())
 
 
 # ---- losses ---------------------------------------------------------------------------------
@@ -180,28 +179,28 @@ def test_predicting_the_mean_has_fvu_one(arch):
     with torch.no_grad():
         sae.W_dec.zero_()
         sae.b_dec.copy_(x.mean(0))
-    assert torch.allclose(sae.training_forward(x).mse, torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(training_forward(sae, x).mse, torch.tensor(1.0), atol=1e-5)
 
 
 def test_relu_l1_is_weighted_by_decoder_norms():
     """Pins: shrinking latents while growing decoder rows must not lower the penalty
     (Anthropic April 2024 update)."""
     sae, x = make("relu", apply_b_dec_to_input=False), data()
-    before = sae.training_forward(x)
+    before = training_forward(sae, x)
     with torch.no_grad():
         sae.W_enc.mul_(0.5)
         sae.b_enc.mul_(0.5)
         sae.W_dec.mul_(2.0)
-    after = sae.training_forward(x)
+    after = training_forward(sae, x)
     assert torch.allclose(before.sparsity, after.sparsity, rtol=1e-5)
     assert torch.allclose(before.x_hat, after.x_hat, atol=1e-5)
-    assert torch.allclose(sae.training_forward(x, sparsity_scale=0.5).sparsity, after.sparsity / 2)
+    assert torch.allclose(training_forward(sae, x, sparsity_scale=0.5).sparsity, after.sparsity / 2)
 
 
 def test_matryoshka_loss_sums_prefix_reconstructions():
     """Pins: each nested prefix must reconstruct on its own (Bussmann et al. 2025)."""
     sae, x = make("matryoshka"), data()
-    out = sae.training_forward(x)
+    out = training_forward(sae, x)
     var = (x - x.mean(0)).pow(2).sum(-1).mean()
     total = sum(
         ((out.latents[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2).sum(-1).mean() / var)
@@ -214,11 +213,11 @@ def test_matryoshka_loss_sums_prefix_reconstructions():
 def test_auxk_trains_only_dead_latents(arch):
     """Pins: AuxK is zero with no dead latents and its gradient reaches only dead ones."""
     sae, x = make(arch), data()
-    assert sae.training_forward(x, dead_mask=torch.zeros(S, dtype=torch.bool)).aux == 0
+    assert training_forward(sae, x, dead_mask_S=torch.zeros(S, dtype=torch.bool)).aux == 0
     dead = torch.zeros(S, dtype=torch.bool)
     dead[:10] = True
     sae.zero_grad()
-    out = sae.training_forward(x, dead_mask=dead)
+    out = training_forward(sae, x, dead_mask_S=dead)
     assert out.aux > 0
     out.aux.backward()
     touched = sae.W_enc.grad.abs().sum(0) > 0
@@ -229,8 +228,8 @@ def test_transcoder_needs_target_and_skip_starts_at_zero():
     sae = make("topk", d_out=12, skip_connection=True)
     x, t = data(), data(d=12, seed=2)
     with pytest.raises(ValueError, match="target is required"):
-        sae.training_forward(x)
-    assert sae.training_forward(x, t).x_hat.shape == (64, 12)
+        training_forward(sae, x)
+    assert training_forward(sae, x, t).x_hat.shape == (64, 12)
     assert torch.equal(SAE(sae.cfg).W_skip, torch.zeros(12, D))
     out = sae(x)
     assert torch.allclose(out.x_hat, sae.decode(out.latents) + x @ sae.W_skip.T)
@@ -295,7 +294,7 @@ def test_fold_input_scale_maps_raw_inputs_to_raw_outputs(arch, kw):
 def test_remove_parallel_decoder_grad_makes_grad_orthogonal_to_rows():
     """Pins: the step must not fight the unit-norm constraint, and must keep the rest."""
     sae, x = make("topk"), data()
-    sae.training_forward(x).loss.backward()
+    training_forward(sae, x).loss.backward()
     g = sae.W_dec.grad.clone()
     sae.remove_parallel_decoder_grad()
     unit = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
@@ -358,7 +357,7 @@ def test_loss_falls_on_planted_dictionary(arch, kw):
     unit_norm = arch != "relu"  # ReLU's penalty carries the decoder norm instead
     first = None
     for step in range(300):
-        out = sae.training_forward(planted(256, g, F), sparsity_scale=min(1.0, step / 50))
+        out = training_forward(sae, planted(256, g, F), sparsity_scale=min(1.0, step / 50))
         first = out.mse.item() if first is None else first
         opt.zero_grad()
         out.loss.backward()
@@ -371,3 +370,14 @@ def test_loss_falls_on_planted_dictionary(arch, kw):
     if arch == "topk":
         W = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
         assert ((F @ W.T).max(1).values > 0.9).sum() >= 48
+
+
+def test_matryoshka_default_ladder_doubles_up_to_d_sae():
+    """Known answer for issue 9: with no prefixes given, matryoshka trains on d_sae/16 ... d_sae
+    (it used to refuse an empty list), and a tiny d_sae collapses duplicates."""
+    cfg = SAEConfig(architecture="matryoshka", d_in=D, d_sae=3072, k=K)
+    assert cfg.matryoshka_prefixes == [] and cfg.prefixes == [192, 384, 768, 1536, 3072]
+    assert SAEConfig(architecture="matryoshka", d_in=D, d_sae=6, k=2).prefixes == [1, 2, 3, 6]
+    assert SAEConfig(
+        architecture="matryoshka", d_in=D, d_sae=64, k=2, matryoshka_prefixes=[8, 64]
+    ).prefixes == [8, 64]

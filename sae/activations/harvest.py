@@ -24,7 +24,8 @@ from tqdm import tqdm
 from sae import dist
 from sae.activations.sources import LiveSource
 from sae.activations.store import fixed_chunks
-from sae.config import ConfigError, HarvestConfig, save_yaml, to_dict
+from sae.cliconfig import save_yaml, to_dict
+from sae.config import ConfigError, HarvestConfig
 from sae.fsutil import atomic_save_safetensors, atomic_write_json, sha256_file, sha256_json
 
 FORMAT = "sae-activation-cache"

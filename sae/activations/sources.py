@@ -109,6 +109,12 @@ class LiveSource:
             }
             yield Piece(idx[0], rows, meta)
 
+    def held_out(self, store_cfg: StoreConfig, rank: int = 0, world_size: int = 1) -> LiveSource:
+        """The held-out windows (`data.part='eval'`) through the same, already loaded model."""
+        data = dataclasses.replace(self.data_cfg, part="eval")
+        model, tokenizer = self.capture.model, self.windows.tokenizer
+        return LiveSource(self.model_cfg, data, store_cfg, rank, world_size, model, tokenizer)
+
     def count_rows(self) -> int:
         """Rows one pass yields (tokenizing only, no forward pass)."""
         return sum(int(self.keep_mask(w[None]).sum()) for _, w in self.windows.iter_from(0))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import tyro
 
+from sae.cliconfig import checked, to_dict, unchecked
 from sae.config import ConfigError, DataConfig
 from sae.eval.base import SUITES
 
@@ -92,36 +93,14 @@ class EvalConfig:
         return {name: getattr(self.data, name) for name in self.data_fields}
 
 
-@dataclass
-class _DataArgs(DataConfig):
-    __doc__ = DataConfig.__doc__
-
-    def __post_init__(self) -> None:  # checked when the EvalConfig is built (one-line errors)
-        pass
-
-
-@dataclass
-class _EvalArgs(EvalConfig):
-    __doc__ = EvalConfig.__doc__
-    data: _DataArgs = field(default_factory=lambda: _DataArgs(part="eval"))
-    """held-out text for live activations; the SAE's recorded training data is the default and
-    only the data fields given on the command line override it."""
-
-    def __post_init__(self) -> None:  # tyro would turn a ConfigError into a multi-line box
-        pass
-
-
 def parse_args(argv: list[str]) -> EvalConfig:
     """EvalConfig from command-line words; records which --data.* fields were given. Values are
     checked after tyro has parsed them, so a bad one raises ConfigError (one line)."""
-    args = tyro.cli(_EvalArgs, args=argv, prog="sae eval")
+    args = tyro.cli(unchecked(EvalConfig), args=argv, prog="sae eval")
     given = []
     for word in argv:
         if word.startswith("--data."):
             name = word[len("--data.") :].split("=", 1)[0].replace("-", "_")
             if name in _DATA_FIELDS:
                 given.append(name)
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)}
-    kw["data"] = DataConfig(**dataclasses.asdict(args.data))
-    kw["data_fields"] = list(dict.fromkeys(given))
-    return EvalConfig(**kw)
+    return checked(EvalConfig, to_dict(args) | {"data_fields": list(dict.fromkeys(given))})

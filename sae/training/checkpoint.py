@@ -14,14 +14,18 @@ always whole. Older checkpoints beyond `keep` are deleted after the new one is i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file
 
+from sae import dist
+from sae.config import ConfigError, TrainConfig
 from sae.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text
 
 
@@ -83,3 +87,38 @@ def read_checkpoint(path: Path, names: list[str]) -> dict:
         "trainer": json.loads((path / "trainer.json").read_text()),
         "saes": {n: load_file(str(path / n / "trainer_state.safetensors")) for n in names},
     }
+
+
+def check_run_folder(tcfg: TrainConfig) -> None:
+    """Refuse, before any work: --resume without a checkpoint or with a changed config (fields
+    in RESUME_FREE may change); a fresh run into a folder that already holds one."""
+    run = Path(tcfg.out)
+    saved = run / "config.yaml"
+    if not tcfg.resume:
+        if saved.exists():
+            raise ConfigError(
+                f"out={str(run)!r} already holds a run; pass --resume to continue it or "
+                "choose another --out."
+            )
+        return
+    if latest_checkpoint(run) is None:
+        raise ConfigError(f"--resume: {str(run)!r} holds no checkpoint to resume from.")
+    old = yaml.safe_load(saved.read_text())
+    new = dataclasses.asdict(tcfg)
+    diff = sorted(k for k in new if k not in TrainConfig.RESUME_FREE and old.get(k) != new[k])
+    if diff:
+        raise ConfigError(
+            f"--resume: the run in {str(run)!r} was made with a different config "
+            f"(differs in {diff})."
+        )
+
+
+def rank_store_state(state: dict) -> dict:
+    """This rank's store position in a checkpoint read by `read_checkpoint`."""
+    states = state["store_state"]["ranks"]
+    if len(states) != dist.world_size():
+        raise ConfigError(
+            f"--resume: the checkpoint was written by {len(states)} processes, this run has "
+            f"{dist.world_size()}."
+        )
+    return states[dist.rank()]

@@ -8,17 +8,14 @@ summed over dimensions), accumulated in float64. The `sae eval` suites build on 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import torch
 
 from sae import dist
-from sae.activations.sources import LiveSource, SyntheticSource, open_source
+from sae.activations.sources import ActivationSource, LiveSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
-from sae.config import StoreConfig
-
-if TYPE_CHECKING:
-    from sae.training.train import Trainer
+from sae.config import StoreConfig, TrainConfig
+from sae.training.members import Member
 
 
 class ReconstructionStats:
@@ -60,74 +57,62 @@ class ReconstructionStats:
         }
 
 
-def _eval_store(trainer: Trainer) -> tuple[ActivationStore | None, str]:
-    tcfg = trainer.tcfg
+def heldout_store(tcfg: TrainConfig, train_source: ActivationSource) -> tuple[ActivationStore, str]:
+    """The held-out activations of a run and where they come from: synthetic samples with
+    disjoint indices, `eval_activations`, or a live run's held-out windows; failing those, the
+    training stream itself (said so in the summary)."""
     cfg = StoreConfig(
         buffer_tokens=max(2 * tcfg.store.batch_size, 8192),
         batch_size=tcfg.store.batch_size,
         exclude_bos=tcfg.store.exclude_bos,
         exclude_special=tcfg.store.exclude_special,
     )
+    rank, world = dist.rank(), dist.world_size()
     if tcfg.activations == "synthetic":
         src = SyntheticSource(tcfg.synthetic, tcfg.eval_tokens, held_out=True)
         return ActivationStore(src, cfg), "held-out synthetic samples (disjoint generator indices)"
     if tcfg.eval_activations is not None:
-        src = open_source(
-            tcfg.eval_activations, tcfg.model, tcfg.data, cfg, dist.rank(), dist.world_size()
-        )
+        src = open_source(tcfg.eval_activations, tcfg.model, tcfg.data, cfg, rank, world)
         return ActivationStore(src, cfg), tcfg.eval_activations
-    live = trainer.source
-    if isinstance(live, LiveSource) and tcfg.data.eval_every > 0:
-        data = dataclasses.replace(tcfg.data, part="eval")
-        src = LiveSource(
-            live.model_cfg,
-            data,
-            cfg,
-            dist.rank(),
-            dist.world_size(),
-            model=live.capture.model,
-            tokenizer=live.windows.tokenizer,
-        )
-        return ActivationStore(
-            src, cfg
-        ), f"held-out windows (every {tcfg.data.eval_every}th) of {tcfg.data.source}"
-    return None, "none"
+    if isinstance(train_source, LiveSource) and tcfg.data.eval_every > 0:
+        where = f"held-out windows (every {tcfg.data.eval_every}th) of {tcfg.data.source}"
+        return ActivationStore(train_source.held_out(cfg, rank, world), cfg), where
+    dist.print0("no held-out data (give --eval-activations); scores below are on training batches")
+    store = ActivationStore(train_source, dataclasses.replace(tcfg.store, normalize=False))
+    return store, "training stream (not held out)"
 
 
 @torch.no_grad()
-def evaluate_members(trainer: Trainer) -> dict[str, dict]:
-    """Score every SAE of the run on held-out activations, scaled as in training."""
-    store, where = _eval_store(trainer)
-    results = {}
-    if store is None:
-        dist.print0(
-            "no held-out data (give --eval-activations); scores below are on training batches"
-        )
-        store = ActivationStore(
-            trainer.source, dataclasses.replace(trainer.tcfg.store, normalize=False)
-        )
-        where = "training stream (not held out)"
+def score_members(
+    members: list[Member],
+    store: ActivationStore,
+    where: str,
+    scale: dict[str, float],
+    eval_tokens: int,
+    dead_tokens: int,
+    device: torch.device,
+) -> dict[str, dict]:
+    """Score every SAE on `eval_tokens` rows of `store`, each hook multiplied by `scale[hook]`
+    as in training (1 where absent); the training dead % comes from the members' counters."""
     stats = {
-        m.name: ReconstructionStats(m.sae.cfg.width_out, m.sae.cfg.d_sae, trainer.device)
-        for m in trainer.members
+        m.name: ReconstructionStats(m.sae.cfg.width_out, m.sae.cfg.d_sae, device) for m in members
     }
     seen = 0
     for batch in store:
-        for m in trainer.members:
-            s_in, s_out = trainer._scales(m)
-            x = batch[m.hook].to(trainer.device) * s_in
-            y = batch[m.target].to(trainer.device) * s_out if m.target else x
+        for m in members:
+            s_in, s_out = m.scales(scale)
+            x = batch[m.hook].to(device) * s_in
+            y = batch[m.target].to(device) * s_out if m.target else x
             out = m.sae(x)
             stats[m.name].update(y, out.x_hat, out.latents)
         seen += len(next(iter(batch.values())))
-        if seen >= trainer.tcfg.eval_tokens:
+        if seen >= eval_tokens:
             break
-    for m in trainer.members:
+    results = {}
+    for m in members:
         stats[m.name].all_reduce()
         r = stats[m.name].result()
-        r["train_dead_pct"] = 100.0 * float(
-            (m.tokens_since_fired >= trainer.tcfg.dead_tokens).double().mean()
-        )
+        r["train_dead_pct"] = 100.0 * float((m.tokens_since_fired >= dead_tokens).double().mean())
         r["eval_source"] = where
         results[m.name] = r
     return results

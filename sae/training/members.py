@@ -1,5 +1,5 @@
 """The SAEs of one training run: one per sweep item, each with its optimizer and counters,
-plus the run's schedule and epoch length (the setup `sae/train.py`'s loop works on)."""
+plus the run's schedule and epoch length (the setup `sae/training/train.py`'s loop works on)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,21 @@ from pathlib import Path
 
 import torch
 
+from sae import dist
 from sae.activations.sources import ActivationSource, LiveSource
-from sae.config import ConfigError, TrainConfig
-from sae.sae import SAE
+from sae.config import (
+    ADAM_BETAS,
+    LR_DECAY,
+    LR_WARMUP,
+    MAX_NONFINITE_STEPS,
+    SPARSITY_WARMUP,
+    ConfigError,
+    TrainConfig,
+)
+from sae.io import save as save_sae
+from sae.losses import training_forward
+from sae.sae import SAE, TrainOutput
+from sae.training.checkpoint import load_optimizer_tensors, optimizer_tensors
 
 
 class Member:
@@ -22,13 +34,67 @@ class Member:
     ):
         self.name, self.hook, self.target, self.lr = name, hook, target, lr
         self.sae = SAE(cfg, device=device)
-        self.opt = torch.optim.Adam(
-            self.sae.parameters(), lr=lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2)
-        )
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=ADAM_BETAS)
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
         self.last: dict[str, float] = {}
+
+    def skip_step(self, step: int, run: Path) -> None:
+        """A non-finite loss: drop the gradient and count; stop the run if it keeps happening."""
+        self.opt.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        self.skipped_steps += 1
+        if self.nonfinite_in_a_row > MAX_NONFINITE_STEPS:
+            raise RuntimeError(
+                f"{self.name}: {self.nonfinite_in_a_row} non-finite losses in a row at step "
+                f"{step}; stopped. The last good checkpoint is in {run}."
+            )
+
+    @torch.no_grad()
+    def after_step(self, out: TrainOutput, dead_S: torch.Tensor) -> None:
+        """Update the dead-latent counter (a latent lives if it fired on any rank) and the
+        figures the next log line shows."""
+        fired_S = dist.any_rank((out.latents != 0).any(0))
+        self.tokens_since_fired += len(out.latents)
+        self.tokens_since_fired[fired_S] = 0
+        self.last = {
+            "loss": out.loss.item(),
+            "fvu": out.mse.item(),
+            "l0": (out.latents != 0).sum(-1).float().mean().item(),
+            "dead_pct": 100.0 * dead_S.float().mean().item(),
+        }
+
+    def scales(self, scale: dict[str, float]) -> tuple[float, float]:
+        """(input, target) factor the SAE is trained at, from the run's hook -> factor map
+        (1 where a hook has none, i.e. without store.normalize)."""
+        s_in = scale.get(self.hook, 1.0)
+        return s_in, scale.get(self.target, 1.0) if self.target else s_in
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything resume needs: training-space weights, Adam state, dead-latent counter."""
+        out = {f"train.{k}": v for k, v in self.sae.state_dict().items()}
+        out |= optimizer_tensors(self.opt)
+        out["dead.tokens_since_fired"] = self.tokens_since_fired
+        return out
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], skipped_steps: int) -> None:
+        """Inverse of `tensors` (a checkpoint's trainer_state.safetensors)."""
+        self.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("train.")})
+        load_optimizer_tensors(self.opt, tensors)
+        self.tokens_since_fired.copy_(tensors["dead.tokens_since_fired"])
+        self.skipped_steps = skipped_steps
+
+    def save(self, folder: Path, scale: dict[str, float], meta: dict, sparsity=None) -> None:
+        """Write the SAE as a SAELens folder with the training normalisation folded in, so it
+        maps raw activations to raw reconstructions; `meta` gives the run's facts."""
+        export = SAE(self.sae.cfg, device="cpu")
+        export.load_state_dict({k: v.detach().cpu() for k, v in self.sae.state_dict().items()})
+        s_in, s_out = self.scales(scale)
+        export.fold_input_scale(s_in, s_out)
+        meta = {"hook_name": self.hook, "target_hook_name": self.target} | meta
+        meta["normalization_folded"] = {"input_scale": s_in, "target_scale": s_out}
+        save_sae(export, folder, metadata=meta, sparsity_log10=sparsity)
 
 
 def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[Member]:
@@ -70,14 +136,22 @@ def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[M
     return members
 
 
-def schedule(step: int, total_steps: int, tcfg: TrainConfig) -> tuple[float, float]:
-    """(LR multiplier, sparsity-coefficient multiplier) at `step`: linear warm-up, linear decay."""
-    warm = max(1, round(tcfg.lr_warmup * total_steps))
-    decay_start = total_steps - round(tcfg.lr_decay * total_steps)
+def loss_fn(sae: SAE, compile: bool):
+    """The SAE's training loss as a function of the batch, compiled per SAE under --compile."""
+    fn = lambda x, y, dead, sparsity: training_forward(sae, x, y, dead, sparsity)  # noqa: E731
+    return torch.compile(fn) if compile else fn
+
+
+def schedule(step: int, total_steps: int) -> tuple[float, float]:
+    """(LR multiplier, sparsity-coefficient multiplier) at `step`: linear warm-up over LR_WARMUP
+    of the steps, linear decay to zero over the last LR_DECAY, sparsity ramp over
+    SPARSITY_WARMUP."""
+    warm = max(1, round(LR_WARMUP * total_steps))
+    decay_start = total_steps - round(LR_DECAY * total_steps)
     lr = min(1.0, (step + 1) / warm)
-    if step >= decay_start and tcfg.lr_decay > 0:
+    if step >= decay_start:
         lr *= max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
-    sparsity = min(1.0, (step + 1) / max(1, round(tcfg.sparsity_warmup * total_steps)))
+    sparsity = min(1.0, (step + 1) / max(1, round(SPARSITY_WARMUP * total_steps)))
     return lr, sparsity
 
 
@@ -91,3 +165,19 @@ def rows_per_epoch(source: ActivationSource, tcfg: TrainConfig) -> int:
             )
         return source.count_rows()
     return source.rank_rows()
+
+
+def run_metadata(tcfg: TrainConfig, tokens: int) -> dict:
+    """Facts about the run saved in every SAE folder's cfg.json."""
+    meta = {
+        "model_name": tcfg.model.name,
+        "context_size": tcfg.data.context_size,
+        "tokens_trained": tokens,
+        "exclude_bos": tcfg.store.exclude_bos,
+        "exclude_special": tcfg.store.exclude_special,
+        "data": dataclasses.asdict(tcfg.data),
+    }
+    if tcfg.activations == "synthetic":  # the eval suite regenerates the true dictionary
+        meta["synthetic"] = dataclasses.asdict(tcfg.synthetic)
+        meta["model_name"] = meta["hook_name"] = "synthetic"
+    return meta

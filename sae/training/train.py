@@ -8,213 +8,142 @@
     sae train --model.device cuda --autocast --compile   # GPU: bf16 autocast, torch.compile
     torchrun --nproc_per_node 2 -m sae train configs/minilm_topk.yaml   # data-parallel (DDP)
 
-The loop: set LR and sparsity warm-up -> maybe checkpoint -> step every SAE -> log. The store
-normalises activations to unit mean squared norm; the scale is folded into the saved weights,
-so a saved SAE maps raw activations to raw reconstructions. The last line printed is the final
-SAE folder.
+The loop (`Trainer.fit`): next batch (`batches` owns epochs and reshuffling) -> LR and sparsity
+warm-up -> step every SAE -> log -> maybe checkpoint -> stop at the end or on a signal. The
+store normalises activations to unit mean squared norm; the scale is folded into the saved
+weights, so a saved SAE maps raw activations to raw reconstructions. The last line printed is
+the final SAE folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from sae import dist
 from sae.activations.capture import resolve_device
 from sae.activations.sources import CacheSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
-from sae.config import ConfigError, TrainConfig, save_yaml, to_dict
-from sae.fsutil import atomic_write_text
-from sae.io import save as save_sae
-from sae.sae import SAE
+from sae.cliconfig import save_yaml
+from sae.config import B_DEC_INIT, GRAD_CLIP, KEEP_CHECKPOINTS, TrainConfig
+from sae.fsutil import atomic_write_json
 from sae.training.checkpoint import (
+    check_run_folder,
     latest_checkpoint,
-    load_optimizer_tensors,
-    optimizer_tensors,
+    rank_store_state,
     read_checkpoint,
     write_checkpoint,
 )
-from sae.training.members import Member, build_members, rows_per_epoch, schedule
+from sae.training.heldout import heldout_store, score_members
+from sae.training.members import (
+    Member,
+    build_members,
+    loss_fn,
+    rows_per_epoch,
+    run_metadata,
+    schedule,
+)
+from sae.training.runlog import RunLog, print_summary
+
+Batch = dict[str, torch.Tensor]
 
 
 class Trainer:
     def __init__(self, tcfg: TrainConfig):
+        """Setup: check the run folder, open the source, build the SAEs, size the schedule,
+        and restore the latest checkpoint under --resume."""
         self.tcfg = tcfg
         self.device = resolve_device(tcfg.model.device)
         self.run = Path(tcfg.out)
-        self._check_run_folder()
+        check_run_folder(tcfg)
         hooks = tcfg.hooks_needed()
         model_cfg = dataclasses.replace(tcfg.model, hooks=hooks) if hooks else tcfg.model
+        rank, world = dist.rank(), dist.world_size()
         if tcfg.activations == "synthetic":
-            self.source = SyntheticSource(
-                tcfg.synthetic, tcfg.total_tokens, False, dist.rank(), dist.world_size()
-            )
+            self.source = SyntheticSource(tcfg.synthetic, tcfg.total_tokens, False, rank, world)
         else:
             self.source = open_source(
-                tcfg.activations, model_cfg, tcfg.data, tcfg.store, dist.rank(), dist.world_size()
+                tcfg.activations, model_cfg, tcfg.data, tcfg.store, rank, world
             )
         if isinstance(self.source, CacheSource):
-            self.source.check_matches(tcfg.model.name, tcfg.hooks_needed())
+            self.source.check_matches(tcfg.model.name, hooks)
         torch.manual_seed(tcfg.seed)
         self.members = build_members(tcfg, self.source, self.device)
-        self._forward = {
-            m.name: torch.compile(m.sae.training_forward)
-            if tcfg.compile
-            else m.sae.training_forward
-            for m in self.members
-        }
-        B, world = tcfg.store.batch_size, dist.world_size()
+        self._forward = {m.name: loss_fn(m.sae, tcfg.compile) for m in self.members}
+        B = tcfg.store.batch_size
         if tcfg.total_tokens is not None:
             self.total_steps = max(1, tcfg.total_tokens // (B * world))
         else:
             steps = rows_per_epoch(self.source, tcfg) * tcfg.epochs // B
-            # Ranks may hold a few rows more or less: all stop at the smallest count.
-            self.total_steps = max(1, int(dist.all_reduce(torch.tensor(steps), "min")))
+            self.total_steps = max(1, dist.min_over_ranks(steps))
         self.step, self.tokens, self.epoch = 0, 0, 0
-        self.scale: dict[str, float] | None = None
+        self.scale: dict[str, float] | None = None  # hook -> factor; None until the first batch
         self.store_state: dict | None = None
         self._stop_signal: int | None = None
         if tcfg.resume:
             self._resume()
+        self.store = self._store()
         dist.barrier()  # every rank has checked the run folder before rank 0 writes into it
 
-    # -- run folder, resume -----------------------------------------------------------------
-    def _check_run_folder(self) -> None:
-        saved = self.run / "config.yaml"
-        if self.tcfg.resume:
-            if latest_checkpoint(self.run) is None:
-                raise ConfigError(
-                    f"--resume: {str(self.run)!r} holds no checkpoint to resume from."
-                )
-            import yaml
-
-            old = yaml.safe_load(saved.read_text())
-            new = to_dict(self.tcfg)
-            diff = sorted(
-                k for k in new if k not in TrainConfig.RESUME_FREE and old.get(k) != new[k]
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> list[Path]:
+        """Train to the end (or a signal), checkpoint, then score and write final/<sae>/."""
+        tcfg = self.tcfg
+        if dist.is_main():
+            self.run.mkdir(parents=True, exist_ok=True)
+            save_yaml(tcfg, self.run / "config.yaml")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda s, f: setattr(self, "_stop_signal", s))
+        log = RunLog(tcfg, self.total_steps * tcfg.store.batch_size, self.tokens)
+        every = tcfg.checkpoint_every  # tokens between checkpoints; 0: none until the end
+        next_ckpt = (self.tokens // every + 1) * every if every else None
+        for batch in self.batches():
+            lr_mult, sparsity = schedule(self.step, self.total_steps)
+            for m in self.members:
+                self._step(m, batch, lr_mult, sparsity)
+            self.step += 1
+            self.tokens += len(next(iter(batch.values()))) * dist.world_size()
+            log.progress(self.tokens)
+            if self.step % tcfg.log_every == 0 or self.step == self.total_steps:
+                log.write(self.step, self.tokens, self.members)
+            self._stop_signal = dist.max_over_ranks(self._stop_signal or 0) or None
+            if next_ckpt is not None and self.tokens >= next_ckpt:
+                self.checkpoint()
+                next_ckpt += every
+            if self.step >= self.total_steps or self._stop_signal is not None:
+                break
+        log.close()
+        self.checkpoint()
+        if self._stop_signal is not None:
+            dist.print0(
+                f"stopped by signal {self._stop_signal}; resume with --resume --out {self.run}"
             )
-            if diff:
-                raise ConfigError(
-                    f"--resume: the run in {str(self.run)!r} was made with a different config "
-                    f"(differs in {diff})."
-                )
-        elif saved.exists():
-            raise ConfigError(
-                f"out={str(self.run)!r} already holds a run; pass --resume to continue it or "
-                "choose another --out."
-            )
+            return []
+        finals = self._finish()
+        log.finish()
+        return finals
 
-    def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.run)
-        state = read_checkpoint(ckpt, [m.name for m in self.members])
-        t = state["trainer"]
-        self.step, self.tokens, self.epoch = t["step"], t["tokens"], t["epoch"]
-        self.scale = t["scale"]
-        states = state["store_state"]["ranks"]
-        if len(states) != dist.world_size():
-            raise ConfigError(
-                f"--resume: the checkpoint was written by {len(states)} processes, this run has "
-                f"{dist.world_size()}."
-            )
-        self.store_state = states[dist.rank()]
-        for m in self.members:
-            tensors = state["saes"][m.name]
-            m.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("train.")})
-            load_optimizer_tensors(m.opt, tensors)
-            m.tokens_since_fired.copy_(tensors["dead.tokens_since_fired"])
-            m.skipped_steps = t["skipped"][m.name]
-        dist.print0(f"resumed from {ckpt} at step {self.step} ({self.tokens} tokens)")
+    def batches(self) -> Iterator[Batch]:
+        """Training batches, scaled, epoch after epoch; each epoch is a fresh store reshuffled
+        with seed + epoch. A fresh run's first batch fixes the scale and initialises the SAEs."""
+        while self.step < self.total_steps:
+            for batch in self.store:
+                if self.scale is None:
+                    self._set_scale()
+                batch = {h: x * self.scale.get(h, 1.0) for h, x in batch.items()}
+                if self.step == 0 and self.store_state is None:
+                    self._init_from_data(batch)
+                yield batch
+            self.epoch, self.store_state = self.epoch + 1, None
+            self.store = self._store()  # a checkpoint from here on starts the next epoch
+            if self.tcfg.total_tokens is None and self.epoch >= self.tcfg.epochs:
+                return
 
-    # -- helpers ----------------------------------------------------------------------------
-    def _store(self) -> ActivationStore:
-        # The trainer applies the normalisation itself (self.scale), so it is one factor for
-        # all ranks and epochs, saved with the trainer state.
-        cfg = dataclasses.replace(
-            self.tcfg.store, seed=self.tcfg.store.seed + self.epoch, normalize=False
-        )
-        return ActivationStore(self.source, cfg, self.store_state)
-
-    def _init_from_data(self, batch: dict[str, torch.Tensor]) -> None:
-        for m in self.members:
-            x = batch[m.hook].to(self.device)
-            y = batch[m.target].to(self.device) if m.target else None
-            m.sae.init_from_data(x, y, method=self.tcfg.b_dec_init)
-            for t in m.sae.state_dict().values():  # replicas start equal, as under DDP
-                dist.broadcast_(t)
-
-    def _scales(self, m: Member) -> tuple[float, float]:
-        """(input, target) scale the SAE was trained at: 1 unless store.normalize."""
-        f = self.scale or {}
-        s_in = f.get(m.hook, 1.0)
-        return s_in, f.get(m.target, 1.0) if m.target else s_in
-
-    def _set_scale(self, store: ActivationStore) -> None:
-        """Unit mean squared norm, from rank 0's first chunk, identical on every rank."""
-        if not self.tcfg.store.normalize:
-            self.scale = {}
-            return
-        hooks = sorted(store.norm_factor)
-        t = dist.broadcast_(
-            torch.tensor([store.norm_factor[h] for h in hooks], dtype=torch.float64)
-        )
-        self.scale = dict(zip(hooks, t.tolist(), strict=True))
-
-    def _save_sae(self, m: Member, folder: Path, sparsity=None) -> None:
-        """Write the SAE with the training normalisation folded in (raw activations in and out)."""
-        export = SAE(m.sae.cfg, device="cpu")
-        export.load_state_dict({k: v.detach().cpu() for k, v in m.sae.state_dict().items()})
-        s_in, s_out = self._scales(m)
-        export.fold_input_scale(s_in, s_out)
-        meta = {
-            "model_name": self.tcfg.model.name,
-            "hook_name": m.hook,
-            "target_hook_name": m.target,
-            "context_size": self.tcfg.data.context_size,
-            "normalization_folded": {"input_scale": s_in, "target_scale": s_out},
-            "tokens_trained": self.tokens,
-            "exclude_bos": self.tcfg.store.exclude_bos,
-            "exclude_special": self.tcfg.store.exclude_special,
-            "data": dataclasses.asdict(self.tcfg.data),
-        }
-        if self.tcfg.activations == "synthetic":  # the eval suite regenerates the true dictionary
-            meta["synthetic"] = dataclasses.asdict(self.tcfg.synthetic)
-            meta["model_name"] = meta["hook_name"] = "synthetic"
-        save_sae(export, folder, metadata=meta, sparsity_log10=sparsity)
-
-    def checkpoint(self, store: ActivationStore) -> Path | None:
-        store_states = dist.all_gather_object(store.state_dict())  # every rank takes part
-        if not dist.is_main():
-            return None
-        saes = {}
-        for m in self.members:
-            tensors = {f"train.{k}": v for k, v in m.sae.state_dict().items()}
-            tensors |= optimizer_tensors(m.opt)
-            tensors["dead.tokens_since_fired"] = m.tokens_since_fired
-            saes[m.name] = (lambda folder, m=m: self._save_sae(m, folder), tensors)
-        trainer = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "epoch": self.epoch,
-            "scale": self.scale,
-            "skipped": {m.name: m.skipped_steps for m in self.members},
-        }
-        return write_checkpoint(
-            self.run,
-            self.tokens,
-            {"store_state": {"ranks": store_states}, "trainer": trainer, "saes": saes},
-            keep=self.tcfg.keep_checkpoints,
-        )
-
-    # -- one optimisation step --------------------------------------------------------------
-    def _step(
-        self, m: Member, batch: dict[str, torch.Tensor], lr_mult: float, sparsity: float
-    ) -> None:
+    def _step(self, m: Member, batch: Batch, lr_mult: float, sparsity: float) -> None:
         x = batch[m.hook].to(self.device, non_blocking=True)
         y = batch[m.target].to(self.device, non_blocking=True) if m.target else None
         for group in m.opt.param_groups:
@@ -222,166 +151,96 @@ class Trainer:
         dead = m.tokens_since_fired >= self.tcfg.dead_tokens
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
             out = self._forward[m.name](x, y, dead, sparsity)
-        finite = torch.isfinite(out.loss.detach())
-        if dist.is_distributed():  # all ranks skip together, or the gradient all-reduce hangs
-            finite = dist.all_reduce(finite.to(torch.int32), "min").bool()
-        if not finite:
-            # Skip and count; the caller stops the run if this keeps happening.
-            m.opt.zero_grad(set_to_none=True)
-            m.nonfinite_in_a_row += 1
-            m.skipped_steps += 1
+        if not dist.all_ranks(torch.isfinite(out.loss.detach())):
+            m.skip_step(self.step, self.run)  # the gradient is dropped; the run stops if repeated
             return
         m.nonfinite_in_a_row = 0
         out.loss.backward()
-        if dist.is_distributed():  # data parallel: average gradients over ranks, as DDP does
-            for p in m.sae.parameters():
-                if p.grad is not None:
-                    p.grad.copy_(dist.all_reduce_mean(p.grad))
-        if m.sae.cfg.architecture != "relu":
+        dist.average_gradients(m.sae.parameters())
+        if m.sae.unit_norm_decoder:
             m.sae.remove_parallel_decoder_grad()
-        if self.tcfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.tcfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(m.sae.parameters(), GRAD_CLIP)
         m.opt.step()
         m.opt.zero_grad(set_to_none=True)
-        if m.sae.cfg.architecture != "relu":
-            # ReLU keeps a free decoder norm and pays it in the L1 term (Anthropic, April 2024).
+        if m.sae.unit_norm_decoder:
             m.sae.set_decoder_unit_norm()
-        with torch.no_grad():
-            fired = (out.latents != 0).any(0)
-            if dist.is_distributed():
-                fired = dist.all_reduce(fired.to(torch.int32), "max").bool()
-            m.tokens_since_fired += len(x)
-            m.tokens_since_fired[fired] = 0
-            m.last = {
-                "loss": out.loss.item(),
-                "fvu": out.mse.item(),
-                "l0": (out.latents != 0).sum(-1).float().mean().item(),
-                "dead_pct": 100.0 * dead.float().mean().item(),
-            }
+        m.after_step(out, dead)
 
-    # -- the loop -----------------------------------------------------------------------------
-    def fit(self) -> list[Path]:
-        tcfg = self.tcfg
-        if dist.is_main():
-            self.run.mkdir(parents=True, exist_ok=True)
-            save_yaml(tcfg, self.run / "config.yaml")
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda s, f: setattr(self, "_stop_signal", s))
-        metrics = open(self.run / "metrics.jsonl", "a") if dist.is_main() else None
-        wandb_run = _wandb(tcfg)
-        bar = tqdm(
-            total=self.total_steps * tcfg.store.batch_size,
-            initial=self.tokens,
-            unit="tok",
-            unit_scale=True,
-            disable=tcfg.quiet or not dist.is_main(),
-            desc="train",
-        )
-        next_ckpt = (
-            (self.tokens // tcfg.checkpoint_every + 1) * tcfg.checkpoint_every
-            if tcfg.checkpoint_every
-            else None
-        )
-        t0, tokens0 = time.perf_counter(), self.tokens
-        store = self._store()
-        while self.step < self.total_steps and self._stop_signal is None:
-            stream = iter(store)
-            for batch in stream:
-                if self.scale is None:
-                    self._set_scale(store)
-                batch = {h: x * self.scale.get(h, 1.0) for h, x in batch.items()}
-                if self.step == 0 and self.store_state is None:
-                    self._init_from_data(batch)
-                lr_mult, sparsity = schedule(self.step, self.total_steps, tcfg)
-                for m in self.members:
-                    self._step(m, batch, lr_mult, sparsity)
-                    if m.nonfinite_in_a_row > tcfg.max_nonfinite_steps:
-                        raise RuntimeError(
-                            f"{m.name}: {m.nonfinite_in_a_row} non-finite losses in a row at step "
-                            f"{self.step}; stopped. The last good checkpoint is in {self.run}."
-                        )
-                self.step += 1
-                self.tokens += len(next(iter(batch.values()))) * dist.world_size()
-                bar.update(self.tokens - bar.n)
-                if self.step % tcfg.log_every == 0 or self.step == self.total_steps:
-                    rate = (self.tokens - tokens0) / (time.perf_counter() - t0)
-                    self._log(metrics, wandb_run, bar, rate)
-                if dist.is_distributed():  # a signal reaches ranks at different steps: agree
-                    flag = torch.tensor(0 if self._stop_signal is None else self._stop_signal)
-                    flag = int(dist.all_reduce(flag, "max"))
-                    self._stop_signal = flag or None
-                if next_ckpt is not None and self.tokens >= next_ckpt:
-                    self.checkpoint(store)
-                    next_ckpt += tcfg.checkpoint_every
-                if self.step >= self.total_steps or self._stop_signal is not None:
-                    break
-            else:  # the stream ran dry: next epoch, reshuffled
-                self.epoch += 1
-                self.store_state = None
-                store = self._store()
-                if tcfg.total_tokens is None and self.epoch >= tcfg.epochs:
-                    break
-        bar.close()
-        self.checkpoint(store)
-        if metrics:
-            metrics.close()
-        if self._stop_signal is not None:
-            dist.print0(
-                f"stopped by signal {self._stop_signal}; resume with --resume --out {self.run}"
-            )
-            return []
-        return self._finish(wandb_run)
+    # -- setup helpers --------------------------------------------------------------------------
+    def _store(self) -> ActivationStore:
+        # The trainer applies the normalisation itself (self.scale), so it is one factor for
+        # all ranks and epochs, saved with the trainer state.
+        seed = self.tcfg.store.seed + self.epoch
+        cfg = dataclasses.replace(self.tcfg.store, seed=seed, normalize=False)
+        return ActivationStore(self.source, cfg, self.store_state)
 
-    def _log(self, metrics, wandb_run, bar, rate: float) -> None:
-        record = {"step": self.step, "tokens": self.tokens, "tokens_per_s": round(rate, 1)}
+    def _set_scale(self) -> None:
+        """Unit mean squared norm, from rank 0's first chunk, identical on every rank."""
+        if not self.tcfg.store.normalize:
+            self.scale = {}
+            return
+        factors = self.store.norm_factor
+        hooks = sorted(factors)
+        t = dist.broadcast_(torch.tensor([factors[h] for h in hooks], dtype=torch.float64))
+        self.scale = dict(zip(hooks, t.tolist(), strict=True))
+
+    def _init_from_data(self, batch: Batch) -> None:
         for m in self.members:
-            record |= {f"{m.name}/{k}": round(v, 6) for k, v in m.last.items()}
-        if len(self.members) == 1:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in self.members[0].last.items()})
-        if metrics:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-        if wandb_run is not None:
-            wandb_run.log(record, step=self.step)
+            x = batch[m.hook].to(self.device)
+            y = batch[m.target].to(self.device) if m.target else None
+            m.sae.init_from_data(x, y, method=B_DEC_INIT)
+            for t in m.sae.state_dict().values():  # replicas start equal, as under DDP
+                dist.broadcast_(t)
 
-    def _finish(self, wandb_run) -> list[Path]:
-        from sae.training.heldout import evaluate_members
+    # -- checkpoints, resume, the end --------------------------------------------------------
+    def checkpoint(self) -> Path | None:
+        store_states = dist.all_gather_object(self.store.state_dict())  # every rank takes part
+        if not dist.is_main():
+            return None
+        scale, meta = self.scale or {}, run_metadata(self.tcfg, self.tokens)
+        saes = {
+            m.name: (lambda folder, m=m: m.save(folder, scale, meta), m.tensors())
+            for m in self.members
+        }
+        trainer = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "epoch": self.epoch,
+            "scale": self.scale,
+            "skipped": {m.name: m.skipped_steps for m in self.members},
+        }
+        parts = {"store_state": {"ranks": store_states}, "trainer": trainer, "saes": saes}
+        return write_checkpoint(self.run, self.tokens, parts, keep=KEEP_CHECKPOINTS)
 
-        results = evaluate_members(self)
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run)
+        state = read_checkpoint(ckpt, [m.name for m in self.members])
+        t = state["trainer"]
+        self.step, self.tokens, self.epoch = t["step"], t["tokens"], t["epoch"]
+        self.scale = t["scale"]
+        self.store_state = rank_store_state(state)
+        for m in self.members:
+            m.load_tensors(state["saes"][m.name], t["skipped"][m.name])
+        dist.print0(f"resumed from {ckpt} at step {self.step} ({self.tokens} tokens)")
+
+    def _finish(self) -> list[Path]:
+        """Score on held-out data, write final/<sae>/ with its train_summary.json, print."""
+        tcfg = self.tcfg
+        store, where = heldout_store(tcfg, self.source)
+        results = score_members(
+            self.members, store, where, self.scale or {}, tcfg.eval_tokens, tcfg.dead_tokens,
+            self.device,
+        )  # fmt: skip
         finals = [self.run / "final" / m.name for m in self.members]
         if dist.is_main():
+            meta = run_metadata(self.tcfg, self.tokens)
             for m, folder in zip(self.members, finals, strict=True):
                 density = results[m.name].pop("log10_density", None)
-                self._save_sae(m, folder, sparsity=density)
-                summary = json.dumps(results[m.name], indent=2) + "\n"
-                atomic_write_text(folder / "train_summary.json", summary)
-            _print_summary(results, self)
+                m.save(folder, self.scale or {}, meta, sparsity=density)
+                atomic_write_json(folder / "train_summary.json", results[m.name])
+            print_summary(results, self.members)
         dist.barrier()  # no rank leaves before the final folders exist
-        if wandb_run is not None:
-            wandb_run.finish()
         return finals
-
-
-def _wandb(tcfg: TrainConfig):
-    if tcfg.wandb == "disabled" or not dist.is_main():
-        return None
-    import wandb
-
-    return wandb.init(
-        project=tcfg.wandb_project, mode=tcfg.wandb, config=to_dict(tcfg), dir=tcfg.out
-    )
-
-
-def _print_summary(results: dict, trainer: Trainer) -> None:
-    print(f"\n{'sae':40s} {'held-out FVU':>12s} {'L0':>7s} {'dead %':>7s} {'skipped':>7s}")
-    for m in trainer.members:
-        r = results[m.name]
-        print(
-            f"{m.name:40s} {r['fvu']:12.4f} {r['l0']:7.1f} {r['dead_pct']:7.2f} {m.skipped_steps:7d}"
-        )
-    print(
-        f"({results[trainer.members[0].name]['eval_tokens']} held-out tokens from {results[trainer.members[0].name]['eval_source']})"
-    )
 
 
 def train(tcfg: TrainConfig) -> list[Path]:

@@ -1,0 +1,219 @@
+"""YAML files and command-line flags <-> the config dataclasses of `sae.config`.
+
+    cfg = parse(TrainConfig, ["configs/minilm_topk.yaml", "--sae.k", "64"], "sae train")
+
+tyro turns the dataclasses into flags; `--help` lists the fields everyone sets, each with its
+unit. Fields in `HIDDEN` are set in a YAML file only (a flag for one is refused in one line);
+fields in `REMOVED` are gone: the value they held is now a named constant, and a YAML key or flag
+that names one stops the run with a line saying so. Validation runs after parsing (`unchecked`),
+so every error is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import tyro
+import yaml
+
+from sae import config as C
+from sae.config import ConfigError, TrainConfig
+from sae.fsutil import atomic_write_text
+
+HIDDEN: dict[type, frozenset[str]] = {
+    TrainConfig: frozenset(
+        {
+            "synthetic",  # the generator's settings: configs/synthetic.yaml shows them
+            "data.part",  # training reads the training part; `sae eval` reads the held-out one
+            "data.bos",
+            "store.exclude_bos",
+            "store.exclude_special",
+            "sae.d_in",  # taken from the activations
+            "sae.d_out",  # taken from target_hook
+            "sae.apply_b_dec_to_input",
+            "sae.jumprelu_bandwidth",
+            "sae.jumprelu_init_threshold",
+            "sae.target_l0",
+            "sae.aux_k",
+            "sae.aux_coefficient",
+            "seed",
+            "dead_tokens",
+            "log_every",
+            "wandb_project",
+        }
+    )
+}
+"""Per command config: dotted fields settable in YAML only (kept out of `--help`)."""
+
+REMOVED: dict[type, dict[str, tuple[str, Any]]] = {
+    TrainConfig: {
+        "lr_warmup": ("LR_WARMUP", C.LR_WARMUP),
+        "lr_decay": ("LR_DECAY", C.LR_DECAY),
+        "sparsity_warmup": ("SPARSITY_WARMUP", C.SPARSITY_WARMUP),
+        "adam_beta1": ("ADAM_BETAS[0]", C.ADAM_BETAS[0]),
+        "adam_beta2": ("ADAM_BETAS[1]", C.ADAM_BETAS[1]),
+        "grad_clip": ("GRAD_CLIP", C.GRAD_CLIP),
+        "b_dec_init": ("B_DEC_INIT", C.B_DEC_INIT),
+        "max_nonfinite_steps": ("MAX_NONFINITE_STEPS", C.MAX_NONFINITE_STEPS),
+        "keep_checkpoints": ("KEEP_CHECKPOINTS", C.KEEP_CHECKPOINTS),
+    }
+}
+"""Per command config: removed dotted field -> (constant in sae/config.py, its value). A YAML
+file that sets one to that very value still loads (config.yaml of older runs)."""
+
+
+def _removed(root: type, dotted: str, value: Any = ...) -> bool:
+    """True if `dotted` is a removed field set to its fixed value; an error if set otherwise."""
+    if dotted not in REMOVED.get(root, {}):
+        return False
+    const, fixed = REMOVED[root][dotted]
+    if value == fixed:
+        return True
+    raise ConfigError(
+        f"{dotted} can no longer be set: it is now fixed at {fixed!r} ({const} in sae/config.py)."
+    )
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config", root=None, path="") -> Any:
+    """Build dataclass `cls` from a nested dict, refusing unknown keys with the valid ones listed
+    and removed keys with what became of them."""
+    root = root or cls
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of field names to values, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if _removed(root, path + name, value):
+            continue
+        if name not in names:
+            raise ConfigError(f"unknown field {key!r} in {where}; valid fields are {names}.")
+        sub = _dataclass_in(hints[name])
+        if sub and value is not None:
+            value = from_dict(sub, value, f"{where}.{name}", root, f"{path}{name}.")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+@functools.cache
+def unchecked(cls: type, hidden: frozenset[str] = frozenset(), path: str = "") -> type:
+    """A subclass of config dataclass `cls` (and of its nested configs) that skips validation
+    and suppresses the `hidden` dotted fields.
+
+    tyro builds the config while it parses flags and would print a validation error as a
+    multi-line box; parsing into this copy and validating afterwards (`parse_cli`) keeps every
+    error to one line. Literal fields become plain strings here, so an unknown choice also
+    reaches our own one-sentence check.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        hint, dotted = hints[f.name], path + f.name
+        default = (
+            {"default": f.default}
+            if f.default is not dataclasses.MISSING
+            else {"default_factory": f.default_factory}
+        )
+        if dotted in hidden:
+            fields.append((f.name, tyro.conf.Suppress[hint], dataclasses.field(**default)))
+        elif dataclasses.is_dataclass(hint):
+            sub = unchecked(hint, hidden, dotted + ".")
+            make = lambda f=f, sub=sub: from_dict(sub, dataclasses.asdict(f.default_factory()))  # noqa: E731
+            fields.append((f.name, sub, dataclasses.field(default_factory=make)))
+        elif typing.get_origin(hint) is Literal:
+            fields.append((f.name, str, dataclasses.field(**default)))
+    namespace = {
+        "__post_init__": lambda self: None,
+        "__doc__": cls.__doc__,
+        "__module__": cls.__module__,
+    }
+    return dataclasses.make_dataclass(
+        cls.__name__,
+        fields,
+        bases=(cls,),
+        namespace=namespace,
+        kw_only=True,
+        frozen=cls.__dataclass_params__.frozen,
+    )
+
+
+def _check_flags(cls: type, args: list[str]) -> None:
+    """One-line errors for flags naming a removed field or a YAML-only one."""
+    hidden = HIDDEN.get(cls, frozenset())
+    for word in args:
+        if not word.startswith("--"):
+            continue
+        dotted = word[2:].split("=", 1)[0].replace("-", "_")
+        _removed(cls, dotted)
+        parts = dotted.split(".")
+        for i in range(1, len(parts) + 1):
+            if ".".join(parts[:i]) in hidden:
+                raise ConfigError(
+                    f"{'.'.join(parts[:i])} is set in the YAML config file only "
+                    f"(e.g. configs/*.yaml), not as the flag {word.split('=', 1)[0]}."
+                )
+
+
+def hidden_fields(cls: type) -> frozenset[str]:
+    return HIDDEN.get(cls, frozenset())
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
+    """`default` overridden by command-line flags, validated after parsing (one-line errors)."""
+    _check_flags(cls, args)
+    loose = unchecked(cls, hidden_fields(cls))
+    parsed = tyro.cli(loose, default=from_dict(loose, to_dict(default)), args=args, prog=prog)
+    return checked(cls, to_dict(parsed))
+
+
+def checked(cls: type, data: dict[str, Any]) -> Any:
+    """`cls` built and validated from a plain dict; any validation error as a ConfigError."""
+    try:
+        return from_dict(cls, data)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # nested configs (SAEConfig, ...) raise ValueError
+        raise ConfigError(str(e)) from None
+
+
+def load_yaml(cls: type, path: str | Path) -> Any:
+    """Read a YAML config file into dataclass `cls`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist.")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    return from_dict(cls, data, where=str(path))
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    """Write the config beside an output, atomically."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def parse(cls: type, argv: list[str], prog: str, default=None):
+    """Config from an optional leading YAML path plus tyro overrides."""
+    path = argv[0] if argv and not argv[0].startswith("-") else None
+    rest = argv[1:] if path else argv
+    default = load_yaml(cls, path) if path else (default if default is not None else cls())
+    return parse_cli(cls, default, rest, prog)
