@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from sae.fsutil import atomic_folder, atomic_save_safetensors, atomic_write_text
 from sae.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
@@ -74,25 +72,6 @@ def _state_for_saelens(sae: SAE) -> dict[str, Tensor]:
     return state
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, write) -> None:
-    write(path)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def save(
     sae: SAE,
     folder: str | os.PathLike,
@@ -140,27 +119,12 @@ def save(
     text = json.dumps(cfg_json, indent=2, allow_nan=False) + "\n"
     state = _state_for_saelens(sae)
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        _write(tmp / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+    with atomic_folder(folder) as tmp:
+        atomic_save_safetensors(tmp / WEIGHTS_FILE, state)
         if sparsity_log10 is not None:
             sp = {"sparsity": sparsity_log10.detach().float().cpu().contiguous()}
-            _write(tmp / SPARSITY_FILE, lambda p: save_file(sp, str(p)))
-        _write(tmp / CFG_FILE, lambda p: p.write_text(text))
-        _fsync_dir(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-        _fsync_dir(folder.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            atomic_save_safetensors(tmp / SPARSITY_FILE, sp)
+        atomic_write_text(tmp / CFG_FILE, text)
     return folder
 
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import sae as sae_pkg
-from sae import io
+from sae import fsutil, io
 from sae.losses import training_forward
 from sae.sae import SAE, SAEConfig
 
@@ -128,7 +128,7 @@ def test_failed_save_leaves_old_folder_and_no_debris(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "save_file", boom)
+    monkeypatch.setattr(fsutil, "save_file", boom)  # the safetensors write inside io.save
     with pytest.raises(OSError, match="disk full"):
         io.save(build("relu"), tmp_path / "f")
     assert sae_pkg.load(tmp_path / "f").cfg.architecture == "topk"

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +24,9 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
+
+from sae.fsutil import atomic_save_safetensors
 
 __all__ = [
     "SyntheticConfig",
@@ -254,14 +253,7 @@ def save_dictionary(
     meta = {"format": "sae.synthetic.dictionary"}
     if config is not None:
         meta["config"] = json.dumps(asdict(config))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"dictionary": dictionary_ND.detach().contiguous().cpu()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_safetensors(path, {"dictionary": dictionary_ND}, metadata=meta)
 
 
 def load_dictionary(path: str | Path) -> SavedDictionary:
