@@ -139,7 +139,7 @@ def test_load_errors_name_the_path_and_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         sae_pkg.load(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"empty is not an SAE folder: it has no cfg\.json"):
+    with pytest.raises(ValueError, match=r"empty': it is not an SAE folder of a known layout"):
         sae_pkg.load(tmp_path / "empty")
     io.save(build("topk"), tmp_path / "f")
     (tmp_path / "f" / "cfg.json").write_text("{not json")
@@ -151,7 +151,7 @@ def test_load_errors_name_the_path_and_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match=r"sae_weights\.safetensors .* missing \['threshold'\]"):
         sae_pkg.load(tmp_path / "g")
     (tmp_path / "g" / "sae_weights.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"no sae_weights\.safetensors"):
+    with pytest.raises(ValueError, match=r"has cfg\.json but no sae_weights\.safetensors"):
         sae_pkg.load(tmp_path / "g")
 
 
@@ -228,6 +228,8 @@ def saelens_models(sl):
     yield "skip_transcoder", sl.SkipTranscoder(sl.SkipTranscoderConfig(d_in=D, d_sae=S, **t))
     cfg = sl.JumpReLUTranscoderConfig(d_in=D, d_sae=S, **t)
     yield "jumprelu_transcoder", sl.JumpReLUTranscoder(cfg)
+    cfg = sl.JumpReLUSkipTranscoderConfig(d_in=D, d_sae=S, **t)
+    yield "jumprelu_skip_transcoder", sl.JumpReLUSkipTranscoder(cfg)
     cfg = sl.BatchTopKTrainingSAEConfig(d_in=D, d_sae=S, k=K)
     yield "batchtopk_training", sl.BatchTopKTrainingSAE(cfg)
     cfg = sl.MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=S, k=K, matryoshka_widths=[8, S])

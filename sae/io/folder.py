@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from sae.fsutil import atomic_folder, atomic_save_safetensors, atomic_write_text
+from sae.io.build import assemble
 from sae.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
@@ -115,7 +116,7 @@ def save(
     if cfg_json["architecture"].startswith("topk"):
         cfg_json["k"] = cfg.k
         cfg_json["rescale_acts_by_decoder_norm"] = False
-    cfg_json[OUR_KEY] = asdict(cfg)
+    cfg_json[OUR_KEY] = {f.name: getattr(cfg, f.name) for f in fields(SAEConfig)}
     text = json.dumps(cfg_json, indent=2, allow_nan=False) + "\n"
     state = _state_for_saelens(sae)
 
@@ -128,17 +129,9 @@ def save(
     return folder
 
 
-def load(
-    folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> SAE:
+def load_folder(folder: Path) -> SAE:
     """Read an SAE folder written by `save` or by SAELens (standard, topk, batchtopk,
     matryoshka_batchtopk, jumprelu, gated, transcoders; pre-6 SAELens cfg keys too)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"SAE folder {folder} does not exist or is not a folder.")
-    for name in (CFG_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} is not an SAE folder: it has no {name}.")
     try:
         raw = json.loads((folder / CFG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -156,23 +149,7 @@ def load(
         metadata = dict(raw.get("metadata") or {})
     else:
         cfg, state, metadata = _from_saelens(folder, raw, state)
-    model = SAE(cfg, dtype=state["W_enc"].dtype)
-    expected = set(model.state_dict())
-    optional = {"threshold"} if cfg.architecture in ("batchtopk", "matryoshka") else set()
-    missing = sorted(expected - set(state) - optional)
-    extra = sorted(set(state) - expected)
-    if missing or extra:
-        raise ValueError(
-            f"{folder / WEIGHTS_FILE} does not fit a {cfg.architecture} SAE: "
-            f"missing {missing}, unexpected {extra}."
-        )
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        msg = str(e).splitlines()[-1].strip()
-        raise ValueError(f"{folder / WEIGHTS_FILE} does not match its cfg.json: {msg}") from None
-    model.metadata = metadata
-    return model.to(device=device, dtype=dtype)
+    return assemble(cfg, state, metadata, str(folder / WEIGHTS_FILE))
 
 
 def _from_saelens(folder: Path, raw: dict, state: dict[str, Tensor]):

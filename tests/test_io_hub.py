@@ -1,0 +1,141 @@
+"""Hub repo ids and SAELens releases load from a pre-populated local Hub cache, offline; bad ids
+and unknown layouts are one-line errors that list what `sae.load` reads. No network is used:
+HF_HUB_OFFLINE=1 for every test here."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import sae as sae_pkg
+from sae.io import save
+from sae.sae import SAE, SAEConfig
+
+REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hub cache (huggingface_hub's layout) that `sae.load` reads offline."""
+    root = tmp_path / "hub"
+    root.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return root
+
+
+def snapshot(cache, repo_id: str, rev: str = REV, branch: str = "main"):
+    """models--org--name/snapshots/<rev>/ with refs/<branch> pointing at it, as a download
+    leaves it (plain files instead of blob symlinks, which the cache also accepts)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / branch).write_text(rev)
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True, exist_ok=True)
+    return snap
+
+
+def tiny(seed: int, arch: str = "topk") -> SAE:
+    torch.manual_seed(seed)
+    s = SAE(SAEConfig(architecture=arch, d_in=8, d_sae=24, k=3))
+    with torch.no_grad():
+        s.b_enc.normal_()
+        s.b_dec.normal_()
+    return s
+
+
+def test_hub_repo_with_subfolder_loads_offline_from_the_cache(hub_cache):
+    """Pins: 'org/name' + subfolder (either as the second argument or as a path tail) reads the
+    cached snapshot with HF_HUB_OFFLINE=1, weights bit-identical; a repo of several SAEs named
+    without a subfolder lists them; a revision that is not cached is a one-line error."""
+    snap = snapshot(hub_cache, "someone/gpt2-saes")
+    a, b = tiny(0), tiny(1)
+    save(a, snap / "blocks.1.hook_resid_post", metadata={"hook_name": "blocks.1.hook_resid_post"})
+    save(b, snap / "blocks.2.hook_resid_post", metadata={"model_name": "gpt2"})
+
+    got = sae_pkg.load("someone/gpt2-saes", "blocks.1.hook_resid_post")
+    assert torch.equal(got.W_enc, a.W_enc) and torch.equal(got.b_dec, a.b_dec)
+    assert got.cfg.hook_name == "blocks.1.hook_resid_post"
+    assert got.metadata["hub_repo"] == "someone/gpt2-saes"
+    got = sae_pkg.load("someone/gpt2-saes/blocks.2.hook_resid_post", revision=REV)
+    assert torch.equal(got.W_dec, b.W_dec) and got.cfg.model_name == "gpt2"
+
+    with pytest.raises(ValueError, match=r"holds several SAEs \(blocks\.1\.hook_resid_post, "):
+        sae_pkg.load("someone/gpt2-saes")
+    with pytest.raises(ValueError, match=r"revision v2\) is not in the local Hub cache") as e:
+        sae_pkg.load("someone/gpt2-saes", "blocks.1.hook_resid_post", revision="v2")
+    assert "\n" not in str(e.value) and "sae.load reads ours or SAELens" in str(e.value)
+
+
+def test_hub_sparsify_repo_loads_by_hookpoint(hub_cache):
+    """Pins: a sparsify repo (one folder per hookpoint, the run's config.json at the top) loads
+    by hookpoint as sparsify's load_from_hub does, and the run config names the model."""
+    snap = snapshot(hub_cache, "EleutherAI/sae-tiny")
+    (snap / "config.json").write_text(json.dumps({"model": "EleutherAI/pythia-70m"}))
+    (snap / "layers.1").mkdir()
+    (snap / "layers.1" / "cfg.json").write_text(json.dumps({"k": 3, "num_latents": 24, "d_in": 8}))
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "encoder.weight": torch.randn(24, 8, generator=g),
+        "encoder.bias": torch.randn(24, generator=g),
+        "W_dec": torch.randn(24, 8, generator=g),
+        "b_dec": torch.randn(8, generator=g),
+    }
+    save_file(state, str(snap / "layers.1" / "sae.safetensors"))
+    got = sae_pkg.load("EleutherAI/sae-tiny", "layers.1")
+    assert torch.equal(got.W_enc, state["encoder.weight"].T)
+    assert (got.cfg.model_name, got.cfg.hook_name, got.cfg.k) == (
+        "EleutherAI/pythia-70m",
+        "layers.1",
+        3,
+    )
+
+
+def test_unknown_repo_and_unknown_layout_are_one_line_errors(hub_cache, tmp_path):
+    """Pins: a repo id that is not cached (offline), a name that is no folder/repo/release and a
+    folder of no known layout each raise one line that lists the layouts understood."""
+    cases = [
+        ("nobody/no-such-repo", "is not in the local Hub cache and HF_HUB_OFFLINE is set"),
+        ("no-slash-name", "neither a local folder nor a Hub repo id"),
+    ]
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "weights.bin").write_bytes(b"\0")
+    cases.append((stray, r"not an SAE folder of a known layout \(it holds \['weights\.bin'\]\)"))
+    for source, why in cases:
+        with pytest.raises(ValueError, match=why) as e:
+            sae_pkg.load(source)
+        msg = str(e.value)
+        assert "\n" not in msg
+        for layout in (
+            "sae_weights.safetensors",
+            "sae.safetensors",
+            "ae.pt",
+            "Hub repo",
+            "release",
+        ):
+            assert layout in msg
+
+
+def test_saelens_release_resolves_through_its_registry(hub_cache):
+    """Pins: a SAELens release + sae_id is resolved by SAELens's registry to its repo and
+    folder, then read from the (offline) cache; an unknown sae_id lists the release's ids."""
+    directory = pytest.importorskip("sae_lens.loading.pretrained_saes_directory")
+    lookup = directory.get_pretrained_saes_directory()["gpt2-small-res-jb"]
+    assert lookup.conversion_func is None  # a SAELens-layout release, read natively
+    path = lookup.saes_map["blocks.0.hook_resid_pre"]
+    snap = snapshot(hub_cache, lookup.repo_id)
+    ref = tiny(3, arch="relu")
+    save(
+        ref,
+        snap / path,
+        metadata={"hook_name": "blocks.0.hook_resid_pre", "model_name": "gpt2-small"},
+    )
+    got = sae_pkg.load("gpt2-small-res-jb", "blocks.0.hook_resid_pre")
+    x = torch.randn(5, 8)
+    assert torch.equal(got(x).x_hat, ref(x).x_hat)
+    assert got.metadata["saelens_release"] == "gpt2-small-res-jb"
+    assert got.cfg.hook_name == "blocks.0.hook_resid_pre" and got.cfg.architecture == "relu"
+    with pytest.raises(ValueError, match=r"has no sae_id 'nope'; it has blocks\.0\.hook_resid_pre"):
+        sae_pkg.load("gpt2-small-res-jb", "nope")
