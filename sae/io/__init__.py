@@ -113,7 +113,8 @@ def load(
     """
     text = os.fspath(source)
     local = Path(text)
-    if local.exists() or isinstance(source, os.PathLike):
+    # A path whose first folder exists here is a (mistyped) local path, not a Hub repo id.
+    if local.exists() or isinstance(source, os.PathLike) or Path(*local.parts[:1]).is_dir():
         return load_local(local / sae_id if sae_id else local).to(device=device, dtype=dtype)
     lookup = saelens_release(text) if sae_id is not None else None
     if lookup is not None:

@@ -24,6 +24,8 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 def split_repo_id(source: str) -> tuple[str, str] | None:
     """('org/name', 'sub/folder') for 'org/name[/sub/folder]', None if it is not that shape."""
+    if source.startswith(("/", ".", "~")) or "\\" in source:
+        return None  # a filesystem path
     parts = source.strip("/").split("/")
     if len(parts) < 2 or not _REPO_ID.fullmatch("/".join(parts[:2])):
         return None

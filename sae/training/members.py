@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sae import dist
+from sae.activations.capture import model_metadata
 from sae.activations.sources import ActivationSource, LiveSource
 from sae.config import (
     ADAM_BETAS,
@@ -171,6 +172,7 @@ def run_metadata(tcfg: TrainConfig, tokens: int) -> dict:
     """Facts about the run saved in every SAE folder's cfg.json."""
     meta = {
         "model_name": tcfg.model.name,
+        **model_metadata(tcfg.model),  # revision, dtype, trust_remote_code: how to reload it
         "context_size": tcfg.data.context_size,
         "tokens_trained": tokens,
         "exclude_bos": tcfg.store.exclude_bos,

@@ -75,7 +75,7 @@ def _bad_cases(tmp_path: Path, tiny_models) -> dict[str, tuple[list[str], str]]:
     out = ["--out", str(tmp_path / "rep")]
     return {
         "missing folder": ([str(tmp_path / "nope"), *out], "does not exist"),
-        "not an SAE": ([str(tmp_path), *out], "no cfg.json"),
+        "not an SAE": ([str(tmp_path), *out], "holds several SAEs"),
         "unknown suite": ([ok, "--suite", "core,bogus", *out], "valid suites are core, synthetic"),
         "width": ([ok, "--activations", str(tmp_path / "w16.npy"), *out], "d_in=8"),
         "synthetic": (

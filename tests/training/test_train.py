@@ -137,6 +137,8 @@ def test_live_transcoder_on_tiny_model(tiny_models, text_file, tmp_path):
     folder = train(cfg)[0]
     loaded = sae.load(folder)
     assert loaded.cfg.d_out == 32
+    assert (loaded.cfg.model_name, loaded.cfg.hook_name) == (tiny_models["gpt2"], "resid_pre.1")
+    assert loaded.metadata["model_dtype"] == "float32" and "model_revision" in loaded.metadata
     summary = json.loads((folder / "train_summary.json").read_text())
     assert summary["eval_source"].startswith("held-out windows") and summary["eval_tokens"] > 0
 

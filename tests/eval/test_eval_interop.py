@@ -1,0 +1,96 @@
+"""`sae eval` on SAEs other libraries wrote: a SAELens folder naming its hook the TransformerLens
+way and a sparsify folder naming it relative to the base model run on the Hugging Face model;
+the model loads with the revision/dtype/remote-code setting the SAE records, and a flag that
+contradicts it is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae.config import ConfigError
+from sae.eval import cli_main
+from sae.io import save
+from sae.sae import SAE, SAEConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _eval(sae_dir, text_file, out: Path, *extra: str) -> dict:
+    argv = [str(sae_dir), "--suite", "core", "--data.source", text_file, "--data.context-size"]
+    argv += ["16", "--eval-tokens", "120", "--n-boot", "0", "--out", str(out), *extra]
+    cli_main(argv)
+    return json.loads((out / "report.json").read_text())["saes"][0]
+
+
+def test_saelens_folder_with_a_transformer_lens_hook_runs_through_eval(
+    tiny_models, text_file, tmp_path
+):
+    """Pins: a folder SAELens itself saved, whose metadata says hook_name='blocks.1.hook_resid_post'
+    (a name `sae eval` used to refuse on an HF model), is scored on the HF model at that point."""
+    sl = pytest.importorskip("sae_lens")
+    warnings.filterwarnings("ignore", module="sae_lens")
+    torch.manual_seed(0)
+    meta = sl.saes.sae.SAEMetadata(
+        model_name=tiny_models["gpt2"], hook_name="blocks.1.hook_resid_post", context_size=16
+    )
+    theirs = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=64, metadata=meta))
+    theirs.save_model(str(tmp_path / "saelens"))
+    entry = _eval(tmp_path / "saelens", text_file, tmp_path / "rep")
+    assert entry["hook"] == "blocks.1.hook_resid_post"
+    assert entry["activations"]["kind"] == "live"
+    core = entry["results"]["core"]
+    assert core["tokens"] >= 120 and core["reconstruction"]["fvu"]["value"] > 0
+
+
+def test_sparsify_hookpoint_runs_through_eval(tiny_models, text_file, tmp_path):
+    """Pins: sparsify names hookpoints inside the base model ('layers.1' in a LlamaForCausalLM
+    whose module is model.layers.1); the folder loads and is scored at that module."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    (run / "layers.1").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": tiny_models["llama"]}))
+    (run / "layers.1" / "cfg.json").write_text(json.dumps({"k": 4, "num_latents": 64, "d_in": 32}))
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 32, generator=g) / 32**0.5
+    state = {
+        "encoder.weight": W,
+        "encoder.bias": torch.zeros(64),
+        "W_dec": W.clone(),
+        "b_dec": torch.zeros(32),
+    }
+    save_file(state, str(run / "layers.1" / "sae.safetensors"))
+    entry = _eval(run / "layers.1", text_file, tmp_path / "rep")
+    assert entry["hook"] == "layers.1" and entry["model"] == tiny_models["llama"]
+    assert entry["results"]["core"]["tokens"] >= 120
+
+
+def test_model_loads_as_recorded_and_a_contradicting_flag_is_refused(
+    tiny_models, text_file, tmp_path
+):
+    """Pins: the dtype an SAE's metadata records is the dtype eval loads the model in (it used
+    to be float32 always), and `--model-dtype` that contradicts it stops in one line before any
+    work; a flag may fill in what the metadata does not record."""
+    torch.manual_seed(0)
+    meta = dict(model_name=tiny_models["gpt2"], hook_name="resid_post.1", context_size=16)
+    folder = tmp_path / "bf16"
+    save(SAE(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4)), folder,
+         metadata=meta | {"model_dtype": "bfloat16", "model_revision": None})  # fmt: skip
+    entry = _eval(folder, text_file, tmp_path / "rep")
+    assert entry["activations"]["model_load"] == {
+        "revision": None, "dtype": "bfloat16", "trust_remote_code": False
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        _eval(folder, text_file, tmp_path / "rep2", "--model-dtype", "float32")
+    assert "--model-dtype float32 contradicts the SAE" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "rep2").exists()
+
+    plain = tmp_path / "plain"
+    save(SAE(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4)), plain, metadata=meta)
+    with pytest.raises(ConfigError, match="model_dtype='float64' is not one of"):
+        _eval(plain, text_file, tmp_path / "rep3", "--model-dtype", "float64")
