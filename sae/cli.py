@@ -107,4 +107,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     # The last line printed is the output's path, for scripts.
     if dist.is_main():
-        print(Path(result))
+        print(result if "://" in str(result) else Path(result))  # URLs keep their '//'

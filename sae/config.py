@@ -309,7 +309,11 @@ class TrainConfig:
             f"wandb={self.wandb!r} needs the wandb package: pip install -e '.[wandb]'.",
         )
         _check(
-            not (self.target_hook and self.activations and not Path(self.activations).is_dir()),
+            not (
+                self.target_hook
+                and self.activations
+                and not ("://" in self.activations or Path(self.activations).is_dir())
+            ),
             "target_hook needs two hooks: train a transcoder from live activations or a cache, not a matrix file.",
         )
         _check(

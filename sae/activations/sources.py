@@ -8,7 +8,6 @@ cursor is all the store and the harvester need to resume a stream exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -17,7 +16,6 @@ import numpy as np
 import torch
 
 from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
-from sae.fsutil import sha256_file
 
 MATRIX_HOOK = "activations"
 """hook name of the single tensor in a plain `[tokens, d_in]` matrix file."""
@@ -203,7 +201,8 @@ class MatrixSource(_RowFile):
 
 
 class CacheSource(_RowFile):
-    """An activation cache written by `sae harvest`: shards + manifest, memory-mapped reads."""
+    """An activation cache written by `sae harvest`: shards + manifest, in a local folder
+    (memory-mapped reads) or at any fsspec URL (one shard in memory at a time)."""
 
     def __init__(
         self,
@@ -213,11 +212,13 @@ class CacheSource(_RowFile):
         world_size: int = 1,
         verify: bool = True,
     ):
-        self.path, self.rank, self.world_size, self.verify = Path(path), rank, world_size, verify
-        manifest_path = self.path / "manifest.json"
-        if not manifest_path.is_file():
+        from sae.activations.cachefs import CacheLocation
+
+        self.path, self.rank, self.world_size, self.verify = path, rank, world_size, verify
+        self.loc = CacheLocation(path)
+        if not self.loc.exists("manifest.json"):
             raise ConfigError(f"{str(self.path)!r} is not an activation cache (no manifest.json).")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = self.loc.read_json("manifest.json")
         if not self.manifest.get("complete", False):
             raise ConfigError(
                 f"activation cache {str(self.path)!r} is unfinished; run `sae harvest` again to "
@@ -238,21 +239,11 @@ class CacheSource(_RowFile):
 
     def _shard(self, i: int):
         if i not in self._open:
-            from safetensors import safe_open
-
             entry = self.shards[i]
-            file = self.path / entry["file"]
-            if not file.is_file():
-                raise ConfigError(f"shard {str(file)!r} of the activation cache is missing.")
-            if self.verify and sha256_file(file) != entry["sha256"]:
-                raise ConfigError(
-                    f"shard {str(file)!r} is corrupt (its checksum does not match the manifest); "
-                    "delete it and re-run `sae harvest` to rebuild it."
-                )
-            try:
-                self._open[i] = safe_open(str(file), framework="pt")
-            except Exception as e:
-                raise ConfigError(f"shard {str(file)!r} is corrupt ({e}).") from None
+            handle = self.loc.open_tensors(entry["file"], entry["sha256"] if self.verify else None)
+            if self.loc.local is None:
+                self._open.clear()  # remote shards live in memory: keep only the current one
+            self._open[i] = handle
         return self._open[i]
 
     def read(self, a: int, b: int):
@@ -348,6 +339,6 @@ def open_source(
     if activations is None:
         return LiveSource(model_cfg, data_cfg, store_cfg, rank, world_size)
     path = Path(activations)
-    if path.is_dir():
-        return CacheSource(path, None, rank, world_size)
+    if "://" in activations or path.is_dir():  # a cache folder or any fsspec URL
+        return CacheSource(activations if "://" in activations else path, None, rank, world_size)
     return MatrixSource(path, rank, world_size)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import sae.activations.harvest as harvest_mod
+import sae.activations.cachefs as cachefs_mod
 from sae.activations.harvest import harvest
 from sae.activations.sources import CacheSource, LiveSource
 from sae.activations.store import ActivationStore
@@ -72,7 +72,7 @@ def test_interrupted_harvest_resumes_without_loss_or_duplication(
 ):
     reference = harvest(_cfg(tiny_models, text_file, tmp_path / "ref"))
     cfg = _cfg(tiny_models, text_file, tmp_path / "resumed")
-    real_save, calls = harvest_mod.atomic_save_safetensors, []
+    real_save, calls = cachefs_mod.atomic_save_safetensors, []
 
     def crash_on_third(*args, **kwargs):
         calls.append(1)
@@ -80,13 +80,13 @@ def test_interrupted_harvest_resumes_without_loss_or_duplication(
             raise KeyboardInterrupt
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(harvest_mod, "atomic_save_safetensors", crash_on_third)
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         harvest(cfg)
     partial = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
     assert not partial["complete"] and len(partial["shards"]) == 2
     assert not list((tmp_path / "resumed").glob(".*tmp"))  # no half-written shard left
-    monkeypatch.setattr(harvest_mod, "atomic_save_safetensors", real_save)
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", real_save)
     out = harvest(cfg)
     want = json.loads((reference / "manifest.json").read_text())["shards"]
     got = json.loads((out / "manifest.json").read_text())["shards"]

@@ -1,0 +1,151 @@
+"""Where an activation cache lives: a local folder, or any fsspec URL (s3://, gs://, hf://,
+memory://, file://), so caches can outgrow one disk.
+
+Local folders keep plain file I/O: atomic writes through sae/fsutil.py and memory-mapped reads.
+On an object store a shard is serialised in memory, hashed, and written as one object (a PUT is
+atomic there: readers see the old object or the new one), and read back one shard at a time
+into memory with its sha256 checked. The bytes are those of the local layout, so a cache copied
+between a disk and a bucket (`aws s3 sync`, `gsutil rsync`) reads the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae.config import ConfigError
+from sae.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text, sha256_file
+
+
+def is_url(where: str | os.PathLike) -> bool:
+    return "://" in os.fspath(where)
+
+
+class _Loaded(dict):
+    """A shard read into memory, sliced like a `safe_open` handle: `get_slice(key)[a:b]`."""
+
+    def get_slice(self, key: str) -> torch.Tensor:
+        return self[key]
+
+
+class CacheLocation:
+    """One cache folder: a local Path, or a path on an fsspec filesystem."""
+
+    def __init__(self, where: str | os.PathLike):
+        self.display = os.fspath(where)
+        self.fs: Any = None
+        self.local: Path | None = Path(self.display)
+        if is_url(self.display):
+            import fsspec
+            from fsspec.implementations.local import LocalFileSystem
+
+            try:
+                fs, root = fsspec.core.url_to_fs(self.display)
+            except (ImportError, ValueError) as e:
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise ConfigError(
+                    f"cannot open {self.display!r}: {first} (s3:// needs `pip install 'sae[s3]'`, "
+                    "gs:// needs gcsfs)."
+                ) from None
+            if isinstance(fs, LocalFileSystem):
+                self.local = Path(root)
+            else:
+                self.fs, self.root, self.local = fs, root.rstrip("/"), None
+
+    def __str__(self) -> str:
+        return self.display
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        if self.local is not None:
+            return (self.local / name).is_file()
+        return self.fs.isfile(self._path(name))
+
+    def holds_anything(self) -> bool:
+        if self.local is not None:
+            return self.local.exists() and any(self.local.iterdir())
+        return self.fs.exists(self.root) and bool(self.fs.ls(self.root, detail=False))
+
+    def names(self) -> list[str]:
+        if self.local is not None:
+            return sorted(p.name for p in self.local.iterdir()) if self.local.is_dir() else []
+        if not self.fs.exists(self.root):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False))
+
+    def makedirs(self) -> None:
+        if self.local is not None:
+            self.local.mkdir(parents=True, exist_ok=True)
+        else:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def remove(self) -> None:
+        if self.local is not None:
+            shutil.rmtree(self.local, ignore_errors=True)
+        elif self.fs.exists(self.root):
+            self.fs.rm(self.root, recursive=True)
+
+    def read_json(self, name: str) -> Any:
+        if self.local is not None:
+            return json.loads((self.local / name).read_text())
+        return json.loads(self.fs.cat_file(self._path(name)))
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.local is not None:
+            atomic_write_text(self.local / name, text)
+        else:
+            self.fs.pipe_file(self._path(name), text.encode())
+
+    def write_json(self, name: str, obj: Any) -> None:
+        if self.local is not None:
+            atomic_write_json(self.local / name, obj)
+        else:
+            self.write_text(name, json.dumps(obj, indent=2) + "\n")
+
+    def write_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> str:
+        """Write a safetensors shard; returns the sha256 of its bytes."""
+        if self.local is not None:
+            atomic_save_safetensors(self.local / name, tensors)
+            return sha256_file(self.local / name)
+        from safetensors.torch import save
+
+        data = save({k: v.contiguous() for k, v in tensors.items()})
+        self.fs.pipe_file(self._path(name), data)
+        return hashlib.sha256(data).hexdigest()
+
+    def open_tensors(self, name: str, sha256: str | None):
+        """A handle with `get_slice(key)[a:b]`: memory-mapped locally, in memory otherwise.
+        With `sha256` the bytes are checked first; a mismatch or a missing or unreadable
+        shard is a ConfigError naming it."""
+        where = f"{self.display.rstrip('/')}/{name}"
+        if not self.exists(name):
+            raise ConfigError(f"shard {where!r} of the activation cache is missing.")
+        corrupt = ConfigError(
+            f"shard {where!r} is corrupt (its checksum does not match the manifest); delete it "
+            "and re-run `sae harvest` to rebuild it."
+        )
+        try:
+            if self.local is not None:
+                from safetensors import safe_open
+
+                if sha256 is not None and sha256_file(self.local / name) != sha256:
+                    raise corrupt
+                return safe_open(str(self.local / name), framework="pt")
+            from safetensors.torch import load
+
+            data = self.fs.cat_file(self._path(name))
+            if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+                raise corrupt
+            return _Loaded(load(data))
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"shard {where!r} is corrupt ({e}).") from None
