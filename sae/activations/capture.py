@@ -130,6 +130,51 @@ def model_metadata(cfg: ModelConfig) -> dict:
     }
 
 
+def hub_model_name(name: str) -> str:
+    """SAELens folders name models the TransformerLens way ('gpt2-small', 'pythia-70m-deduped');
+    TransformerLens's own table (when installed) gives the Hub name. Others pass unchanged."""
+    if name == "builtin" or "/" in name or os.path.exists(name):
+        return name
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    except ImportError:
+        return name
+    try:
+        return get_official_model_name(name)
+    except (ValueError, KeyError):
+        return name
+
+
+def recorded_model_config(
+    meta: dict,
+    hooks: list[str],
+    where: str,
+    *,
+    revision: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool | None = None,
+    **kw,
+) -> ModelConfig:
+    """The ModelConfig that loads the model an SAE was trained on, as its metadata records it
+    (`model_metadata`). Explicit settings may fill in what is not recorded but never contradict
+    it: a contradiction is a ConfigError naming the flag. Used by `sae eval` and `sae export`."""
+    settings = {}
+    for key, flag, field, default in (
+        ("model_revision", revision, "revision", None),
+        ("model_dtype", dtype, "dtype", "float32"),
+        ("model_trust_remote_code", trust_remote_code, "trust_remote_code", False),
+    ):
+        recorded = meta.get(key)
+        if flag is not None and recorded is not None and flag != recorded:
+            option = "--model-dtype" if field == "dtype" else f"--{field.replace('_', '-')}"
+            raise ConfigError(
+                f"{option} {flag} contradicts the SAE in {where!r}, trained with "
+                f"{field}={recorded!r}; drop the flag to load the model as it was trained."
+            )
+        settings[field] = next((v for v in (recorded, flag) if v is not None), default)
+    return ModelConfig(name=hub_model_name(meta["model_name"]), hooks=hooks, **settings, **kw)
+
+
 def max_positions(model: nn.Module) -> int | None:
     c = model.config
     for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):

@@ -16,7 +16,9 @@ A new suite is a module with `check(target)` and `run(target, ctx) -> SuiteResul
 line in `base.SUITES`.
 
 Activations. Without --activations the SAE's own model (cfg.json metadata `model_name`,
-`hook_name`, `target_hook_name`, `context_size`, `exclude_bos`, `exclude_special`) is run over
+`hook_name`, `target_hook_name`, `context_size`, `exclude_bos`, `exclude_special`; loaded with the
+recorded `model_revision`, `model_dtype`, `model_trust_remote_code`, which --revision,
+--model-dtype, --trust-remote-code may fill in but not contradict) is run over
 the held-out windows (`data.part='eval'`) of its training data (metadata `data`, else the run's
 config.yaml two folders up, else the DataConfig defaults); `--data.*` flags override single
 fields. An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.
@@ -27,7 +29,7 @@ report.json (schema_version 1):
     sae_version: package version that wrote it
     created_utc: ISO time
     config: EvalConfig as a dict (sae_dirs, suite, activations, data, data_fields, eval_tokens,
-            n_boot, seed, device, batch_windows, out)
+            n_boot, seed, device, model_dtype, revision, trust_remote_code, batch_windows, out)
     suites: [suite names run]
     timings_s: {phase: seconds} summed over SAEs (prepare, clean forward, spliced forward, ...)
     saes: [ per SAE:
@@ -36,8 +38,9 @@ report.json (schema_version 1):
       sae: {architecture, d_in, d_sae, d_out, k?}
       model, hook, target_hook, tokens_trained: from cfg.json metadata
       activations: where the scored rows came from:
-        live: {kind, model, hook, target_hook, splice_hook, data: DataConfig dict, data_origin,
-               held_out, exclude_bos, exclude_special}
+        live: {kind, model, model_load: {revision, dtype, trust_remote_code}, hook, target_hook,
+               splice_hook, data: DataConfig dict, data_origin, held_out, exclude_bos,
+               exclude_special}
         cache / matrix: the source's describe() (path, n_tokens, d, ...) + hook, target_hook
         synthetic: {kind, generator: SyntheticConfig dict, first_batch_index, held_out}
       results: {suite: suite results}; figures: {suite: {name: PNG path relative to report}}

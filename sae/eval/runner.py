@@ -109,43 +109,8 @@ def _synthetic_target(folder: Path, sae, meta: dict) -> dict[str, Any]:
     )
 
 
-def _hf_model_name(name: str) -> str:
-    """SAELens folders name models the TransformerLens way ('gpt2-small', 'pythia-70m-deduped');
-    TransformerLens's own table (when installed) gives the Hub name. Others pass unchanged."""
-    if name == "builtin" or "/" in name or Path(name).exists():
-        return name
-    try:
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-    except ImportError:
-        return name
-    try:
-        return get_official_model_name(name)
-    except (ValueError, KeyError):
-        return name
-
-
-def _model_settings(folder: Path, meta: dict, cfg: EvalConfig) -> dict[str, Any]:
-    """Revision, dtype and remote-code setting the SAE was trained with (its metadata); a flag
-    given on the command line may fill in what is not recorded but never contradict it."""
-    out = {}
-    for key, flag, field, default in (
-        ("model_revision", cfg.revision, "revision", None),
-        ("model_dtype", cfg.model_dtype, "dtype", "float32"),
-        ("model_trust_remote_code", cfg.trust_remote_code, "trust_remote_code", False),
-    ):
-        recorded = meta.get(key)
-        if flag is not None and recorded is not None and flag != recorded:
-            option = "--model-dtype" if field == "dtype" else f"--{field.replace('_', '-')}"
-            raise ConfigError(
-                f"{option} {flag} contradicts the SAE in {str(folder)!r}, trained with "
-                f"{field}={recorded!r}; drop the flag to load the model as it was trained."
-            )
-        out[field] = next((v for v in (recorded, flag) if v is not None), default)
-    return out
-
-
 def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContext) -> dict:
-    from sae.activations.capture import load_model
+    from sae.activations.capture import load_model, recorded_model_config
 
     model_name, hook, target = (
         meta.get("model_name"),
@@ -164,15 +129,18 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
         )
     data, origin = _data_config(folder, meta, cfg)
     hooks = [hook] + ([target] if target else [])
-    model_name = _hf_model_name(model_name)
-    settings = _model_settings(folder, meta, cfg)
-    mcfg = ModelConfig(
-        name=model_name,
-        hooks=hooks,
+    mcfg = recorded_model_config(
+        meta,
+        hooks,
+        str(folder),
         device=cfg.device,
         batch_windows=cfg.batch_windows,
-        **settings,
+        revision=cfg.revision,
+        dtype=cfg.model_dtype,
+        trust_remote_code=cfg.trust_remote_code,
     )
+    model_name = mcfg.name
+    settings = {k: getattr(mcfg, k) for k in ("revision", "dtype", "trust_remote_code")}
     key = (model_name, *settings.values())
     if key not in ctx.models:
         ctx.models[key] = load_model(mcfg)

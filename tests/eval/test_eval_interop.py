@@ -94,3 +94,15 @@ def test_model_loads_as_recorded_and_a_contradicting_flag_is_refused(
     save(SAE(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4)), plain, metadata=meta)
     with pytest.raises(ConfigError, match="model_dtype='float64' is not one of"):
         _eval(plain, text_file, tmp_path / "rep3", "--model-dtype", "float64")
+
+
+def test_transformer_lens_model_names_become_hub_names():
+    """Pins: SAELens records TransformerLens model names ('gpt2-small'); eval loads the Hub
+    model TransformerLens maps it to, and leaves Hub ids, paths and 'builtin' alone."""
+    pytest.importorskip("transformer_lens")
+    from sae.activations.capture import hub_model_name
+
+    assert hub_model_name("gpt2-small") == "gpt2"
+    assert hub_model_name("pythia-70m-deduped") == "EleutherAI/pythia-70m-deduped"
+    for name in ("EleutherAI/pythia-70m", "builtin", "no-such-model-anywhere"):
+        assert hub_model_name(name) == name
