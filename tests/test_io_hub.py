@@ -139,3 +139,38 @@ def test_saelens_release_resolves_through_its_registry(hub_cache):
     assert got.cfg.hook_name == "blocks.0.hook_resid_pre" and got.cfg.architecture == "relu"
     with pytest.raises(ValueError, match=r"has no sae_id 'nope'; it has blocks\.0\.hook_resid_pre"):
         sae_pkg.load("gpt2-small-res-jb", "nope")
+
+
+def test_saelens_release_of_dictionary_learning_saes_reads_ae_pt(hub_cache):
+    """Pins: registry releases in dictionary_learning's layout (conversion 'dictionary_learning_1')
+    resolve to their repo folder and load from ae.pt + config.json, with the trainer's
+    lm_name and submodule recorded on cfg."""
+    directory = pytest.importorskip("sae_lens.loading.pretrained_saes_directory")
+    release, sae_id = (
+        "sae_bench_pythia70m_sweep_standard_ctx128_0712",
+        "blocks.3.hook_resid_post__trainer_10",
+    )
+    lookup = directory.get_pretrained_saes_directory()[release]
+    assert lookup.conversion_func == "dictionary_learning_1"
+    folder = snapshot(hub_cache, lookup.repo_id) / lookup.saes_map[sae_id]
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    state = {  # dictionary_learning's AutoEncoder: x -> relu(W(x - bias) + b) -> D f + bias
+        "bias": torch.randn(8, generator=g),
+        "encoder.weight": torch.randn(24, 8, generator=g),
+        "encoder.bias": torch.randn(24, generator=g),
+        "decoder.weight": torch.randn(8, 24, generator=g),
+    }
+    torch.save(state, folder / "ae.pt")
+    trainer = {"dict_class": "AutoEncoder", "lm_name": "EleutherAI/pythia-70m-deduped",
+               "layer": 3, "submodule_name": "resid_post_layer_3"}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps({"trainer": trainer}))
+    got = sae_pkg.load(release, sae_id)
+    x = torch.randn(5, 8, generator=g)
+    f = torch.relu((x - state["bias"]) @ state["encoder.weight"].T + state["encoder.bias"])
+    assert torch.allclose(got.encode(x), f, atol=1e-6)
+    assert torch.allclose(got.decode(f), f @ state["decoder.weight"].T + state["bias"], atol=1e-6)
+    assert (got.cfg.model_name, got.cfg.hook_name) == (
+        "EleutherAI/pythia-70m-deduped",
+        "resid_post.3",
+    )
