@@ -31,6 +31,7 @@ HIDDEN: dict[type, frozenset[str]] = {
             "synthetic",  # the generator's settings: configs/synthetic.yaml shows them
             "data.part",  # training reads the training part; `sae eval` reads the held-out one
             "data.bos",
+            "model.revision",  # pinning a model revision belongs in the run's YAML
             "store.exclude_bos",
             "store.exclude_special",
             "sae.d_in",  # taken from the activations
