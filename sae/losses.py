@@ -1,13 +1,14 @@
 """Training losses for every SAE architecture, and the estimators they need.
 
 `training_forward(sae, x, target, dead_mask, sparsity_scale)` is one training step's loss; the
-trainer calls it (this module depends on `sae.sae`, never the reverse). The reconstruction term is always the FVU: squared error summed over dimensions, mean
+trainer calls it (this module depends on `sae.sae`, never the reverse). The reconstruction term
+is always the FVU: squared error summed over dimensions, mean
 over the batch, divided by the target's variance about its batch mean (summed over dimensions).
 It reads as "fraction of variance unexplained" and makes the loss independent of the scale of
 the activations, so one learning rate serves every layer and model (as in EleutherAI/sparsify).
 
-TopK-family decoders run as sparse bags (`F.embedding_bag`): k*B rows of W_dec are gathered
-instead of multiplying a mostly-zero [B, d_sae] matrix, forward and backward.
+TopK-family steps are sparse (sae/sparse.py): the encoder and decoder gradients are formed from
+the B x k selected latents only, and no dense [B, d_sae] latent tensor is made.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from sae.sae import SAE, TrainOutput
+from sae.sae import SAE, SparseCodes, TrainOutput
+from sae.sparse import BagDecode, SelectedPre, encoder_pre
 
 # Momentum of the running BatchTopK threshold estimate (as SAELens's topk_threshold_lr).
 THRESHOLD_EMA = 0.01
@@ -77,23 +79,6 @@ def bag_decode(idx_BK: Tensor, vals_BK: Tensor, W_dec_SO: Tensor) -> Tensor:
     return F.embedding_bag(
         idx_BK, W_dec_SO, mode="sum", per_sample_weights=vals_BK.to(W_dec_SO.dtype)
     )
-
-
-def auxk_loss(sae: SAE, pre_BS: Tensor, residual_BO: Tensor, dead_mask_S: Tensor | None) -> Tensor:
-    """AuxK (Gao et al. 2024 §A.2): the top aux_k dead latents reconstruct the main model's
-    residual (detached), scored as FVU of that residual so the coefficient is scale free."""
-    zero = pre_BS.new_zeros(())
-    if dead_mask_S is None:
-        return zero
-    n_dead = int(dead_mask_S.sum())
-    if n_dead == 0:
-        return zero
-    k_aux = min(sae.cfg.k_aux, n_dead)
-    dead_idx = dead_mask_S.to(pre_BS.device).nonzero().squeeze(1)
-    vals_BK, pos_BK = pre_BS[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
-    e_hat_BO = bag_decode(dead_idx[pos_BK], vals_BK.relu(), sae.W_dec)
-    e_BO = residual_BO.detach().float()
-    return sae.cfg.aux_coefficient * fvu(e_hat_BO.float(), e_BO, total_variance(e_BO))
 
 
 def batch_topk(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -163,56 +148,98 @@ def training_forward(
         )
     t_BO = target_BO
     var = total_variance(t_BO.float())  # FVU denominator, in float32 even under autocast
-    pre_BS = sae.pre_activations(x_BD)
     base_BO = sae.b_dec + sae.skip(x_BD)
-    zero = pre_BS.new_zeros(())
-    sparsity = aux = zero
+    sparsity = aux = x_BD.new_zeros((), dtype=torch.float32)
     inner = []
 
-    if arch == "relu":
+    if arch in ("relu", "jumprelu"):
+        pre_BS = sae.pre_activations(x_BD)
+        x_hat_BO, sparsity, codes = _dense_forward(sae, pre_BS, base_BO, var, sparsity_scale)
+    else:  # TopK family: the sparse step of sae/sparse.py
+        x_hat_BO, aux, codes, inner = _sparse_forward(sae, x_BD, t_BO, base_BO, var, dead_mask_S)
+
+    mse = fvu(x_hat_BO.float(), t_BO.float(), var)
+    loss = mse + sparsity + aux + sum(inner, torch.zeros_like(mse))
+    return TrainOutput(loss, mse, sparsity, aux, x_hat_BO, codes, cfg.d_sae)
+
+
+def _dense_forward(sae: SAE, pre_BS: Tensor, base_BO: Tensor, var: Tensor, sparsity_scale: float):
+    """relu and jumprelu: dense latents, decoder as a matmul; returns (x_hat, penalty, latents)."""
+    cfg = sae.cfg
+    if cfg.architecture == "relu":
         latents_BS = pre_BS.relu()
         x_hat_BO = latents_BS @ sae.W_dec + base_BO
         # Anthropic April 2024 update: L1 of each latent times its decoder row norm, so the
         # penalty cannot be dodged by shrinking activations and growing decoder rows. Divided
         # by the target's RMS norm to stay scale free like the FVU.
         l1 = (latents_BS * sae.W_dec.norm(dim=1)).sum(-1).mean() / var.sqrt()
-        sparsity = cfg.l1_coefficient * sparsity_scale * l1
-        latents_BS = latents_BS.detach()
-    elif arch == "jumprelu":
-        with torch.no_grad():  # a negative threshold would let negative pre-activations through
-            sae.threshold.clamp_(min=0.0)
-        thr = sae.threshold.to(pre_BS.dtype)
-        latents_BS = JumpReLUFn.apply(pre_BS, thr, cfg.jumprelu_bandwidth)
-        x_hat_BO = latents_BS @ sae.W_dec + base_BO
-        l0 = StepFn.apply(pre_BS, thr, cfg.jumprelu_bandwidth).sum(-1).mean()
-        if cfg.target_l0 is not None:
-            # Penalise distance from a target L0 instead of L0 itself (as the JumpReLU trainer
-            # of saprmarks/dictionary_learning does).
-            l0 = (l0 / cfg.target_l0 - 1).pow(2)
-        sparsity = cfg.l0_coefficient * sparsity_scale * l0
-        latents_BS = latents_BS.detach()
-    else:  # TopK family
-        if arch == "topk":
-            # Gao et al. 2024 §2.3: keep the k largest pre-activations (then ReLU).
-            vals_BK, idx_BK = pre_BS.topk(cfg.k, dim=-1, sorted=False)
-            vals_BK = vals_BK.relu()
-            x_hat_BO = bag_decode(idx_BK, vals_BK, sae.W_dec) + base_BO
-            latents_BS = torch.zeros_like(pre_BS).scatter_(-1, idx_BK, vals_BK.detach())
-        else:
-            idx_BM, vals_BM = batch_topk(pre_BS, cfg.k)
-            x_hat_BO = bag_decode(idx_BM, vals_BM, sae.W_dec) + base_BO
-            latents_BS = torch.zeros_like(pre_BS).scatter_(-1, idx_BM, vals_BM.detach())
-            if arch == "matryoshka":
-                # Bussmann et al. 2025 §3: every nested prefix of latents must reconstruct
-                # the target on its own; the loss sums their reconstruction losses.
-                for m in cfg.prefixes[:-1]:
-                    vals_m = vals_BM * (idx_BM < m).to(vals_BM.dtype)
-                    x_m = bag_decode(idx_BM, vals_m, sae.W_dec) + base_BO
-                    inner.append(fvu(x_m.float(), t_BO.float(), var))
-            if sae.training:
-                update_threshold(sae, vals_BM.detach())
-        aux = auxk_loss(sae, pre_BS, t_BO - x_hat_BO, dead_mask_S)
+        return x_hat_BO, cfg.l1_coefficient * sparsity_scale * l1, latents_BS.detach()
+    with torch.no_grad():  # a negative threshold would let negative pre-activations through
+        sae.threshold.clamp_(min=0.0)
+    thr = sae.threshold.to(pre_BS.dtype)
+    latents_BS = JumpReLUFn.apply(pre_BS, thr, cfg.jumprelu_bandwidth)
+    x_hat_BO = latents_BS @ sae.W_dec + base_BO
+    l0 = StepFn.apply(pre_BS, thr, cfg.jumprelu_bandwidth).sum(-1).mean()
+    if cfg.target_l0 is not None:
+        # Penalise distance from a target L0 instead of L0 itself (as the JumpReLU trainer
+        # of saprmarks/dictionary_learning does).
+        l0 = (l0 / cfg.target_l0 - 1).pow(2)
+    return x_hat_BO, cfg.l0_coefficient * sparsity_scale * l0, latents_BS.detach()
 
-    mse = fvu(x_hat_BO.float(), t_BO.float(), var)
-    loss = mse + sparsity + aux + sum(inner, zero)
-    return TrainOutput(loss, mse, sparsity, aux, x_hat_BO, latents_BS)
+
+def _sparse_forward(
+    sae: SAE, x_BD: Tensor, t_BO: Tensor, base_BO: Tensor, var: Tensor, dead_mask_S: Tensor | None
+):
+    """TopK family. The encoder GEMM runs outside the graph; latents are selected (per row for
+    topk, over the batch for batchtopk/matryoshka, plus AuxK's dead latents) and only the
+    selected pre-activations carry gradient (`SelectedPre`), so the backward costs O(B k d)
+    instead of another [B, d_in] x [d_in, d_sae] GEMM. Returns (x_hat, aux, codes, inner)."""
+    cfg = sae.cfg
+    centered = sae.centers_input
+    pre_BS = encoder_pre(x_BD, sae.W_enc, sae.b_enc, sae.b_dec if centered else None)
+    with torch.no_grad():
+        if cfg.architecture == "topk":
+            # Gao et al. 2024 §2.3: keep the k largest pre-activations (then ReLU).
+            idx_BM = pre_BS.topk(cfg.k, dim=-1, sorted=False).indices
+            keep_BM = None
+        else:
+            idx_BM, kept_BM = batch_topk(pre_BS, cfg.k)
+            keep_BM = kept_BM > 0
+        aux_idx = _dead_topk(pre_BS, dead_mask_S, cfg.k_aux)
+    M = idx_BM.shape[1]
+    all_idx = idx_BM if aux_idx is None else torch.cat([idx_BM, aux_idx], 1)
+    sel = SelectedPre.apply(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, pre_BS, all_idx, centered)
+    sel = sel.to(sae.W_dec.dtype)  # top-k values in float32 even under autocast
+    vals_BM = sel[:, :M].relu()
+    if keep_BM is not None:
+        vals_BM = vals_BM * keep_BM
+    x_hat_BO = BagDecode.apply(idx_BM, vals_BM, sae.W_dec) + base_BO
+    inner = []
+    if cfg.architecture == "matryoshka":
+        # Bussmann et al. 2025 §3: every nested prefix of latents must reconstruct the target on
+        # its own; the loss sums their reconstruction losses.
+        for m in cfg.prefixes[:-1]:
+            vals_m = vals_BM * (idx_BM < m)
+            x_m = BagDecode.apply(idx_BM, vals_m, sae.W_dec) + base_BO
+            inner.append(fvu(x_m.float(), t_BO.float(), var))
+    if cfg.architecture != "topk" and sae.training:
+        update_threshold(sae, vals_BM.detach())
+    aux = var.new_zeros(())
+    if aux_idx is not None:
+        # AuxK (Gao et al. 2024 §A.2): the top aux_k dead latents reconstruct the main model's
+        # residual (detached), scored as FVU of that residual so the coefficient is scale free.
+        e_BO = (t_BO - x_hat_BO).detach().float()
+        e_hat_BO = BagDecode.apply(aux_idx, sel[:, M:].relu(), sae.W_dec)
+        aux = cfg.aux_coefficient * fvu(e_hat_BO.float(), e_BO, total_variance(e_BO))
+    return x_hat_BO, aux, SparseCodes(vals_BM.detach(), idx_BM), inner
+
+
+def _dead_topk(pre_BS: Tensor, dead_mask_S: Tensor | None, k_aux: int) -> Tensor | None:
+    """Indices [B, k_aux'] of each row's largest pre-activations among the dead latents."""
+    if dead_mask_S is None:
+        return None
+    dead_idx = dead_mask_S.to(pre_BS.device).nonzero().squeeze(1)
+    if len(dead_idx) == 0:
+        return None
+    pos_BK = pre_BS[:, dead_idx].topk(min(k_aux, len(dead_idx)), dim=-1, sorted=False).indices
+    return dead_idx[pos_BK]

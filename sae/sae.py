@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, get_args
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -157,6 +158,21 @@ class SAEOutput(NamedTuple):
     """Latent activations [..., d_sae]."""
 
 
+class SparseCodes(NamedTuple):
+    """Latents of a TopK-family encoder in sparse form: row b's active latents are
+    top_indices[b] with values top_acts[b] (a zero value means not active)."""
+
+    top_acts: Tensor
+    """Values [..., k] (after the ReLU)."""
+    top_indices: Tensor
+    """Latent indices [..., k] (int64)."""
+
+    def to_dense(self, d_sae: int) -> Tensor:
+        """The same latents as a dense [..., d_sae] tensor."""
+        out = self.top_acts.new_zeros(*self.top_acts.shape[:-1], d_sae)
+        return out.scatter_(-1, self.top_indices, self.top_acts)
+
+
 class TrainOutput(NamedTuple):
     loss: Tensor
     """Scalar to backpropagate: mse + sparsity + aux (+ the inner prefix FVUs for matryoshka)."""
@@ -169,8 +185,31 @@ class TrainOutput(NamedTuple):
     """AuxK loss as added to the loss (coefficient applied); 0 when nothing is dead."""
     x_hat: Tensor
     """Reconstruction [B, width_out] (with gradient)."""
-    latents: Tensor
-    """Latent activations [B, d_sae], detached."""
+    codes: SparseCodes | Tensor
+    """Latent activations, detached: `SparseCodes` for the TopK family (no dense [B, d_sae] is
+    made in training), a dense [B, d_sae] tensor for relu/jumprelu."""
+    d_sae: int
+    """Number of latents (to densify `codes`)."""
+
+    @property
+    def latents(self) -> Tensor:
+        """Latent activations as a dense [B, d_sae] tensor (materialised on demand)."""
+        c = self.codes
+        return c.to_dense(self.d_sae) if isinstance(c, SparseCodes) else c
+
+    def fired(self) -> Tensor:
+        """bool [d_sae]: latents active on at least one row of the batch."""
+        c = self.codes
+        if isinstance(c, SparseCodes):
+            hit = torch.zeros(self.d_sae, dtype=torch.bool, device=c.top_indices.device)
+            return hit.index_fill_(0, c.top_indices[c.top_acts != 0], True)
+        return (c != 0).any(0)
+
+    def l0(self) -> Tensor:
+        """Mean number of active latents per row (a 0-d tensor)."""
+        c = self.codes
+        active = c.top_acts != 0 if isinstance(c, SparseCodes) else c != 0
+        return active.sum(-1).float().mean()
 
 
 class SAE(nn.Module):
@@ -253,6 +292,12 @@ class SAE(nn.Module):
     def pre_activations(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """Encoder pre-activations (for gated: the gate path)."""
         b = self.b_gate if self.cfg.architecture == "gated" else self.b_enc
+        if not torch.is_grad_enabled() or not (self.W_enc.requires_grad or x.requires_grad):
+            # Inference: one fused addmm (no graph to shape).
+            xc = x - self.b_dec if self.centers_input else x
+            return torch.addmm(b, xc.reshape(-1, xc.shape[-1]), self.W_enc).reshape(
+                *x.shape[:-1], -1
+            )
         if not self.centers_input:
             return x @ self.W_enc + b
         # The value of (x - b_dec) @ W_enc + b, bit for bit: the second b_dec term is zero.
@@ -280,8 +325,35 @@ class SAE(nn.Module):
         # JumpReLU form, as SAELens computes it: relu(pre) * (pre > threshold).
         return pre.relu() * (pre > self.threshold).to(pre.dtype)
 
-    def decode(self, latents: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
-        """latents @ W_dec + b_dec. The skip term needs x, so `forward` adds it."""
+    def encode_sparse(self, x: Float[Tensor, "... d_in"]) -> SparseCodes:
+        """The latents of `encode(x)` in sparse form, without a dense [..., d_sae] latent tensor
+        on the TopK path: (top_acts, top_indices) of width k for topk (and batchtopk/matryoshka
+        before a threshold is learned); for threshold and ReLU encoders, of width the largest
+        number of active latents in any row (zero-padded)."""
+        arch = self.cfg.architecture
+        if arch == "topk" or (arch in TOPK_FAMILY and not self.has_learned_threshold):
+            vals, idx = self.pre_activations(x).topk(self.cfg.k, dim=-1, sorted=False)
+            return SparseCodes(vals.relu(), idx)
+        latents = self.encode(x)
+        width = max(1, int((latents != 0).sum(-1).max())) if latents.numel() else 1
+        vals, idx = latents.topk(min(width, latents.shape[-1]), dim=-1, sorted=False)
+        return SparseCodes(vals, idx)
+
+    def decode(
+        self, latents: Float[Tensor, "... d_sae"] | SparseCodes
+    ) -> Float[Tensor, "... d_out"]:
+        """latents @ W_dec + b_dec; `SparseCodes` are decoded by gathering their k decoder rows
+        per token. The skip term needs x, so `forward` adds it."""
+        if isinstance(latents, SparseCodes):
+            vals, idx = latents
+            lead = idx.shape[:-1]
+            flat = F.embedding_bag(
+                idx.reshape(-1, idx.shape[-1]),
+                self.W_dec,
+                mode="sum",
+                per_sample_weights=vals.reshape(-1, vals.shape[-1]).to(self.W_dec.dtype),
+            )
+            return flat.reshape(*lead, -1) + self.b_dec
         return latents @ self.W_dec + self.b_dec
 
     def skip(self, x: Float[Tensor, "... d_in"]) -> Tensor | float:
