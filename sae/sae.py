@@ -173,6 +173,13 @@ class SparseCodes(NamedTuple):
         return out.scatter_(-1, self.top_indices, self.top_acts)
 
 
+class SparseOutput(NamedTuple):
+    x_hat: Tensor
+    """Reconstruction [..., width_out]."""
+    codes: SparseCodes
+    """The latents in sparse form (see `SparseCodes`)."""
+
+
 class TrainOutput(NamedTuple):
     loss: Tensor
     """Scalar to backpropagate: mse + sparsity + aux (+ the inner prefix FVUs for matryoshka)."""
@@ -358,6 +365,12 @@ class SAE(nn.Module):
 
     def skip(self, x: Float[Tensor, "... d_in"]) -> Tensor | float:
         return x @ self.W_skip.T if self.cfg.skip_connection else 0.0
+
+    def forward_sparse(self, x: Float[Tensor, "... d_in"]) -> SparseOutput:
+        """`forward` with the latents in sparse form: a TopK SAE never makes a dense
+        [..., d_sae] latent tensor (held-out scoring and `sae eval` use this)."""
+        codes = self.encode_sparse(x)
+        return SparseOutput(self.decode(codes) + self.skip(x), codes)
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> SAEOutput:
         latents = self.encode(x)

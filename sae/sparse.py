@@ -17,13 +17,10 @@ outside, under no_grad; these functions only carry values and gradients.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-# Rows of the batch per chunk when gathering [rows, k, d] blocks: a few MB, so the block stays
-# in cache between the gather and the product.
-CHUNK_ROWS = 256
 
 
 @torch.no_grad()
@@ -33,12 +30,27 @@ def encoder_pre(x_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor, b_dec_D: Tensor
     return torch.addmm(b_enc_S.to(xc_BD.dtype), xc_BD, W_enc_DS.to(xc_BD.dtype))
 
 
+def argsort_small(keys_N: Tensor, n_keys: int) -> Tensor:
+    """A permutation that sorts `keys_N` (ints in [0, n_keys)). On CPU with n_keys <= 65536 it is
+    numpy's radix sort on uint16 keys: single-threaded and about 1 ms for 131k keys, where
+    torch's parallel sort took from 2 ms to hundreds of ms when other jobs shared the cores."""
+    if keys_N.device.type == "cpu" and n_keys <= 2**16:
+        order = np.argsort(keys_N.numpy().astype(np.uint16), kind="stable")
+        return torch.from_numpy(order)
+    return keys_N.argsort()
+
+
 def segment_sum_rows(idx_BM: Tensor, w_BM: Tensor, rows_BD: Tensor, n_out: int) -> Tensor:
     """out[s] = sum over (b, m) with idx[b, m] == s of w[b, m] * rows[b], shape [n_out, D]:
-    the weight gradient of a sparse product, from the selected entries only."""
+    the weight gradient of a sparse product, from the selected entries only.
+
+    Sorting the indices once turns the scatter into bags of consecutive entries, which
+    `F.embedding_bag` sums with per-sample weights in one vectorised pass (no [B*M, D]
+    temporary of weighted rows, no atomic adds)."""
     B, M = idx_BM.shape
-    order_N = idx_BM.flatten().argsort()
-    counts_S = torch.bincount(idx_BM.flatten(), minlength=n_out)
+    flat_N = idx_BM.flatten()
+    order_N = argsort_small(flat_N, n_out)
+    counts_S = torch.bincount(flat_N, minlength=n_out)
     offsets_S = torch.zeros(n_out, dtype=torch.long, device=idx_BM.device)
     torch.cumsum(counts_S[:-1], 0, out=offsets_S[1:])
     return F.embedding_bag(
@@ -51,15 +63,16 @@ def segment_sum_rows(idx_BM: Tensor, w_BM: Tensor, rows_BD: Tensor, n_out: int) 
 
 
 def gathered_dot(idx_BM: Tensor, table_SD: Tensor, v_BD: Tensor) -> Tensor:
-    """out[b, m] = table[idx[b, m]] . v[b], in row chunks (no [B, M, D] temporary)."""
+    """out[b, m] = table[idx[b, m]] . v[b]: the per-sample-weight gradient of a bag sum, by
+    torch's own kernel for it (one pass over the gathered rows, no [B, M, D] temporary; 10x
+    faster here than a chunked gather + bmm)."""
     B, M = idx_BM.shape
-    out_BM = torch.empty(B, M, dtype=v_BD.dtype, device=v_BD.device)
-    for i in range(0, B, CHUNK_ROWS):
-        rows_CMD = table_SD[idx_BM[i : i + CHUNK_ROWS]].to(v_BD.dtype)
-        torch.bmm(
-            rows_CMD, v_BD[i : i + CHUNK_ROWS, :, None], out=out_BM[i : i + CHUNK_ROWS, :, None]
-        )
-    return out_BM
+    offsets_B = torch.arange(0, B * M, M, device=idx_BM.device)
+    bag_N = torch.arange(B, device=idx_BM.device).repeat_interleave(M)
+    out_N = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        v_BD, table_SD.to(v_BD.dtype), idx_BM.flatten(), offsets_B, bag_N, 0
+    )
+    return out_N.view(B, M)
 
 
 class SelectedPre(torch.autograd.Function):

@@ -109,16 +109,17 @@ class _Recon:
 
     @torch.no_grad()
     def add(self, sae, x_ND, y_ND, window_N):
-        out = sae(x_ND)
+        out = sae.forward_sparse(x_ND)  # no dense [N, d_sae] latents on the TopK path
         y, yh = y_ND.double(), out.x_hat.double()
         if self.center_D is None:
             self.center_D = y.mean(0)
         yc = y - self.center_D
         ny, nyh = y.norm(dim=-1), yh.norm(dim=-1)
         dot = (yh * y).sum(-1)
-        active = out.latents != 0
-        l0_N = active.sum(-1)
-        self.fired_M += active.sum(0).double().cpu()
+        acts_NK, idx_NK = out.codes
+        active_NK = acts_NK != 0
+        l0_N = active_NK.sum(-1)
+        self.fired_M.index_add_(0, idx_NK[active_NK].cpu(), torch.ones(int(l0_N.sum())).double())
         self.l0_parts.append(l0_N.cpu())
         self.acc.add(
             window_N,

@@ -15,6 +15,7 @@ from sae import dist
 from sae.activations.sources import ActivationSource, LiveSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
 from sae.config import StoreConfig, TrainConfig
+from sae.sae import SparseCodes
 from sae.training.members import Member
 
 
@@ -27,15 +28,15 @@ class ReconstructionStats:
         self.l0_sum, self.fired = z(()), z(d_sae)
 
     @torch.no_grad()
-    def update(self, y: torch.Tensor, y_hat: torch.Tensor, latents: torch.Tensor) -> None:
+    def update(self, y: torch.Tensor, y_hat: torch.Tensor, codes: SparseCodes) -> None:
         y64 = y.double()
         self.n += len(y)
         self.sq_err += (y64 - y_hat.double()).pow(2).sum()
         self.sum_y += y64.sum(0)
         self.sum_y2 += y64.pow(2).sum(0)
-        active = latents != 0
+        active = codes.top_acts != 0
         self.l0_sum += active.sum()
-        self.fired += active.sum(0)
+        self.fired.index_add_(0, codes.top_indices[active], active[active].double())
 
     def all_reduce(self) -> None:
         """Sum the statistics over ranks (each scored its own share of the held-out data)."""
@@ -103,8 +104,8 @@ def score_members(
             s_in, s_out = m.scales(scale)
             x = batch[m.hook].to(device) * s_in
             y = batch[m.target].to(device) * s_out if m.target else x
-            out = m.sae(x)
-            stats[m.name].update(y, out.x_hat, out.latents)
+            out = m.sae.forward_sparse(x)  # no dense [B, d_sae] latents on the TopK path
+            stats[m.name].update(y, out.x_hat, out.codes)
         seen += len(next(iter(batch.values())))
         if seen >= eval_tokens:
             break

@@ -35,7 +35,9 @@ class Member:
     ):
         self.name, self.hook, self.target, self.lr = name, hook, target, lr
         self.sae = SAE(cfg, device=device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=ADAM_BETAS)
+        # The fused kernel updates all moments in one pass per parameter (CPU and CUDA).
+        fused = torch.device(device).type in ("cpu", "cuda")
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=ADAM_BETAS, fused=fused)
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0

@@ -15,7 +15,7 @@ from sae.eval import EvalConfig, run_eval
 from sae.eval.core import _Recon, recon_stats
 from sae.eval.stats import WindowSums, bootstrap, resample_counts
 from sae.io import save
-from sae.sae import SAE, SAEConfig, SAEOutput
+from sae.sae import SAE, SAEConfig, SparseCodes, SparseOutput
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -26,8 +26,9 @@ class _Fixed:
     def __init__(self, x_hat, latents):
         self.x_hat, self.latents = x_hat, latents
 
-    def __call__(self, x):
-        return SAEOutput(self.x_hat, self.latents)
+    def forward_sparse(self, x):
+        vals, idx = self.latents.topk(self.latents.shape[-1], dim=-1)
+        return SparseOutput(self.x_hat, SparseCodes(vals, idx))
 
 
 def _scores(y_ND, yhat_ND, window_N, n_boot=0):
