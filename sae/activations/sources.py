@@ -22,6 +22,9 @@ MATRIX_HOOK = "activations"
 
 _FILE_PIECE_ROWS = 16_384
 
+MEMO_BYTES = 2 * 2**30
+"""Largest first pass (rows + per-row metadata) a live source keeps in memory for later passes."""
+
 
 class Piece(NamedTuple):
     cursor: int
@@ -53,6 +56,7 @@ class LiveSource:
         world_size: int = 1,
         model=None,
         tokenizer=None,
+        memo_bytes: int = MEMO_BYTES,
     ):
         from sae.activations.capture import ActivationCapture, load_model, max_positions
         from sae.activations.text import TokenWindows
@@ -73,6 +77,12 @@ class LiveSource:
         self.bos_id = self.windows.bos_id
         probe = self.capture(torch.full((1, 2), self.bos_id or 0, dtype=torch.long))
         self.d = {h: int(v.shape[-1]) for h, v in probe.items()}
+        # Multi-pass runs: the first full pass keeps its pieces (as yielded, float32, so a later
+        # pass is bit-identical to recomputing it) while they fit in `memo_bytes`; later passes
+        # read them instead of running the model again. 0 turns it off.
+        self.memo_bytes = memo_bytes
+        self._memo: list[Piece] | None = None
+        self._memo_at: dict[int, int] = {}
 
     def keep_mask(self, tokens_BT: torch.Tensor) -> torch.Tensor:
         """True for rows that enter the stream: BOS/position 0 and special tokens are dropped."""
@@ -85,7 +95,34 @@ class LiveSource:
             keep &= ~torch.isin(tokens_BT, self.special)
         return keep
 
+    @property
+    def memoized(self) -> bool:
+        """True once a whole pass is held in memory (later passes run no model forward)."""
+        return self._memo is not None
+
     def pieces(self, cursor: int = 0) -> Iterator[Piece]:
+        if self._memo is not None and cursor in self._memo_at:
+            yield from self._memo[self._memo_at[cursor] :]
+            return
+        if self._memo is not None or cursor != 0 or self.memo_bytes <= 0:
+            yield from self._forward_pieces(cursor)
+            return
+        kept: list[Piece] | None = []
+        used = 0
+        for piece in self._forward_pieces(0):
+            if kept is not None:
+                used += sum(v.numel() * v.element_size() for v in piece.rows.values())
+                used += sum(v.numel() * v.element_size() for v in piece.meta.values())
+                if used <= self.memo_bytes:
+                    kept.append(piece)
+                else:
+                    kept = None
+            yield piece
+        if kept is not None:  # the pass ran to its end: later passes replay it
+            self._memo = kept
+            self._memo_at = {p.cursor: i for i, p in enumerate(kept)}
+
+    def _forward_pieces(self, cursor: int) -> Iterator[Piece]:
         it = self.windows.iter_from(cursor)
         batch_size = self.model_cfg.batch_windows
         while True:
@@ -111,7 +148,9 @@ class LiveSource:
         """The held-out windows (`data.part='eval'`) through the same, already loaded model."""
         data = dataclasses.replace(self.data_cfg, part="eval")
         model, tokenizer = self.capture.model, self.windows.tokenizer
-        return LiveSource(self.model_cfg, data, store_cfg, rank, world_size, model, tokenizer)
+        return LiveSource(
+            self.model_cfg, data, store_cfg, rank, world_size, model, tokenizer, memo_bytes=0
+        )  # read once: nothing to memoise
 
     def count_rows(self) -> int:
         """Rows one pass yields (tokenizing only, no forward pass)."""

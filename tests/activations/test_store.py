@@ -139,3 +139,32 @@ def test_live_store_masks_special_tokens_and_resumes_exactly(tiny_models, text_f
     ]
     for a, b in zip(head + tail, full, strict=True):
         assert torch.equal(a, b)
+
+
+def test_live_source_second_pass_replays_the_first_without_the_model(tiny_models, text_file):
+    """Pins the multi-pass memo: after one full pass, a second pass (and a restart from any
+    piece's cursor) yields bit-identical pieces without running the model; a memo budget too
+    small for the pass keeps nothing and recomputes."""
+    model_cfg = ModelConfig(name=tiny_models["gpt2"], hooks=["resid_post.1"], batch_windows=4)
+    data_cfg = DataConfig(source=text_file, context_size=16)
+    cfg = StoreConfig(buffer_tokens=512, batch_size=100)
+    src = LiveSource(model_cfg, data_cfg, cfg)
+    first = list(src.pieces())
+    assert src.memoized
+    calls = []
+    src.capture.model.register_forward_hook(lambda *a: calls.append(1))
+    again = list(src.pieces())
+    mid = list(src.pieces(first[3].cursor))
+    assert calls == []
+    for a, b in zip(first, again, strict=True):
+        assert a.cursor == b.cursor and torch.equal(a.rows["resid_post.1"], b.rows["resid_post.1"])
+    assert [p.cursor for p in mid] == [p.cursor for p in first[3:]]
+    small = LiveSource(
+        model_cfg,
+        data_cfg,
+        cfg,
+        model=src.capture.model,
+        tokenizer=src.windows.tokenizer,
+        memo_bytes=1000,
+    )
+    assert len(list(small.pieces())) == len(first) and not small.memoized
