@@ -257,9 +257,9 @@ class TrainConfig:
     epochs: int = 1
     """passes over the data when total_tokens is None (each reshuffled)."""
     lr: float | None = None
-    """Adam learning rate (dimensionless: the loss is an FVU); None: 1.2e-3 / sqrt(d_sae / 16384)
-    (the 1/sqrt(width) rule of Gao et al. 2024, constant tuned on MiniLM at batch 1024; see
-    BENCHMARKS.md)."""
+    """Adam learning rate (dimensionless: the loss is an FVU); None: 1.2e-3 * sqrt(batch /
+    1024) / sqrt(d_sae / 16384), batch in tokens over all ranks (`training.members.default_lr`;
+    see BENCHMARKS.md)."""
     seed: int = 0
     """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
     dead_tokens: int = 250_000

@@ -100,8 +100,21 @@ class Member:
         save_sae(export, folder, metadata=meta, sparsity_log10=sparsity)
 
 
+def default_lr(d_sae: int, batch_tokens: int) -> float:
+    """Adam LR when none is given: 1.2e-3 * sqrt(batch / 1024) / sqrt(d_sae / 2^14).
+
+    Gao et al. 2024 §A: the best LR falls as 1/sqrt(number of latents). The batch factor is
+    Adam's square-root rule (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive
+    Gradient Algorithms"): a batch s times larger takes s times fewer steps over the same
+    tokens, and sqrt(s) times the LR keeps the update noise per token equal. The constant was
+    tuned on MiniLM layer 3 at batch 1024, and the batch factor checked at 1024 and 4096
+    (BENCHMARKS.md, 'batch-aware learning rate')."""
+    return 1.2e-3 * math.sqrt(batch_tokens / 1024) / math.sqrt(d_sae / 2**14)
+
+
 def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[Member]:
     members = []
+    world = dist.world_size()
     for i, overrides in enumerate(tcfg.sweep_items()):
         default_hook = source.hooks[0] if len(source.hooks) == 1 else tcfg.model.hooks[0]
         hook = overrides.pop("hook", tcfg.hook or default_hook)
@@ -129,9 +142,7 @@ def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[M
             raise ConfigError(
                 "sae.architecture='gated' can be loaded but not trained; choose relu, topk, batchtopk, jumprelu or matryoshka."
             )
-        # Gao et al. 2024 §A: the best LR falls as 1/sqrt(number of latents); the constant was
-        # tuned on MiniLM layer 3 at batch 1024 (BENCHMARKS.md, 'choosing the defaults').
-        lr = lr if lr is not None else 1.2e-3 / math.sqrt(cfg.d_sae / 2**14)
+        lr = lr if lr is not None else default_lr(cfg.d_sae, tcfg.store.batch_size * world)
         name = f"{hook}{'->' + target if target else ''}-{cfg.architecture}-{cfg.d_sae}"
         name += f"-k{cfg.k}" if cfg.architecture in ("topk", "batchtopk", "matryoshka") else ""
         name = name if len(tcfg.sweep_items()) == 1 else f"{i:02d}-{name}"
