@@ -58,13 +58,13 @@ class Member:
     def after_step(self, out: TrainOutput, dead_S: torch.Tensor) -> None:
         """Update the dead-latent counter (a latent lives if it fired on any rank) and the
         figures the next log line shows."""
-        fired_S = dist.any_rank((out.latents != 0).any(0))
-        self.tokens_since_fired += len(out.latents)
+        fired_S = dist.any_rank(out.fired())  # from the sparse codes: no dense [B, d_sae]
+        self.tokens_since_fired += len(out.x_hat)
         self.tokens_since_fired[fired_S] = 0
         self.last = {
             "loss": out.loss.item(),
             "fvu": out.mse.item(),
-            "l0": (out.latents != 0).sum(-1).float().mean().item(),
+            "l0": out.l0().item(),
             "dead_pct": 100.0 * dead_S.float().mean().item(),
         }
 
