@@ -16,11 +16,13 @@ import numpy as np
 import torch
 
 from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
+from sae.validate import check_matrix_dtype
 
 MATRIX_HOOK = "activations"
 """hook name of the single tensor in a plain `[tokens, d_in]` matrix file."""
 
 _FILE_PIECE_ROWS = 16_384
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
 class Piece(NamedTuple):
@@ -165,12 +167,28 @@ class MatrixSource(_RowFile):
             raise ConfigError(f"activation file {str(self.path)!r} does not exist.")
         suffix = self.path.suffix.lower()
         if suffix == ".npy":
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
-            shape = self._array.shape
+            try:
+                self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError):  # a pickle, an object array, not .npy at all
+                raise ConfigError(
+                    f"activation file {str(self.path)!r} is not a plain .npy array of numbers "
+                    "(pickled or object data is never loaded); save a float matrix with np.save."
+                ) from None
+            if not isinstance(self._array, np.ndarray):
+                raise ConfigError(
+                    f"activation file {str(self.path)!r} is an .npz archive; save one matrix with "
+                    "np.save."
+                )
+            shape, dtype = self._array.shape, str(self._array.dtype)
         elif suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            self._file = safe_open(str(self.path), framework="pt")
+            try:
+                self._file = safe_open(str(self.path), framework="pt")
+            except (SafetensorError, OSError) as e:
+                raise ConfigError(
+                    f"activation file {str(self.path)!r} is not a readable safetensors file ({e})."
+                ) from None
             keys = list(self._file.keys())
             if len(keys) != 1 and MATRIX_HOOK not in keys:
                 raise ConfigError(
@@ -178,7 +196,9 @@ class MatrixSource(_RowFile):
                     f"or one named {MATRIX_HOOK!r}."
                 )
             self._key = MATRIX_HOOK if MATRIX_HOOK in keys else keys[0]
-            shape = tuple(self._file.get_slice(self._key).get_shape())
+            view = self._file.get_slice(self._key)
+            shape, dtype = tuple(view.get_shape()), _SAFETENSORS_DTYPES.get(view.get_dtype(), "?")
+            dtype = dtype if dtype != "?" else view.get_dtype()
         else:
             raise ConfigError(
                 f"activation file {str(self.path)!r} must end in .npy or .safetensors."
@@ -187,6 +207,7 @@ class MatrixSource(_RowFile):
             raise ConfigError(
                 f"activation file {str(self.path)!r} has shape {list(shape)}; expected [tokens, d_in]."
             )
+        check_matrix_dtype(dtype, self.path)
         self.n_rows, self.hooks, self.d = int(shape[0]), [MATRIX_HOOK], {MATRIX_HOOK: int(shape[1])}
 
     def read(self, a: int, b: int):
@@ -194,7 +215,7 @@ class MatrixSource(_RowFile):
             x = torch.from_numpy(np.array(self._array[a:b]))  # copy out of the memory map
         else:
             x = self._file.get_slice(self._key)[a:b]
-        return {MATRIX_HOOK: x}, {}
+        return {MATRIX_HOOK: x.float()}, {}  # float16/bfloat16/float64 files train in float32
 
     def describe(self) -> dict:
         return {"kind": "matrix", "path": str(self.path), "n_tokens": self.n_rows, "d": self.d}
