@@ -74,6 +74,12 @@ def _eval(argv: list[str]) -> str:
     return sae.eval.cli_main(argv)
 
 
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return f"{e.strerror} writing {e.filename}" if e.filename else str(e.strerror)
+    return str(e).splitlines()[0][:200]
+
+
 COMMANDS: dict[str, Callable[[list[str]], str]] = {
     "harvest": _harvest,
     "train": _train,
@@ -102,6 +108,18 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        from sae.fsutil import disk_full
+
+        if not disk_full(e):
+            raise
+        # Every write is atomic, so what is on disk is whole: the last checkpoint, the shards.
+        print(
+            f"error: out of disk space ({_reason(e)}); nothing complete was lost: free space and "
+            "rerun the same command (with --resume for `sae train`).",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)

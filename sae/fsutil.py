@@ -8,9 +8,11 @@ the old complete file or the new complete one. `replace_dir` does the same for w
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -94,11 +96,38 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+_OS_ERROR_CODE = re.compile(r"(?:code: |os error )(\d+)")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` says the disk (or the process's file-size limit) is full; also safetensors'
+    own error type, which carries the OS error code only in its message."""
+    if isinstance(e, OSError):
+        return e.errno in DISK_FULL_ERRNOS
+    code = _OS_ERROR_CODE.search(str(e)) if type(e).__name__ == "SafetensorError" else None
+    return code is not None and int(code.group(1)) in DISK_FULL_ERRNOS
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata=None) -> None:
+    """`safetensors.torch.save_file`, whose I/O failures (a Rust error type) become OSError, so
+    a full disk is reported like any other failed write."""
+    from safetensors import SafetensorError
+
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:
+        code = _OS_ERROR_CODE.search(str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), path) from None
+
+
 def atomic_save_safetensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic(path, lambda tmp: save_safetensors(tensors, tmp, metadata=metadata))
 
 
 def atomic_save_png(fig: Any, path: str | Path, dpi: int = 110) -> None:
