@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -55,6 +56,26 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
             state.setdefault(int(i), {})[key] = value
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+class CheckpointClock:
+    """When the next periodic checkpoint is due: every `every_tokens` tokens or `every_seconds`
+    of wall time, whichever comes first (0 turns either off)."""
+
+    def __init__(self, every_tokens: int, every_seconds: float, tokens: int, clock=time.monotonic):
+        self.every_tokens, self.every_seconds, self.clock = every_tokens, every_seconds, clock
+        self.reset(tokens)
+
+    def reset(self, tokens: int) -> None:
+        self.next_tokens = (
+            (tokens // self.every_tokens + 1) * self.every_tokens if self.every_tokens else None
+        )
+        self.started = self.clock()
+
+    def due(self, tokens: int) -> bool:
+        by_tokens = self.next_tokens is not None and tokens >= self.next_tokens
+        by_time = self.every_seconds > 0 and self.clock() - self.started >= self.every_seconds
+        return by_tokens or by_time
 
 
 MANIFEST = "manifest.json"

@@ -136,3 +136,19 @@ def test_writes_are_fsynced_file_then_folder(tmp_path, monkeypatch):
     run = _run(tmp_path / "b", tokens=(100,))
     assert str(run) in synced  # the checkpoint folder's rename
     assert any(s.endswith("trainer_state.safetensors") for s in synced)
+
+
+def test_checkpoint_clock_fires_on_tokens_or_time_whichever_first():
+    """Known answers for the periodic-checkpoint schedule (tokens on a grid, time since the last)."""
+    now = [0.0]
+    clock = ckpt.CheckpointClock(1000, 600, tokens=2500, clock=lambda: now[0])
+    assert clock.next_tokens == 3000 and not clock.due(2999)
+    assert clock.due(3000)
+    clock.reset(3000)
+    now[0] = 599.0
+    assert not clock.due(3500)
+    now[0] = 600.0
+    assert clock.due(3500)
+    off = ckpt.CheckpointClock(0, 0, tokens=0, clock=lambda: now[0])
+    now[0] = 1e9
+    assert not off.due(10**12)
