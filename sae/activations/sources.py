@@ -22,6 +22,8 @@ MATRIX_HOOK = "activations"
 """hook name of the single tensor in a plain `[tokens, d_in]` matrix file."""
 
 _FILE_PIECE_ROWS = 16_384
+_POSITIONS_KEPT = 4096
+"""text positions of this many recent live pieces are kept for the store's and harvester's states."""
 _SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
@@ -73,6 +75,7 @@ class LiveSource:
         self.windows = TokenWindows(data_cfg, tokenizer, rank, world_size)
         self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.bos_id = self.windows.bos_id
+        self._positions: dict[int, tuple[int, int]] = {}
         probe = self.capture(torch.full((1, 2), self.bos_id or 0, dtype=torch.long))
         self.d = {h: int(v.shape[-1]) for h, v in probe.items()}
 
@@ -87,13 +90,28 @@ class LiveSource:
             keep &= ~torch.isin(tokens_BT, self.special)
         return keep
 
+    def position(self, cursor: int) -> list[int] | None:
+        """Text position of the piece starting at `cursor` (for `seek`), if still remembered."""
+        where = self._positions.get(cursor)
+        return list(where) if where is not None else None
+
+    def seek(self, cursor: int, position: list[int] | None) -> None:
+        """Let `pieces(cursor)` start at this text position instead of re-reading the text."""
+        if position is not None:
+            self._positions[cursor] = (int(position[0]), int(position[1]))
+
     def pieces(self, cursor: int = 0) -> Iterator[Piece]:
-        it = self.windows.iter_from(cursor)
+        it = self.windows.iter_from(cursor, self._positions.get(cursor))
         batch_size = self.model_cfg.batch_windows
         while True:
-            batch = [w for _, w in zip(range(batch_size), it, strict=False)]
-            if not batch:
+            first = next(it, None)
+            if first is None:
                 return
+            # The store and the harvester save positions of recent pieces' starts only.
+            self._positions[first[0]] = self.windows.position
+            while len(self._positions) > _POSITIONS_KEPT:
+                del self._positions[next(iter(self._positions))]
+            batch = [first, *(w for _, w in zip(range(batch_size - 1), it, strict=False))]
             idx = [i for i, _ in batch]
             tokens_BT = torch.stack([w for _, w in batch])
             acts = self.capture(tokens_BT)
