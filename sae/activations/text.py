@@ -39,27 +39,48 @@ def builtin_documents() -> Iterator[str]:
 
     About 2.1 M characters on CPython 3.11; identical for a given Python version, no download.
     """
+    return (doc for _, doc in keyed_builtin_documents())
+
+
+_PER_FILE = 1 << 20
+"""builtin document keys are file number * _PER_FILE + docstring number within the file."""
+
+
+def keyed_builtin_documents(start: int = 0) -> Iterator[tuple[int, str]]:
+    """(key, document) of the built-in corpus from key `start` on; files before the one holding
+    `start` are skipped without being parsed."""
     from pydoc_data.topics import topics
 
-    for key in sorted(topics):
-        yield topics[key]
+    first_file = start // _PER_FILE
+    if first_file == 0:
+        for j, key in enumerate(sorted(topics)):
+            if j >= start:
+                yield j, topics[key]
     stdlib = sysconfig.get_paths()["stdlib"]
+    n = 0
     for root, dirs, files in os.walk(stdlib):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_STDLIB_DIRS)
         for name in sorted(files):
             if not name.endswith(".py"):
                 continue
+            n += 1
+            if n < first_file:
+                continue
             try:
                 tree = ast.parse(Path(root, name).read_text(encoding="utf-8"))
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
+            j = 0
             for node in ast.walk(tree):
                 if isinstance(
                     node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
                 ):
                     doc = ast.get_docstring(node)
                     if doc:
-                        yield doc
+                        key = n * _PER_FILE + j
+                        j += 1
+                        if key >= start:
+                            yield key, doc
 
 
 def _first_line(e: Exception) -> str:
@@ -107,7 +128,7 @@ def _column(stream, cfg: DataConfig, start: int) -> Iterator[tuple[int, str]]:
 def _raw_documents(cfg: DataConfig, start: int = 0) -> Iterator[tuple[int, str]]:
     """(key, text) from document `start` on; a key counts the source's own rows or files."""
     if cfg.source == "builtin":
-        return itertools.islice(enumerate(builtin_documents()), start, None)
+        return keyed_builtin_documents(start)
     path = Path(cfg.source)
     if path.is_file():
         suffix = path.suffix.lower()
