@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sae.cliconfig import parse
+from sae.cliconfig import load_yaml, parse, saved_run_config
 from sae.config import ConfigError, HarvestConfig
 
 USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
@@ -53,13 +53,12 @@ def _train(argv: list[str]) -> str:
     from sae.training.train import train
 
     # With no config and no activation file, the built-in default run: 1M MiniLM tokens.
-    builtin = not (argv and not argv[0].startswith("-")) and "--activations" not in argv
-    cfg = parse(
-        TrainConfig,
-        argv,
-        "sae train",
-        TrainConfig(total_tokens=BUILTIN_TOKENS) if builtin else None,
-    )
+    given = any(a == "--activations" or a.startswith("--activations=") for a in argv)
+    builtin = not (argv and not argv[0].startswith("-")) and not given
+    default = TrainConfig(total_tokens=BUILTIN_TOKENS) if builtin else None
+    if (saved := saved_run_config(argv)) is not None:
+        default = load_yaml(TrainConfig, saved)  # `--resume --out DIR` continues DIR's run
+    cfg = parse(TrainConfig, argv, "sae train", default)
     finals = train(cfg)
     if not finals:  # stopped by a signal after writing a checkpoint
         sys.exit(130)

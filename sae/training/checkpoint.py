@@ -176,8 +176,9 @@ def read_checkpoint(path: Path, names: list[str]) -> dict:
 
 
 def check_run_folder(tcfg: TrainConfig) -> None:
-    """Refuse, before any work: --resume without a checkpoint or with a changed config (fields
-    in RESUME_FREE may change); a fresh run into a folder that already holds one."""
+    """Refuse, before any work: a fresh run into a folder that already holds one, or --resume
+    with a config that differs from the saved one in a field not in RESUME_FREE. A folder with
+    no checkpoint yet (or none at all) resumes from the beginning."""
     run = Path(tcfg.out)
     saved = run / "config.yaml"
     if not tcfg.resume:
@@ -187,16 +188,29 @@ def check_run_folder(tcfg: TrainConfig) -> None:
                 "choose another --out."
             )
         return
-    if latest_checkpoint(run) is None:
-        raise ConfigError(f"--resume: {str(run)!r} holds no checkpoint to resume from.")
-    old = yaml.safe_load(saved.read_text())
-    new = dataclasses.asdict(tcfg)
-    diff = sorted(k for k in new if k not in TrainConfig.RESUME_FREE and old.get(k) != new[k])
+    if not saved.exists():
+        return
+    diff = resume_diff(yaml.safe_load(saved.read_text()) or {}, dataclasses.asdict(tcfg))
     if diff:
+        field, old, new = diff[0]
         raise ConfigError(
-            f"--resume: the run in {str(run)!r} was made with a different config "
-            f"(differs in {diff})."
+            f"--resume: {field}={new!r} differs from the saved run's {old!r} in {str(run)!r}; "
+            f"only {', '.join(TrainConfig.RESUME_FREE)} may change on resume."
         )
+
+
+def resume_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted field, saved value, new value) for each field outside RESUME_FREE that differs."""
+    out = []
+    for key, value in new.items():
+        if not prefix and key in TrainConfig.RESUME_FREE:
+            continue
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            out += resume_diff(before, value, f"{prefix}{key}.")
+        elif before != value:
+            out.append((prefix + key, before, value))
+    return out
 
 
 def rank_store_state(state: dict) -> dict:
