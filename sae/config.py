@@ -267,9 +267,9 @@ class TrainConfig:
     """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
     dead_tokens: int = 250_000
     """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %)."""
-    checkpoint_every: int = 100_000_000
+    checkpoint_every: int = 1_000_000_000
     """tokens between checkpoints (0: by time only); a checkpoint is also written every
-    CHECKPOINT_SECONDS of wall time, at the end, and on SIGINT/SIGTERM."""
+    CHECKPOINT_SECONDS of wall time (whichever comes first), at the end, and on SIGINT/SIGTERM."""
     log_every: int = 10
     """steps between log lines in metrics.jsonl (and wandb)."""
     autocast: bool = False

@@ -162,7 +162,7 @@ def tiny_model(folder: Path) -> tuple[str, str]:
 
 
 SMALL = ["--sae.d-sae", "64", "--store.batch-size", "256", "--store.buffer-tokens", "4096"]
-SMALL += ["--eval-tokens", "2048", "--quiet", "--log-every", "5"]
+SMALL += ["--eval-tokens", "2048", "--quiet"]
 
 
 def _matrix(folder: Path, *extra: str) -> list[str]:
