@@ -4,6 +4,7 @@ the whole campaign marked slow. Pins "kill it at any moment, resume, get the sam
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ _SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fault_campaign.py"
 def _campaign_module():
     spec = importlib.util.spec_from_file_location("fault_campaign", _SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
