@@ -97,7 +97,7 @@ SAE_CASES = {
         "cfg.json is not valid JSON",
     ),
     "pickle named .safetensors": (_as_pickle, "is a pickle or torch.save file"),
-    ".pt instead of safetensors": (_torch_save_instead, "holds \\['sae_weights.pt'\\]"),
+    ".pt instead of safetensors": (_torch_save_instead, "no sae_weights.safetensors"),
 }
 
 
