@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sae.cliconfig import parse
+from sae.cliconfig import load_yaml, parse, saved_run_config
 from sae.config import ConfigError, HarvestConfig
 
 USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
@@ -53,13 +53,12 @@ def _train(argv: list[str]) -> str:
     from sae.training.train import train
 
     # With no config and no activation file, the built-in default run: 1M MiniLM tokens.
-    builtin = not (argv and not argv[0].startswith("-")) and "--activations" not in argv
-    cfg = parse(
-        TrainConfig,
-        argv,
-        "sae train",
-        TrainConfig(total_tokens=BUILTIN_TOKENS) if builtin else None,
-    )
+    given = any(a == "--activations" or a.startswith("--activations=") for a in argv)
+    builtin = not (argv and not argv[0].startswith("-")) and not given
+    default = TrainConfig(total_tokens=BUILTIN_TOKENS) if builtin else None
+    if (saved := saved_run_config(argv)) is not None:
+        default = load_yaml(TrainConfig, saved)  # `--resume --out DIR` continues DIR's run
+    cfg = parse(TrainConfig, argv, "sae train", default)
     finals = train(cfg)
     if not finals:  # stopped by a signal after writing a checkpoint
         sys.exit(130)
@@ -72,6 +71,12 @@ def _eval(argv: list[str]) -> str:
     import sae.eval
 
     return sae.eval.cli_main(argv)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return f"{e.strerror} writing {e.filename}" if e.filename else str(e.strerror)
+    return str(e).splitlines()[0][:200]
 
 
 COMMANDS: dict[str, Callable[[list[str]], str]] = {
@@ -102,6 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        from sae.fsutil import disk_full
+
+        if not disk_full(e):
+            raise
+        # Every write is atomic, so what is on disk is whole: the last checkpoint, the shards.
+        print(
+            f"error: out of disk space ({_reason(e)}); nothing complete was lost: free space and "
+            "rerun the same command (with --resume for `sae train`).",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)

@@ -11,8 +11,11 @@ so every error is one line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +26,7 @@ import yaml
 
 from sae import config as C
 from sae.config import ConfigError, TrainConfig
+from sae.configtypes import type_problem, yaml_load
 from sae.fsutil import atomic_write_text
 
 HIDDEN: dict[type, frozenset[str]] = {
@@ -85,19 +89,29 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config", root=None,
     and removed keys with what became of them."""
     root = root or cls
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping of field names to values, got {data!r}.")
+        what = f"section {path.rstrip('.')!r} of {where}" if path else where
+        raise ConfigError(f"{what} must be a mapping of field names to values, got {data!r}.")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if _removed(root, path + name, value):
             continue
-        if name not in names:
-            raise ConfigError(f"unknown field {key!r} in {where}; valid fields are {names}.")
+        if name not in fields:
+            raise ConfigError(
+                f"unknown field {path + str(key)!r} in {where}; valid fields are {list(fields)}."
+            )
         sub = _dataclass_in(hints[name])
         if sub and value is not None:
-            value = from_dict(sub, value, f"{where}.{name}", root, f"{path}{name}.")
+            # A partial section keeps the parent's defaults for the rest (TrainConfig's store
+            # normalises; a bare StoreConfig() would not).
+            base = fields[name].default_factory
+            if base is not dataclasses.MISSING and isinstance(value, dict):
+                value = dataclasses.asdict(base()) | value
+            value = from_dict(sub, value, where, root, f"{path}{name}.")
+        elif (problem := type_problem(value, hints[name])) is not None:
+            raise ConfigError(f"{path}{name}={value!r} in {where} {problem}.")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -183,14 +197,48 @@ def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
     """`default` overridden by command-line flags, validated after parsing (one-line errors)."""
     _check_flags(cls, args)
     loose = unchecked(cls, hidden_fields(cls))
-    parsed = tyro.cli(loose, default=from_dict(loose, to_dict(default)), args=args, prog=prog)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            parsed = tyro.cli(
+                loose, default=from_dict(loose, to_dict(default)), args=args, prog=prog
+            )
+    except SystemExit as e:
+        if e.code in (0, None):  # --help
+            print(out.getvalue(), end="")
+            raise
+        raise ConfigError(_one_line(out.getvalue(), prog)) from None
     return checked(cls, to_dict(parsed))
 
 
-def checked(cls: type, data: dict[str, Any]) -> Any:
+_RULE = re.compile(r"^[\s│╭╮╰╯─-]*$")
+
+
+def _one_line(box: str, prog: str) -> str:
+    """tyro's multi-line error box as one sentence: the error, the flag's usage, a suggestion."""
+    sections: list[list[str]] = [[]]
+    for line in box.splitlines():
+        text = line.strip(" │╭╮╰╯")
+        if _RULE.match(line) or set(text) <= set("─- "):
+            sections.append([])
+        elif text:
+            sections[-1].append(" ".join(text.split()))
+    sections = [s for s in sections if s]
+    body = " ".join(sections[1] if len(sections) > 1 else sections[0] if sections else [])
+    if "Got errors: - " in body:
+        body = body.replace("Got errors: - ", "(").replace(" - ", "; ") + ")"
+    for sec in sections[2:]:
+        if sec[0].startswith("Argument helptext"):
+            body += f"; usage: {sec[1]}" if len(sec) > 1 else ""
+        if sec[0].startswith("Perhaps you meant"):
+            body += f"; perhaps you meant {sec[1].split()[0]}" if len(sec) > 1 else ""
+    return f"{body.rstrip('.')} (`{prog} --help` lists every option)."
+
+
+def checked(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     """`cls` built and validated from a plain dict; any validation error as a ConfigError."""
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, data, where)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:  # nested configs (SAEConfig, ...) raise ValueError
@@ -202,9 +250,13 @@ def load_yaml(cls: type, path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
-    return from_dict(cls, data, where=str(path))
+    try:
+        with path.open() as f:
+            data = yaml_load(f)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({first}).") from None
+    return checked(cls, data if data is not None else {}, where=str(path))
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
@@ -218,3 +270,19 @@ def parse(cls: type, argv: list[str], prog: str, default=None):
     rest = argv[1:] if path else argv
     default = load_yaml(cls, path) if path else (default if default is not None else cls())
     return parse_cli(cls, default, rest, prog)
+
+
+def saved_run_config(argv: list[str]) -> Path | None:
+    """The config.yaml of the run a `--resume --out DIR` command line continues, if DIR has one:
+    it is the base the command line's flags override (only RESUME_FREE fields may differ)."""
+    if "--resume" not in argv:
+        return None
+    for i, word in enumerate(argv):
+        if word == "--out" and i + 1 < len(argv):
+            saved = Path(argv[i + 1]) / "config.yaml"
+        elif word.startswith("--out="):
+            saved = Path(word.split("=", 1)[1]) / "config.yaml"
+        else:
+            continue
+        return saved if saved.is_file() else None
+    return None

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
-
 from sae.analysis.synthetic import SyntheticConfig
+from sae.configtypes import type_problem, yaml_load
 from sae.sae import SAEConfig
 
 StorageDtype = Literal["float32", "float16", "bfloat16"]
@@ -55,6 +54,10 @@ MAX_NONFINITE_STEPS = 10
 """Consecutive non-finite losses tolerated (each step skipped) before the run stops: a rare
 overflow under bf16 autocast passes, a diverged run stops within seconds (no paper; the value
 only bounds wasted compute)."""
+CHECKPOINT_SECONDS = 600
+"""Wall time between periodic checkpoints (whichever of this and `checkpoint_every` tokens comes
+first): a crash loses at most ten minutes; writing one costs well under 1% of that for the SAE
+sizes in BENCHMARKS.md ("Reliability")."""
 KEEP_CHECKPOINTS = 2
 """Checkpoint folders kept on disk: the newest and one before it, in case the newest was
 written from a state that is already bad (no paper; disk versus safety)."""
@@ -264,8 +267,9 @@ class TrainConfig:
     """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
     dead_tokens: int = 250_000
     """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %)."""
-    checkpoint_every: int = 0
-    """tokens between checkpoints (0: only at the end and on SIGINT/SIGTERM)."""
+    checkpoint_every: int = 1_000_000_000
+    """tokens between checkpoints (0: by time only); a checkpoint is also written every
+    CHECKPOINT_SECONDS of wall time (whichever comes first), at the end, and on SIGINT/SIGTERM."""
     log_every: int = 10
     """steps between log lines in metrics.jsonl (and wandb)."""
     autocast: bool = False
@@ -325,6 +329,11 @@ class TrainConfig:
     def sweep_items(self) -> list[dict[str, Any]]:
         """The sweep as override dicts ([{}] for a single SAE)."""
         names = {f.name for f in dataclasses.fields(type(self.sae))} | set(_SWEEP_EXTRA_KEYS)
+        hints = typing.get_type_hints(SAEConfig) | {
+            "hook": str,
+            "target_hook": str | None,
+            "lr": float | None,
+        }
         items = []
         for item in self.sweep or [""]:
             overrides: dict[str, Any] = {}
@@ -335,7 +344,14 @@ class TrainConfig:
                     bool(sep) and key in names,
                     f"sweep item {item!r}: {part!r} must be field=value with field one of {sorted(names)}.",
                 )
-                overrides[key] = yaml.safe_load(value)
+                parsed = yaml_load(value)
+                problem = type_problem(parsed, hints.get(key, Any))
+                _check(problem is None, f"sweep item {item!r}: {key}={parsed!r} {problem}.")
+                _check(
+                    key != "lr" or parsed is None or parsed > 0,
+                    f"sweep item {item!r}: lr={parsed!r} must be > 0.",
+                )
+                overrides[key] = parsed
             items.append(overrides)
         return items
 

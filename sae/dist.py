@@ -30,9 +30,7 @@ def print0(*args, **kwargs) -> None:
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
-        t = t.clone()
-        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
-        t /= world_size()
+        t = all_reduce(t, "sum") / world_size()
     return t
 
 
@@ -47,22 +45,35 @@ def init_from_env() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def comm_device() -> torch.device:
+    """Where this process group's collectives run: this rank's GPU under NCCL (which refuses
+    CPU tensors), the CPU under gloo."""
+    if is_distributed() and tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def to_comm_device(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` on `comm_device()`, for a collective to work on."""
+    return t.to(comm_device(), copy=True)
+
+
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """The reduction over ranks, on the device `t` is on (computed on the backend's device)."""
     if is_distributed():
-        t = t.clone()
-        tdist.all_reduce(
-            t,
-            op={"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX, "min": tdist.ReduceOp.MIN}[
-                op
-            ],
-        )
+        work = to_comm_device(t)
+        ops = {"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX, "min": tdist.ReduceOp.MIN}
+        tdist.all_reduce(work, op=ops[op])
+        t = work.to(t.device)
     return t
 
 
 def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     """In place: every rank gets rank `src`'s values (how DDP starts replicas equal)."""
     if is_distributed():
-        tdist.broadcast(t, src)
+        work = to_comm_device(t)
+        tdist.broadcast(work, src)
+        t.copy_(work)
     return t
 
 
@@ -103,6 +114,14 @@ def max_over_ranks(value: int) -> int:
     if not is_distributed():
         return value
     return int(all_reduce(torch.tensor(value), "max"))
+
+
+def max_each(*values: int) -> list[int]:
+    """Each of several integers' largest value over ranks, in one collective (e.g. the stop
+    signal and 'a checkpoint is due by wall time', whose clocks differ between ranks)."""
+    if not is_distributed():
+        return list(values)
+    return [int(v) for v in all_reduce(torch.tensor(values), "max").tolist()]
 
 
 def min_over_ranks(value: int) -> int:

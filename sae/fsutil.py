@@ -1,20 +1,54 @@
-"""The one place that writes artifacts: atomic writes (temp file, then rename) and checksums."""
+"""The one place that writes artifacts: durable atomic writes and checksums.
+
+Every write goes to a temporary file beside the target, is flushed and fsynced, renamed over the
+target, and then the folder is fsynced, so after a crash (or a power cut) the target is either
+the old complete file or the new complete one. `replace_dir` does the same for whole folders.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+
+
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make renames and new entries in folder `path` durable (a no-op where folders cannot be
+    opened, e.g. on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and folder under `root` (bottom-up), then `root` itself."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(folder, name))
+        fsync_dir(folder)
 
 
 def _atomic(path: str | Path, write) -> None:
@@ -24,14 +58,30 @@ def _atomic(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
-            os.fsync(f.fileno())
+        fsync_file(tmp)  # the data is on disk before the name points at it
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)  # ... and the rename itself survives a power cut
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Move the complete folder `tmp` to `final` durably; an existing `final` is swapped out
+    first and deleted only once the new one is in place."""
+    tmp, final = Path(tmp), Path(final)
+    fsync_tree(tmp)
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -46,11 +96,38 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+_OS_ERROR_CODE = re.compile(r"(?:code: |os error )(\d+)")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` says the disk (or the process's file-size limit) is full; also safetensors'
+    own error type, which carries the OS error code only in its message."""
+    if isinstance(e, OSError):
+        return e.errno in DISK_FULL_ERRNOS
+    code = _OS_ERROR_CODE.search(str(e)) if type(e).__name__ == "SafetensorError" else None
+    return code is not None and int(code.group(1)) in DISK_FULL_ERRNOS
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata=None) -> None:
+    """`safetensors.torch.save_file`, whose I/O failures (a Rust error type) become OSError, so
+    a full disk is reported like any other failed write."""
+    from safetensors import SafetensorError
+
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:
+        code = _OS_ERROR_CODE.search(str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), path) from None
+
+
 def atomic_save_safetensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic(path, lambda tmp: save_safetensors(tensors, tmp, metadata=metadata))
 
 
 def atomic_save_png(fig: Any, path: str | Path, dpi: int = 110) -> None:
@@ -69,15 +146,7 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
-        _fsync_dir(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-        _fsync_dir(folder.parent)
+        replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -87,19 +156,6 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

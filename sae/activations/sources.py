@@ -16,11 +16,15 @@ import numpy as np
 import torch
 
 from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
+from sae.validate import check_matrix_dtype
 
 MATRIX_HOOK = "activations"
 """hook name of the single tensor in a plain `[tokens, d_in]` matrix file."""
 
 _FILE_PIECE_ROWS = 16_384
+_POSITIONS_KEPT = 4096
+"""text positions of this many recent live pieces are kept for the store's and harvester's states."""
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 MEMO_BYTES = 2 * 2**30
 """Largest first pass (rows + per-row metadata) a live source keeps in memory for later passes."""
@@ -75,6 +79,7 @@ class LiveSource:
         self.windows = TokenWindows(data_cfg, tokenizer, rank, world_size)
         self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.bos_id = self.windows.bos_id
+        self._positions: dict[int, tuple[int, int]] = {}
         probe = self.capture(torch.full((1, 2), self.bos_id or 0, dtype=torch.long))
         self.d = {h: int(v.shape[-1]) for h, v in probe.items()}
         # Multi-pass runs: the first full pass keeps its pieces (as yielded, float32, so a later
@@ -94,6 +99,16 @@ class LiveSource:
         if self.store_cfg.exclude_special:
             keep &= ~torch.isin(tokens_BT, self.special)
         return keep
+
+    def position(self, cursor: int) -> list[int] | None:
+        """Text position of the piece starting at `cursor` (for `seek`), if still remembered."""
+        where = self._positions.get(cursor)
+        return list(where) if where is not None else None
+
+    def seek(self, cursor: int, position: list[int] | None) -> None:
+        """Let `pieces(cursor)` start at this text position instead of re-reading the text."""
+        if position is not None:
+            self._positions[cursor] = (int(position[0]), int(position[1]))
 
     @property
     def memoized(self) -> bool:
@@ -123,12 +138,17 @@ class LiveSource:
             self._memo_at = {p.cursor: i for i, p in enumerate(kept)}
 
     def _forward_pieces(self, cursor: int) -> Iterator[Piece]:
-        it = self.windows.iter_from(cursor)
+        it = self.windows.iter_from(cursor, self._positions.get(cursor))
         batch_size = self.model_cfg.batch_windows
         while True:
-            batch = [w for _, w in zip(range(batch_size), it, strict=False)]
-            if not batch:
+            first = next(it, None)
+            if first is None:
                 return
+            # The store and the harvester save positions of recent pieces' starts only.
+            self._positions[first[0]] = self.windows.position
+            while len(self._positions) > _POSITIONS_KEPT:
+                del self._positions[next(iter(self._positions))]
+            batch = [first, *(w for _, w in zip(range(batch_size - 1), it, strict=False))]
             idx = [i for i, _ in batch]
             tokens_BT = torch.stack([w for _, w in batch])
             acts = self.capture(tokens_BT)
@@ -204,12 +224,28 @@ class MatrixSource(_RowFile):
             raise ConfigError(f"activation file {str(self.path)!r} does not exist.")
         suffix = self.path.suffix.lower()
         if suffix == ".npy":
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
-            shape = self._array.shape
+            try:
+                self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError):  # a pickle, an object array, not .npy at all
+                raise ConfigError(
+                    f"activation file {str(self.path)!r} is not a plain .npy array of numbers "
+                    "(pickled or object data is never loaded); save a float matrix with np.save."
+                ) from None
+            if not isinstance(self._array, np.ndarray):
+                raise ConfigError(
+                    f"activation file {str(self.path)!r} is an .npz archive; save one matrix with "
+                    "np.save."
+                )
+            shape, dtype = self._array.shape, str(self._array.dtype)
         elif suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            self._file = safe_open(str(self.path), framework="pt")
+            try:
+                self._file = safe_open(str(self.path), framework="pt")
+            except (SafetensorError, OSError) as e:
+                raise ConfigError(
+                    f"activation file {str(self.path)!r} is not a readable safetensors file ({e})."
+                ) from None
             keys = list(self._file.keys())
             if len(keys) != 1 and MATRIX_HOOK not in keys:
                 raise ConfigError(
@@ -217,7 +253,9 @@ class MatrixSource(_RowFile):
                     f"or one named {MATRIX_HOOK!r}."
                 )
             self._key = MATRIX_HOOK if MATRIX_HOOK in keys else keys[0]
-            shape = tuple(self._file.get_slice(self._key).get_shape())
+            view = self._file.get_slice(self._key)
+            shape, dtype = tuple(view.get_shape()), _SAFETENSORS_DTYPES.get(view.get_dtype(), "?")
+            dtype = dtype if dtype != "?" else view.get_dtype()
         else:
             raise ConfigError(
                 f"activation file {str(self.path)!r} must end in .npy or .safetensors."
@@ -226,6 +264,7 @@ class MatrixSource(_RowFile):
             raise ConfigError(
                 f"activation file {str(self.path)!r} has shape {list(shape)}; expected [tokens, d_in]."
             )
+        check_matrix_dtype(dtype, self.path)
         self.n_rows, self.hooks, self.d = int(shape[0]), [MATRIX_HOOK], {MATRIX_HOOK: int(shape[1])}
 
     def read(self, a: int, b: int):
@@ -233,7 +272,7 @@ class MatrixSource(_RowFile):
             x = torch.from_numpy(np.array(self._array[a:b]))  # copy out of the memory map
         else:
             x = self._file.get_slice(self._key)[a:b]
-        return {MATRIX_HOOK: x}, {}
+        return {MATRIX_HOOK: x.float()}, {}  # float16/bfloat16/float64 files train in float32
 
     def describe(self) -> dict:
         return {"kind": "matrix", "path": str(self.path), "n_tokens": self.n_rows, "d": self.d}

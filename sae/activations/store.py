@@ -89,6 +89,16 @@ def fixed_chunks(
         yield Chunk(index, cut(rows), cut(meta), *start, end)
 
 
+def source_position(source: ActivationSource, cursor: int) -> list[int] | None:
+    """The text position of `cursor` for sources that can seek (live), else None."""
+    return source.position(cursor) if hasattr(source, "position") else None
+
+
+def source_seek(source: ActivationSource, cursor: int, position: list[int] | None) -> None:
+    if position is not None and hasattr(source, "seek"):
+        source.seek(cursor, position)
+
+
 class _Group(NamedTuple):
     """Rows of a group without copying them: a virtual concatenation of index sets into chunks."""
 
@@ -148,6 +158,9 @@ class ActivationStore:
             "first_chunk": first,
             "first_chunk_cursor": cursor,
             "first_chunk_skip": skip,
+            # Where that cursor is in the text (live sources): a resume seeks there instead of
+            # re-reading and re-tokenizing everything before it.
+            "first_chunk_position": source_position(self.source, cursor),
             "norm_factor": self.norm_factor,
         }
 
@@ -170,6 +183,7 @@ class ActivationStore:
         self._chunk_cursors = {
             state["first_chunk"]: (state["first_chunk_cursor"], state["first_chunk_skip"])
         }
+        source_seek(self.source, state["first_chunk_cursor"], state.get("first_chunk_position"))
         self.norm_factor = state["norm_factor"]
 
     @property

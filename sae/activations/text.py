@@ -15,6 +15,7 @@ import ast
 import itertools
 import os
 import sysconfig
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -38,27 +39,48 @@ def builtin_documents() -> Iterator[str]:
 
     About 2.1 M characters on CPython 3.11; identical for a given Python version, no download.
     """
+    return (doc for _, doc in keyed_builtin_documents())
+
+
+_PER_FILE = 1 << 20
+"""builtin document keys are file number * _PER_FILE + docstring number within the file."""
+
+
+def keyed_builtin_documents(start: int = 0) -> Iterator[tuple[int, str]]:
+    """(key, document) of the built-in corpus from key `start` on; files before the one holding
+    `start` are skipped without being parsed."""
     from pydoc_data.topics import topics
 
-    for key in sorted(topics):
-        yield topics[key]
+    first_file = start // _PER_FILE
+    if first_file == 0:
+        for j, key in enumerate(sorted(topics)):
+            if j >= start:
+                yield j, topics[key]
     stdlib = sysconfig.get_paths()["stdlib"]
+    n = 0
     for root, dirs, files in os.walk(stdlib):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_STDLIB_DIRS)
         for name in sorted(files):
             if not name.endswith(".py"):
                 continue
+            n += 1
+            if n < first_file:
+                continue
             try:
                 tree = ast.parse(Path(root, name).read_text(encoding="utf-8"))
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
+            j = 0
             for node in ast.walk(tree):
                 if isinstance(
                     node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
                 ):
                     doc = ast.get_docstring(node)
                     if doc:
-                        yield doc
+                        key = n * _PER_FILE + j
+                        j += 1
+                        if key >= start:
+                            yield key, doc
 
 
 def _first_line(e: Exception) -> str:
@@ -88,8 +110,11 @@ def _hf_stream(path_or_name: str, cfg: DataConfig, data_files: list[str] | None 
         ) from None
 
 
-def _column(rows: Iterable[dict], cfg: DataConfig) -> Iterator[str]:
-    for row in rows:
+def _column(stream, cfg: DataConfig, start: int) -> Iterator[tuple[int, str]]:
+    # The dataset's own skip: rows before `start` are never tokenized (nor, for Parquet,
+    # decoded beyond their row group), so a resume does not re-read what the run consumed.
+    rows = stream.skip(start) if start else stream
+    for key, row in enumerate(rows, start):
         if cfg.text_column not in row:
             raise ConfigError(
                 f"data.text_column={cfg.text_column!r} is not a column of {cfg.source!r}; "
@@ -97,42 +122,44 @@ def _column(rows: Iterable[dict], cfg: DataConfig) -> Iterator[str]:
             )
         text = row[cfg.text_column]
         if text:
-            yield text
+            yield key, text
 
 
-def _raw_documents(cfg: DataConfig) -> Iterator[str]:
+def _raw_documents(cfg: DataConfig, start: int = 0) -> Iterator[tuple[int, str]]:
+    """(key, text) from document `start` on; a key counts the source's own rows or files."""
     if cfg.source == "builtin":
-        return builtin_documents()
+        return keyed_builtin_documents(start)
     path = Path(cfg.source)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".txt":
-            return iter([path.read_text(encoding="utf-8")])
+            return iter([(0, path.read_text(encoding="utf-8"))] if start == 0 else [])
         if path.stat().st_size == 0:
             raise ConfigError(f"data.source={cfg.source!r} contains no text.")
         if suffix in (".jsonl", ".json"):
-            return _column(_hf_stream("json", cfg, [str(path)]), cfg)
+            return _column(_hf_stream("json", cfg, [str(path)]), cfg, start)
         if suffix == ".parquet":
-            return _column(_hf_stream("parquet", cfg, [str(path)]), cfg)
+            return _column(_hf_stream("parquet", cfg, [str(path)]), cfg, start)
         raise ConfigError(
             f"data.source={cfg.source!r} has suffix {suffix!r}; use .txt, .jsonl or .parquet."
         )
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         if files and all(p.suffix.lower() == ".txt" for p in files):
-            return (p.read_text(encoding="utf-8") for p in files)
+            return ((i, files[i].read_text(encoding="utf-8")) for i in range(start, len(files)))
         # A folder of .jsonl/.parquet files is a dataset repository: the same call as a Hub name.
-        return _column(_hf_stream(str(path), cfg), cfg)
+        return _column(_hf_stream(str(path), cfg), cfg, start)
     if path.suffix.lower() in (".txt", ".jsonl", ".json", ".parquet") or cfg.source.startswith(
         ("/", ".")
     ):
         raise ConfigError(f"data.source={cfg.source!r} does not exist.")
-    return _column(_hf_stream(cfg.source, cfg), cfg)
+    return _column(_hf_stream(cfg.source, cfg), cfg, start)
 
 
-def documents(cfg: DataConfig) -> Iterator[str]:
-    """Documents of the configured source; raises before any work if it is empty or misnamed."""
-    docs = _raw_documents(cfg)
+def keyed_documents(cfg: DataConfig, start: int = 0) -> Iterator[tuple[int, str]]:
+    """(key, text) of the configured source from document key `start` on; raises before any
+    work if the source is empty or misnamed."""
+    docs = _raw_documents(cfg, start)
     try:
         first = next(docs, None)
     except ConfigError:
@@ -142,8 +169,15 @@ def documents(cfg: DataConfig) -> Iterator[str]:
             f"data.source={cfg.source!r} could not be read ({_first_line(e)})."
         ) from None
     if first is None:
-        raise ConfigError(f"data.source={cfg.source!r} contains no text.")
+        if start == 0:
+            raise ConfigError(f"data.source={cfg.source!r} contains no text.")
+        return iter([])
     return itertools.chain([first], docs)
+
+
+def documents(cfg: DataConfig) -> Iterator[str]:
+    """Documents of the configured source; raises before any work if it is empty or misnamed."""
+    return (text for _, text in keyed_documents(cfg))
 
 
 def pack_windows(
@@ -159,21 +193,57 @@ def pack_windows(
     bos='document' puts BOS before every document in the stream; bos='none' uses none.
     The ragged tail is dropped, so every window has exactly `context_size` tokens.
     """
+    keyed = enumerate(docs_tokens)
+    for window, _ in pack_with_positions(keyed, context_size, bos_id, sep_id, bos):
+        yield window
+
+
+def pack_with_positions(
+    docs_tokens: Iterable[tuple[int, list[int]]],
+    context_size: int,
+    bos_id: int | None,
+    sep_id: int | None,
+    bos: str = "window",
+    first_offset: int = 0,
+) -> Iterator[tuple[list[int], tuple[int, int]]]:
+    """`pack_windows` over (key, tokens) documents, each window with the text position of its
+    first text token: (document key, offset into that document's BOS + tokens + separator).
+    Packing restarted at a window's position (that document, `first_offset`=offset) yields the
+    same windows from there on: the position is all a resume needs to seek."""
     use_bos_window = bos == "window" and bos_id is not None
     n_text = context_size - 1 if use_bos_window else context_size
     buf: list[int] = []
-    for toks in docs_tokens:
-        if bos == "document" and bos_id is not None:
-            buf.append(bos_id)
-        buf.extend(toks)
+    segs: deque[list[int]] = deque()  # [key, offset of its first token in buf, length]
+    head = 0  # buf[0] is token `head` of segs[0]
+
+    def position(p: int) -> tuple[int, int]:
+        p += head
+        for key, off, length in segs:
+            if p < length:
+                return key, off + p
+            p -= length
+        raise AssertionError("window start past the buffer")
+
+    for n, (key, toks) in enumerate(docs_tokens):
+        piece = [bos_id] if bos == "document" and bos_id is not None else []
+        piece += toks
         if sep_id is not None:
-            buf.append(sep_id)
+            piece.append(sep_id)
+        skip = first_offset if n == 0 else 0
+        if len(piece) > skip:
+            segs.append([key, skip, len(piece) - skip])
+            buf.extend(piece[skip:])
         start = 0
         while len(buf) - start >= n_text:
             body = buf[start : start + n_text]
+            where = position(start)
             start += n_text
-            yield [bos_id, *body] if use_bos_window else body
+            yield ([bos_id, *body] if use_bos_window else body), where
         del buf[:start]
+        head += start
+        while segs and head >= segs[0][2]:
+            head -= segs[0][2]
+            segs.popleft()
 
 
 def special_ids(tokenizer) -> tuple[int | None, int | None]:
@@ -192,31 +262,54 @@ class TokenWindows:
         # Documents are packed, so the tokenizer's own length limit does not apply here.
         tokenizer.model_max_length = int(1e30)
         self.bos_id, self.sep_id = special_ids(tokenizer)
-        self._docs = documents(cfg)  # opened now so a bad source fails before any work
+        self._docs = keyed_documents(cfg)  # opened now so a bad source fails before any work
+        self.position: tuple[int, int] | None = None
+        """text position (document key, offset) of the window `iter_from` yielded last."""
 
-    def _token_lists(self, docs: Iterator[str]) -> Iterator[list[int]]:
+    def _token_lists(self, docs: Iterator[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
         while batch := list(itertools.islice(docs, 64)):
-            yield from self.tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+            ids = self.tokenizer([t for _, t in batch], add_special_tokens=False, verbose=False)
+            yield from zip([k for k, _ in batch], ids["input_ids"], strict=True)
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         return self.iter_from(0)
 
-    def iter_from(self, start: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield (global window index, tokens) for this rank, beginning at global index `start`."""
-        docs, self._docs = (
-            (self._docs, None) if self._docs is not None else (documents(self.cfg), None)
-        )
-        windows = pack_windows(
-            self._token_lists(docs), self.cfg.context_size, self.bos_id, self.sep_id, self.cfg.bos
+    def _index_in_part(self, i: int) -> int:
+        """How many windows of this part come before global window i."""
+        every = self.cfg.eval_every
+        held = i // every if every > 0 else 0
+        return {"train": i - held, "eval": held, "all": i}[self.cfg.part]
+
+    def iter_from(
+        self, start: int, position: tuple[int, int] | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield (global window index, tokens) for this rank, beginning at global index `start`.
+
+        With `position` (the text position window `start` was yielded at, see `self.position`)
+        the text before it is skipped unread instead of tokenized and packed again."""
+        if position is not None:
+            key, offset = position
+            docs, i0, j = keyed_documents(self.cfg, key), start, self._index_in_part(start)
+        else:
+            docs, offset, i0, j = self._docs or keyed_documents(self.cfg), 0, 0, 0
+        self._docs = None
+        windows = pack_with_positions(
+            self._token_lists(docs),
+            self.cfg.context_size,
+            self.bos_id,
+            self.sep_id,
+            self.cfg.bos,
+            first_offset=offset,
         )
         part, every = self.cfg.part, self.cfg.eval_every
-        j = 0  # index within the part: ranks deal windows of their part round-robin
-        for i, window in enumerate(windows):
+        # j: index within the part; ranks deal the windows of their part round-robin.
+        for i, (window, where) in enumerate(windows, i0):
             if self.cfg.max_windows is not None and i >= self.cfg.max_windows:
                 return
             held_out = every > 0 and i % every == every - 1
             if (part == "train" and held_out) or (part == "eval" and not held_out):
                 continue
             if i >= start and j % self.world_size == self.rank:
+                self.position = where
                 yield i, torch.tensor(window, dtype=torch.long)
             j += 1

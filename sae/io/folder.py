@@ -19,9 +19,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
+from sae import validate
 from sae.fsutil import atomic_folder, atomic_save_safetensors, atomic_write_text
 from sae.io.build import assemble
 from sae.sae import SAE, SAEConfig
@@ -132,13 +132,10 @@ def save(
 def load_folder(folder: Path) -> SAE:
     """Read an SAE folder written by `save` or by SAELens (standard, topk, batchtopk,
     matryoshka_batchtopk, jumprelu, gated, transcoders; pre-6 SAELens cfg keys too)."""
-    try:
-        raw = json.loads((folder / CFG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{folder / CFG_FILE} is not valid JSON ({e}).") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{folder / CFG_FILE} must hold a JSON object.")
-    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    raw = validate.read_json(folder / CFG_FILE)
+    validate.check_cfg(raw, folder / CFG_FILE)
+    state = validate.read_safetensors(folder / WEIGHTS_FILE)
+    validate.check_weights(state, folder / WEIGHTS_FILE)
     if OUR_KEY in raw:
         known = {f.name for f in fields(SAEConfig)}
         ours = raw[OUR_KEY]

@@ -8,16 +8,20 @@
         step, dead.tokens_since_fired; no pickle anywhere.
     <run>/latest                                          name of the newest complete checkpoint
 
-A crash mid-write leaves only a `.tmp-*` folder that is never read, so the latest checkpoint is
-always whole. Older checkpoints beyond `keep` are deleted after the new one is in place.
+    <run>/<tokens:012d>/manifest.json                     size and sha256 of every other file
+
+A crash mid-write leaves only a `.tmp-*` folder that is never read; every file is fsynced before
+the folder is renamed into place; older checkpoints beyond `keep` are deleted only after the new
+one is in place. On resume a newest checkpoint that fails its manifest (truncated, flipped bytes,
+a file missing, no manifest) is reported and the previous one is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -26,7 +30,13 @@ from safetensors.torch import load_file
 
 from sae import dist
 from sae.config import ConfigError, TrainConfig
-from sae.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from sae.fsutil import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    replace_dir,
+    sha256_file,
+)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -48,37 +58,113 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict(sd)
 
 
+class CheckpointClock:
+    """When the next periodic checkpoint is due: every `every_tokens` tokens or `every_seconds`
+    of wall time, whichever comes first (0 turns either off)."""
+
+    def __init__(self, every_tokens: int, every_seconds: float, tokens: int, clock=time.monotonic):
+        self.every_tokens, self.every_seconds, self.clock = every_tokens, every_seconds, clock
+        self.reset(tokens)
+
+    def reset(self, tokens: int) -> None:
+        self.next_tokens = (
+            (tokens // self.every_tokens + 1) * self.every_tokens if self.every_tokens else None
+        )
+        self.started = self.clock()
+
+    def due(self, tokens: int) -> bool:
+        by_tokens = self.next_tokens is not None and tokens >= self.next_tokens
+        by_time = self.every_seconds > 0 and self.clock() - self.started >= self.every_seconds
+        return by_tokens or by_time
+
+
+MANIFEST = "manifest.json"
+"""every file of the checkpoint with its size and sha256, written last: a folder without it, or
+whose files do not match it, is not a checkpoint."""
+
+
+def _manifest(folder: Path) -> dict:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {
+        "files": {
+            str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in files
+        }
+    }
+
+
 def write_checkpoint(run: Path, tokens: int, parts: dict, keep: int = 2) -> Path:
     """`parts` = {"store_state": dict, "trainer": dict, "saes": {name: (save_fn, tensors)}}.
 
-    save_fn(folder) writes the SAELens folder; tensors go to trainer_state.safetensors.
+    save_fn(folder) writes the SAELens folder; tensors go to trainer_state.safetensors. The
+    checkpoint is built under a temporary name, checksummed into its manifest, fsynced and
+    renamed; older checkpoints are deleted only after that, so a crash at any moment leaves the
+    previous checkpoint whole.
     """
     final = run / f"{tokens:012d}"
+    if verify_checkpoint(final) is None:
+        return final  # the same position was saved already: same step, same state
+    for stale in run.glob(".tmp-*"):  # left by a write that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = run / f".tmp-{tokens:012d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    atomic_write_json(tmp / "store_state.json", parts["store_state"])
-    atomic_write_json(tmp / "trainer.json", parts["trainer"])
-    for name, (save_fn, tensors) in parts["saes"].items():
-        save_fn(tmp / name)
-        atomic_save_safetensors(tmp / name / "trainer_state.safetensors", tensors)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        atomic_write_json(tmp / "store_state.json", parts["store_state"])
+        atomic_write_json(tmp / "trainer.json", parts["trainer"])
+        for name, (save_fn, tensors) in parts["saes"].items():
+            save_fn(tmp / name)
+            atomic_save_safetensors(tmp / name / "trainer_state.safetensors", tensors)
+        atomic_write_json(tmp / MANIFEST, _manifest(tmp))
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space a failed write took
+        raise
     atomic_write_text(run / "latest", final.name + "\n")
+    # Checkpoints past this one belong to a timeline abandoned by a resume from an older one.
     checkpoints = sorted(p for p in run.iterdir() if p.is_dir() and p.name.isdigit())
-    for old in checkpoints[:-keep] if keep > 0 else []:
+    for stale in (p for p in checkpoints if int(p.name) > tokens):
+        shutil.rmtree(stale)
+    older = [p for p in checkpoints if int(p.name) <= tokens]
+    for old in older[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final
 
 
-def latest_checkpoint(run: Path) -> Path | None:
-    marker = run / "latest"
-    if not marker.is_file():
+def verify_checkpoint(path: Path) -> str | None:
+    """None if `path` is a complete checkpoint, else why not (one clause)."""
+    if not path.is_dir():
+        return "it does not exist"
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return f"it has no {MANIFEST} (half-written)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} is unreadable"
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != entry["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, not {entry['bytes']} (truncated)"
+        if sha256_file(file) != entry["sha256"]:
+            return f"{name} does not match its checksum (corrupt)"
+    return None
+
+
+def latest_checkpoint(run: Path, report=print) -> Path | None:
+    """The newest complete checkpoint in `run`; each newer broken one is reported in one line."""
+    if not run.is_dir():
         return None
-    path = run / marker.read_text().strip()
-    return path if path.is_dir() else None
+    checkpoints = sorted(
+        (p for p in run.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True
+    )
+    for path in checkpoints:
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        report(f"warning: skipping checkpoint {path}: {problem}; trying the previous one.")
+    return None
 
 
 def read_checkpoint(path: Path, names: list[str]) -> dict:
@@ -90,8 +176,9 @@ def read_checkpoint(path: Path, names: list[str]) -> dict:
 
 
 def check_run_folder(tcfg: TrainConfig) -> None:
-    """Refuse, before any work: --resume without a checkpoint or with a changed config (fields
-    in RESUME_FREE may change); a fresh run into a folder that already holds one."""
+    """Refuse, before any work: a fresh run into a folder that already holds one, or --resume
+    with a config that differs from the saved one in a field not in RESUME_FREE. A folder with
+    no checkpoint yet (or none at all) resumes from the beginning."""
     run = Path(tcfg.out)
     saved = run / "config.yaml"
     if not tcfg.resume:
@@ -101,16 +188,29 @@ def check_run_folder(tcfg: TrainConfig) -> None:
                 "choose another --out."
             )
         return
-    if latest_checkpoint(run) is None:
-        raise ConfigError(f"--resume: {str(run)!r} holds no checkpoint to resume from.")
-    old = yaml.safe_load(saved.read_text())
-    new = dataclasses.asdict(tcfg)
-    diff = sorted(k for k in new if k not in TrainConfig.RESUME_FREE and old.get(k) != new[k])
+    if not saved.exists():
+        return
+    diff = resume_diff(yaml.safe_load(saved.read_text()) or {}, dataclasses.asdict(tcfg))
     if diff:
+        field, old, new = diff[0]
         raise ConfigError(
-            f"--resume: the run in {str(run)!r} was made with a different config "
-            f"(differs in {diff})."
+            f"--resume: {field}={new!r} differs from the saved run's {old!r} in {str(run)!r}; "
+            f"only {', '.join(TrainConfig.RESUME_FREE)} may change on resume."
         )
+
+
+def resume_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted field, saved value, new value) for each field outside RESUME_FREE that differs."""
+    out = []
+    for key, value in new.items():
+        if not prefix and key in TrainConfig.RESUME_FREE:
+            continue
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            out += resume_diff(before, value, f"{prefix}{key}.")
+        elif before != value:
+            out.append((prefix + key, before, value))
+    return out
 
 
 def rank_store_state(state: dict) -> dict:

@@ -56,11 +56,15 @@ class Member:
 
     @torch.no_grad()
     def after_step(self, out: TrainOutput, dead_S: torch.Tensor) -> None:
-        """Update the dead-latent counter (a latent lives if it fired on any rank) and the
-        figures the next log line shows."""
+        """Update the dead-latent counter (a latent lives if it fired on any rank; the count is of
+        all ranks' rows), agree on the BatchTopK threshold, and set the next log line's figures."""
         fired_S = dist.any_rank(out.fired())  # from the sparse codes: no dense [B, d_sae]
-        self.tokens_since_fired += len(out.x_hat)
+        self.tokens_since_fired += len(out.x_hat) * dist.world_size()  # rows of all ranks
         self.tokens_since_fired[fired_S] = 0
+        if self.sae.cfg.architecture in ("batchtopk", "matryoshka"):
+            # Each rank moved its threshold estimate by its own rows; the mean over ranks is the
+            # same EMA over all ranks' batch minima (it is linear), so replicas stay equal.
+            self.sae.threshold.copy_(dist.all_reduce_mean(self.sae.threshold))
         self.last = {
             "loss": out.loss.item(),
             "fvu": out.mse.item(),

@@ -29,9 +29,10 @@ from sae.activations.capture import resolve_device
 from sae.activations.sources import CacheSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
 from sae.cliconfig import save_yaml
-from sae.config import B_DEC_INIT, GRAD_CLIP, KEEP_CHECKPOINTS, TrainConfig
+from sae.config import B_DEC_INIT, CHECKPOINT_SECONDS, GRAD_CLIP, KEEP_CHECKPOINTS, TrainConfig
 from sae.fsutil import atomic_write_json
 from sae.training.checkpoint import (
+    CheckpointClock,
     check_run_folder,
     latest_checkpoint,
     rank_store_state,
@@ -81,6 +82,7 @@ class Trainer:
             steps = rows_per_epoch(self.source, tcfg) * tcfg.epochs // B
             self.total_steps = max(1, dist.min_over_ranks(steps))
         self.step, self.tokens, self.epoch = 0, 0, 0
+        self.stream = [0, 0.0]  # this rank's rows read and the sum of their first column
         self.scale: dict[str, float] | None = None  # hook -> factor; None until the first batch
         self.store_state: dict | None = None
         self._stop_signal: int | None = None
@@ -99,8 +101,7 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda s, f: setattr(self, "_stop_signal", s))
         log = RunLog(tcfg, self.total_steps * tcfg.store.batch_size, self.tokens)
-        every = tcfg.checkpoint_every  # tokens between checkpoints; 0: none until the end
-        next_ckpt = (self.tokens // every + 1) * every if every else None
+        clock = CheckpointClock(tcfg.checkpoint_every, CHECKPOINT_SECONDS, self.tokens)
         for batch in self.batches():
             lr_mult, sparsity = schedule(self.step, self.total_steps)
             for m in self.members:
@@ -110,10 +111,12 @@ class Trainer:
             log.progress(self.tokens)
             if self.step % tcfg.log_every == 0 or self.step == self.total_steps:
                 log.write(self.step, self.tokens, self.members)
-            self._stop_signal = dist.max_over_ranks(self._stop_signal or 0) or None
-            if next_ckpt is not None and self.tokens >= next_ckpt:
+            # Ranks agree on both: a signal reaches them at different steps, clocks differ.
+            stop, due = dist.max_each(self._stop_signal or 0, clock.due(self.tokens))
+            self._stop_signal = stop or None
+            if due and self.step < self.total_steps and not stop:
                 self.checkpoint()
-                next_ckpt += every
+                clock.reset(self.tokens)
             if self.step >= self.total_steps or self._stop_signal is not None:
                 break
         log.close()
@@ -132,6 +135,13 @@ class Trainer:
         with seed + epoch. A fresh run's first batch fixes the scale and initialises the SAEs."""
         while self.step < self.total_steps:
             for batch in self.store:
+                # Rows and the sum of their first column, as trained: a resumed run that lost
+                # or repeated a row ends with other figures than the uninterrupted one.
+                first = next(iter(batch.values()))
+                self.stream = [
+                    self.stream[0] + len(first),
+                    self.stream[1] + float(first[:, 0].double().sum()),
+                ]
                 if self.scale is None:
                     self._set_scale()
                 batch = {h: x * self.scale.get(h, 1.0) for h, x in batch.items()}
@@ -149,9 +159,12 @@ class Trainer:
         for group in m.opt.param_groups:
             group["lr"] = m.lr * lr_mult
         dead = m.tokens_since_fired >= self.tcfg.dead_tokens
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
-            out = self._forward[m.name](x, y, dead, sparsity)
-        if not dist.all_ranks(torch.isfinite(out.loss.detach())):
+        ok = torch.tensor(False)
+        if len(x) >= 2:  # the FVU needs two rows: a one-row last batch is skipped
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
+                out = self._forward[m.name](x, y, dead, sparsity)
+            ok = torch.isfinite(out.loss.detach())
+        if not dist.all_ranks(ok):
             m.skip_step(self.step, self.run)  # the gradient is dropped; the run stops if repeated
             return
         m.nonfinite_in_a_row = 0
@@ -194,7 +207,8 @@ class Trainer:
 
     # -- checkpoints, resume, the end --------------------------------------------------------
     def checkpoint(self) -> Path | None:
-        store_states = dist.all_gather_object(self.store.state_dict())  # every rank takes part
+        gathered = dist.all_gather_object((self.store.state_dict(), self.stream))  # all ranks
+        store_states, streams = [g[0] for g in gathered], [g[1] for g in gathered]
         if not dist.is_main():
             return None
         scale, meta = self.scale or {}, run_metadata(self.tcfg, self.tokens)
@@ -208,15 +222,20 @@ class Trainer:
             "epoch": self.epoch,
             "scale": self.scale,
             "skipped": {m.name: m.skipped_steps for m in self.members},
+            "stream": streams,
         }
         parts = {"store_state": {"ranks": store_states}, "trainer": trainer, "saes": saes}
         return write_checkpoint(self.run, self.tokens, parts, keep=KEEP_CHECKPOINTS)
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.run)
+        ckpt = latest_checkpoint(self.run, report=dist.print0)
+        if ckpt is None:  # killed before its first checkpoint: the same run from the start
+            dist.print0(f"no checkpoint in {self.run} yet; starting the run from the beginning")
+            return
         state = read_checkpoint(ckpt, [m.name for m in self.members])
         t = state["trainer"]
         self.step, self.tokens, self.epoch = t["step"], t["tokens"], t["epoch"]
+        self.stream = t.get("stream", [[0, 0.0]] * dist.world_size())[dist.rank()]
         self.scale = t["scale"]
         self.store_state = rank_store_state(state)
         for m in self.members:

@@ -1,0 +1,130 @@
+"""Checks on files a user may have got from someone else: SAE folders and activation matrices.
+
+Each check raises `ConfigError` with one sentence naming the file, the value and what is valid
+(the CLI prints it as one line, exit code 2). Nothing here unpickles: a file that looks like a
+pickle or a `torch.save` archive is refused by its first bytes, because loading one can run
+arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae.config import ConfigError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+"""weight files we never read (pickle-based); named in errors when found instead of safetensors."""
+
+
+def _looks_pickled(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # A pickle starts with the PROTO opcode 0x80; torch.save writes a zip archive ("PK").
+    return head[:1] == b"\x80" or head[:2] == b"PK"
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`, or a one-sentence error."""
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a JSON object, not {type(raw).__name__}.")
+    return raw
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on the CPU; a pickle under that name is refused unread."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        near = [p.name for p in path.parent.glob(f"{path.stem}*") if p.suffix in PICKLE_SUFFIXES]
+        hint = (
+            f"; it holds {near}, pickle-based files that are never loaded (they can run code): "
+            "convert them with safetensors.torch.save_file"
+            if near
+            else ""
+        )
+        raise FileNotFoundError(f"{path.parent} is not an SAE folder: it has no {path.name}{hint}.")
+    if _looks_pickled(path):
+        raise ConfigError(
+            f"{path} is a pickle or torch.save file, not safetensors; it is never loaded (unpickling "
+            "can run code): convert it with safetensors.torch.save_file."
+        )
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{path} is not a readable safetensors file ({e}).") from None
+
+
+def check_weights(state: dict[str, torch.Tensor], where: Path) -> None:
+    """Every tensor floating point and finite, weights 2-D and biases 1-D."""
+    for name, t in state.items():
+        if not t.is_floating_point():
+            raise ConfigError(
+                f"{where}: {name} has dtype {str(t.dtype).removeprefix('torch.')}; SAE weights "
+                "must be floating point."
+            )
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ConfigError(f"{where}: {name} holds {bad} NaN or infinite values.")
+        want = 2 if name.startswith("W_") else 1 if name.startswith(("b_", "threshold")) else None
+        if want is not None and t.dim() != want:
+            raise ConfigError(
+                f"{where}: {name} has shape {list(t.shape)}; it must have {want} dimension(s)."
+            )
+
+
+_CFG_TYPES: dict[str, tuple[type, ...]] = {
+    "architecture": (str,),
+    "d_in": (int,),
+    "d_sae": (int,),
+    "d_out": (int,),
+    "k": (int, float),
+    "apply_b_dec_to_input": (bool,),
+    "rescale_acts_by_decoder_norm": (bool,),
+    "normalize_activations": (str, bool),
+    "metadata": (dict,),
+    "sae_config": (dict,),
+    "matryoshka_widths": (list,),
+    "activation_fn_str": (str,),
+    "activation_fn_kwargs": (dict,),
+}
+
+
+def check_cfg(raw: dict[str, Any], where: Path) -> None:
+    """The keys `sae.load` reads from cfg.json have JSON types it can use (null allowed)."""
+    for key, types in _CFG_TYPES.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
+        if ok and isinstance(value, float):
+            ok = math.isfinite(value)
+        if not ok:
+            names = " or ".join(
+                {"str": "a string", "dict": "an object", "list": "a list"}.get(
+                    t.__name__, f"a {t.__name__}"
+                )
+                for t in types
+            )
+            raise ConfigError(f"{where}: {key}={value!r} must be {names}.")
+    widths = raw.get("matryoshka_widths") or []
+    if not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+        raise ConfigError(f"{where}: matryoshka_widths={widths!r} must be a list of integers.")
+
+
+def check_matrix_dtype(dtype: str, path: Path) -> None:
+    """An activation matrix is float16, bfloat16, float32 or float64."""
+    if dtype.removeprefix("torch.") not in ("float16", "bfloat16", "float32", "float64"):
+        raise ConfigError(
+            f"activation file {str(path)!r} has dtype {dtype}; expected a floating-point matrix "
+            "(float16, bfloat16, float32 or float64)."
+        )

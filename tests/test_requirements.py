@@ -1,0 +1,28 @@
+"""Dependency floors in pyproject.toml match the APIs the code calls."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _floor(name: str) -> Version:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    req = next(Requirement(d) for d in deps if Requirement(d).name == name)
+    return min(Version(s.version) for s in req.specifier if s.operator in (">=", "=="))
+
+
+def test_transformers_floor_has_the_dtype_argument():
+    """Pins the old floor (4.40): capture.py calls from_pretrained(dtype=...), which transformers
+    accepts from 4.56 on (huggingface/transformers#39782 renamed torch_dtype); older versions
+    only know torch_dtype, so model.dtype would not reach the model."""
+    source = (ROOT / "sae" / "activations" / "capture.py").read_text()
+    assert re.search(r"from_pretrained\([^)]*\bdtype=", source)
+    assert _floor("transformers") >= Version("4.56")
