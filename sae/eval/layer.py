@@ -3,6 +3,9 @@ each latent's usage over the scored rows (memoised per SAE, so the suites stream
 SAE's block in its model and that block's MLP weights, and activations along input-embedding
 interpolation paths (docs/methods.md#random-projection-hurst-test).
 
+Which block reads a hook is decided in one place, `reading_block` (resid_post.N -> block N+1,
+resid_pre.N -> block N); the capacity, descramble and interaction suites all use it.
+
 MLP input weights by family (rows = the neurons' read vectors, [d_mlp, d_model];
 docs/methods.md#neuron-polysemanticity):
 BERT `intermediate.dense` (nn.Linear), GPT-2 `mlp.c_fc` (Conv1D, stored [d_model, d_mlp], so
@@ -48,6 +51,7 @@ class LatentUsage(NamedTuple):
 
 class MLPRead(NamedTuple):
     block: int
+    """the block that reads the hook (`reading_block`)."""
     module: str
     """module path of the MLP input linear; its output is the preactivation."""
     kind: str
@@ -89,26 +93,52 @@ def latent_usage(target: EvalTarget, ctx: EvalContext) -> LatentUsage:
     return usage
 
 
-def sae_block(model: nn.Module, hook: str) -> tuple[str, int] | None:
-    """(block-list path, block index) of the block that holds `hook`, or None (embeddings, final
-    norm, or a model whose block list sae.activations.capture cannot find)."""
+class ReadingBlock(NamedTuple):
+    blocks: str
+    """module path of the model's block list."""
+    index: int
+    """the block that reads the hook's stream."""
+    why: str
+    """one phrase for reports: 'block 4 reads resid_post.3'."""
+
+
+def reading_block(model: nn.Module, hook: str) -> ReadingBlock | None:
+    """The block whose computation reads the stream at `hook` — the one place this is decided.
+
+    `resid_pre.N` (block N's input) is read by block N; `resid_post.N` (block N's output) and
+    `mlp_out.N` (added into it) by block N+1; `attn_out.N` by block N's own MLP; any other
+    module inside block N by block N [inferred]. None for the last block's output, embeddings, the
+    final norm, or a model whose block list sae.activations.capture cannot find."""
     aliases = hook_aliases(model)
     if "resid_post.0" not in aliases:
         return None
     blocks = aliases["resid_post.0"].module.rsplit(".", 1)[0]
-    module = resolve_hooks(model, [hook])[0].module
-    if not module.startswith(blocks + "."):
+    n_layers = sum(1 for k in aliases if k.startswith("resid_post."))
+    point = resolve_hooks(model, [hook])[0]
+    if not point.module.startswith(blocks + "."):
         return None
-    return blocks, int(module[len(blocks) + 1 :].split(".")[0])
+    i = int(point.module[len(blocks) + 1 :].split(".")[0])
+    kind = next(
+        (
+            k.rsplit(".", 1)[0]
+            for k, p in aliases.items()
+            if (p.module, p.io) == (point.module, point.io)
+        ),
+        None,
+    )
+    reader = i + 1 if kind in ("resid_post", "mlp_out") else i
+    if reader >= n_layers:
+        return None
+    return ReadingBlock(blocks, reader, f"block {reader} reads {hook}")
 
 
 def mlp_read(model: nn.Module, hook: str) -> MLPRead | None:
-    """The MLP input weights of the block that holds the SAE's hook [inferred: the same block
-    index for resid_pre/resid_post/mlp_out/attn_out N]. None when no known MLP is found."""
-    found = sae_block(model, hook)
+    """The MLP input weights of the block that reads the SAE's hook (`reading_block`). None when
+    no block reads it or no known MLP is found."""
+    found = reading_block(model, hook)
     if found is None:
         return None
-    blocks, i = found
+    blocks, i, _ = found
     modules = dict(model.named_modules())
     for name, conv1d in _MLP_IN:
         path = f"{blocks}.{i}.{name}"
