@@ -116,7 +116,7 @@ def quadrature(rule: Rule, points: int) -> tuple[Tensor, Tensor]:
 def _vjp_rows(section: Section, f_BTF: Tensor, ct_CBTG: Tensor, chunk: int) -> Tensor:
     """∂⟨ct_c, g̃⟩/∂f̃ for each cotangent c: [C, B, T, F] (one forward, vmapped backwards)."""
     _, pull = vjp(section, f_BTF)
-    outs = [vmap(pull)(ct_CBTG[s : s + chunk])[0] for s in range(0, len(ct_CBTG), chunk)]
+    outs = [vmap(pull)(ct_CBTG[s : s + chunk])[0].detach() for s in range(0, len(ct_CBTG), chunk)]
     return torch.cat(outs) if outs else f_BTF.new_zeros(0, *f_BTF.shape)
 
 

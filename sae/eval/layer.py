@@ -16,7 +16,8 @@ any model whose blocks use one of these names works.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -227,3 +228,69 @@ def embedding_paths(
         return "no token position is kept (non-special) in both windows of any pair"
     acts = {h: torch.cat(c) for h, c in curves.items()}
     return PathActs(acts, len(curves[hooks[0]]), positions, int(wins[0].shape[0]))
+
+
+class BlockCall(NamedTuple):
+    """One forward of the reading block, replayable on other inputs (for Jacobians)."""
+
+    x_BTD: Tensor
+    """the block's input hidden states (the hook's stream), float32."""
+    y_BTD: Tensor
+    """its output hidden states."""
+    call: Callable[[Tensor], Tensor]
+    """x -> block output hidden states, with the same masks/positions as the captured forward."""
+    extra: dict[str, Tensor]
+    """outputs of the extra modules asked for (e.g. the MLP preactivation), [B, T, h]."""
+
+
+class _Stop(Exception):
+    pass
+
+
+def block_call(model: nn.Module, rb: ReadingBlock, ids_BT: Tensor, extra: list[str]) -> BlockCall:
+    """Run the model up to the end of block `rb.index` once, record the arguments HF passes to that
+    block (attention masks, rotary position embeddings, ...), and return a replayable call. The
+    forward stops after the block (the rest of the model is not run)."""
+    modules = dict(model.named_modules())
+    block = modules[f"{rb.blocks}.{rb.index}"]
+    seen: dict[str, Any] = {}
+
+    def pre(m, args, kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+
+    def post(m, i, o):
+        seen["out"] = o
+        raise _Stop
+
+    handles = [
+        block.register_forward_pre_hook(pre, with_kwargs=True),
+        block.register_forward_hook(post),
+    ]
+    for name in extra:
+        handles.append(
+            modules[name].register_forward_hook(
+                lambda m, i, o, n=name: seen.setdefault(n, _first(o).detach().float())
+            )
+        )
+    ids = ids_BT.to(next(model.parameters()).device)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    args, kwargs = seen["args"], dict(seen["kwargs"])
+    x = (args[0] if args else kwargs.pop("hidden_states")).detach()
+
+    def call(h_BTD: Tensor) -> Tensor:
+        return _first(block(h_BTD.to(x.dtype), *args[1:], **kwargs)).to(h_BTD.dtype)
+
+    return BlockCall(
+        x.float(), _first(seen["out"]).detach().float(), call, {n: seen[n] for n in extra}
+    )
+
+
+def _first(value) -> Tensor:
+    return value if isinstance(value, Tensor) else _first(value[0])
