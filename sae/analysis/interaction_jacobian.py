@@ -120,6 +120,11 @@ def _vjp_rows(section: Section, f_BTF: Tensor, ct_CBTG: Tensor, chunk: int) -> T
     return torch.cat(outs) if outs else f_BTF.new_zeros(0, *f_BTF.shape)
 
 
+def _out_shape(section: Section, f_BTF: Tensor) -> torch.Size:
+    with torch.no_grad():
+        return section(f_BTF).shape
+
+
 def jacobian_second_moment(
     section: Section,
     f_BTF: Tensor,
@@ -132,30 +137,35 @@ def jacobian_second_moment(
     """(Σ M′ contributions in float64 [F, F], number of (sample, input position) pairs): M′ =
     E_{x,s}[Σ_{t,i} (∂ĝ_{t,i}/∂f̃_s)ᵀ(∂ĝ_{t,i}/∂f̃_s)] with ĝ = out_Cᵀ g̃ (the next layer's
     coordinates). Exact over every kept (t, i) with `sources=None`; otherwise `sources` Rademacher
-    ±1 sources over (t, i), unbiased because E[φφᵀ] = I (rib's stochastic sources)."""
+    ±1 sources over (t, i), unbiased because E[φφᵀ] = I (rib's stochastic sources). `keep_BT`
+    masks input positions s, and output positions t too when the section keeps the positions
+    (a section may return fewer, e.g. only the last position)."""
     B, T, F = f_BTF.shape
+    _, T_out, G = _out_shape(section, f_BTF)
     keep = torch.ones(B, T, dtype=torch.bool) if keep_BT is None else keep_BT.bool().cpu()
     keep_f = keep.to(f_BTF.device, f_BTF.dtype)
+    keep_o = keep_f if T_out == T else torch.ones(B, T_out).to(f_BTF)
     C = out_C_GK.to(f_BTF)
     K = C.shape[1]
     acc = torch.zeros(F, F, dtype=torch.float64)
+
+    def add(ct: Tensor, scale: float) -> None:
+        g = _vjp_rows(section, f_BTF, ct, chunk) * keep_f[None, :, :, None]
+        g2 = g.reshape(-1, F).to(torch.float64).cpu()
+        acc.add_(g2.T @ g2, alpha=scale)
+
     if sources is None:
-        for t in range(T):
+        for t in range(T_out):
             for i0 in range(0, K, chunk):
                 ks = torch.arange(i0, min(i0 + chunk, K))
-                ct = torch.zeros(len(ks), B, T, C.shape[0], dtype=f_BTF.dtype, device=f_BTF.device)
-                ct[:, :, t, :] = C[:, ks].T[:, None, :] * keep_f[None, :, t, None]
-                g = _vjp_rows(section, f_BTF, ct, chunk) * keep_f[None, :, :, None]
-                g2 = g.reshape(-1, F).to(torch.float64).cpu()
-                acc += g2.T @ g2
+                ct = torch.zeros(len(ks), B, T_out, G, dtype=f_BTF.dtype, device=f_BTF.device)
+                ct[:, :, t, :] = C[:, ks].T[:, None, :] * keep_o[None, :, t, None]
+                add(ct, 1.0)
     else:
         for s0 in range(0, sources, chunk):
             r = min(chunk, sources - s0)
-            phi = torch.randint(0, 2, (r, B, T, K), generator=generator).to(f_BTF) * 2 - 1
-            ct = (phi @ C.T) * keep_f[None, :, :, None]
-            g = _vjp_rows(section, f_BTF, ct, chunk) * keep_f[None, :, :, None]
-            g2 = g.reshape(-1, F).to(torch.float64).cpu()
-            acc += g2.T @ g2 / sources
+            phi = torch.randint(0, 2, (r, B, T_out, K), generator=generator).to(f_BTF) * 2 - 1
+            add((phi @ C.T) * keep_o[None, :, :, None], 1.0 / sources)
     return acc, int(keep.sum())
 
 
@@ -171,13 +181,14 @@ def ig_rows(
     """Integrated gradients ∫₀¹ ∂ĝ_{t,i}(α f̃)/∂f̃_s dα for the output positions `t_idx` and every
     output node i: [n_t, K_out, B, T, F] (float64), every sample of the batch at once."""
     B, T, F = f_BTF.shape
+    _, T_out, G = _out_shape(section, f_BTF)
     C = out_C_GK.to(f_BTF)
     K = C.shape[1]
     alpha_Q, w_Q = quadrature(rule, points)
-    ct = torch.zeros(len(t_idx), K, B, T, C.shape[0], dtype=f_BTF.dtype, device=f_BTF.device)
+    ct = torch.zeros(len(t_idx), K, B, T_out, G, dtype=f_BTF.dtype, device=f_BTF.device)
     for n, t in enumerate(t_idx.tolist()):
         ct[n, :, :, t, :] = C.T[:, None, :]
-    ct = ct.reshape(-1, B, T, C.shape[0])
+    ct = ct.reshape(-1, B, T_out, G)
     rows = torch.zeros(len(ct), B, T, F, dtype=torch.float64)
     for a, w in zip(alpha_Q.tolist(), w_Q.tolist(), strict=True):
         rows += w * _vjp_rows(section, f_BTF * a, ct, chunk).to(torch.float64).cpu()
