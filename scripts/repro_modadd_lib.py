@@ -252,7 +252,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed + 1)
     idx = torch.randperm(len(ab), generator=g)
     fs = layers(model, ab[idx[: args.samples]])
-    abl = idx[args.samples : args.samples + args.ablate_samples]
+    abl = idx[-args.ablate_samples :]  # disjoint from the analysed pairs when p² allows
     fa = layers(model, ab[abl])
     names = ["embed (3 pos)", "attn out (=)", "mlp out (=)", "logits"]
     res, curves = {}, {}

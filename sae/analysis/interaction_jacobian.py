@@ -75,11 +75,15 @@ def mlp_section(
 
 
 def perspective(fn: Callable[[Tensor], Tensor]) -> Section:
-    """The homogeneous extension `[c, c·fn(f/c)]` of a map on unfolded [B, T, d] activations."""
+    """The homogeneous extension `[c, c·fn(f/c)]` of a map on unfolded [B, T, d] activations
+    (per position; a map to fewer positions is scaled by the mean constant, still homogeneous)."""
 
     def section(f_BTF: Tensor) -> Tensor:
         c = f_BTF[..., :1]
-        return torch.cat([c, c * fn(f_BTF[..., 1:] / c)], -1)
+        g = fn(f_BTF[..., 1:] / c)
+        if g.shape[-2] != c.shape[-2]:  # fewer output positions: scale by the mean constant
+            c = c.mean(-2, keepdim=True).expand(*g.shape[:-1], 1)
+        return torch.cat([c, c * g], -1)
 
     return section
 
@@ -233,6 +237,7 @@ def sae_edge_sums(
     b_dec_D: Tensor,
     t_idx: Tensor,
     keep_BT: Tensor | None = None,
+    chunk: int = 256,
 ) -> EdgeSums:
     """Edges from SAE nodes: latents (write d_k, coordinate a_k; computed on each position's
     active set only), an error node (write ε_s = f_s − x̂_s, coordinate 1) and a bias node
@@ -243,10 +248,11 @@ def sae_edge_sums(
     b, s, k = acts_BTM.nonzero(as_tuple=True)
     a = acts_BTM[b, s, k].to(torch.float64)
     W = W_dec_MD.to(torch.float64)
-    # Ĵ_{t,i;s}·d_k over the active (b, s, k) only: rows[:, :, b, s, 1:] · W[k]
-    dots = torch.einsum("topd,pd->top", rows[:, :, b, s, 1:], W[k]) * a
     A = torch.zeros(n_t, Ko, B * (M + 2), dtype=torch.float64)
-    A.index_add_(2, b * (M + 2) + k, dots)
+    for c in range(0, len(b), chunk):  # Ĵ_{t,i;s}·d_k over the active (b, s, k) only
+        bc, sc, kc = b[c : c + chunk], s[c : c + chunk], k[c : c + chunk]
+        dots = torch.einsum("topd,pd->top", rows[:, :, bc, sc, 1:], W[kc]) * a[c : c + chunk]
+        A.index_add_(2, bc * (M + 2) + kc, dots)
     A = A.reshape(n_t, Ko, B, M + 2)
     err = err_BTD.to(torch.float64)
     A[..., M] = torch.einsum("tobsd,bsd->tob", rows[..., 1:], err)

@@ -14,7 +14,8 @@ LIB (M′ towards those downstream coordinates), and the SAE (latents + error no
 `analyse(batches, sae=None)` runs the same analysis without an SAE.
 
 results:
-  reads, tokens (input rows: Moments, M′), edge_rows ((window, output position) pairs scored),
+  reads, tokens (input rows for the moments), window_tokens (windows cut to this), mprime_tokens,
+  edge_tokens (input rows for M′ and edges), edge_rows ((window, output position) pairs scored),
   downstream {kind, directions}, mprime {mode: exact|stochastic, sources},
   degeneracy: d, rank_gram, activation_degeneracy, rank_mprime, gradient_degeneracy,
        firing (MLP units of the reading block: units, distinct_patterns, redundancy_exact,
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.activations.capture import hook_aliases
+from sae.activations.capture import hook_aliases, resolve_hooks
 from sae.analysis.interaction_basis import (
     Moments,
     NodeBasis,
@@ -63,20 +64,26 @@ from sae.eval.base import EvalContext, EvalTarget, SuiteResult
 from sae.eval.layer import BlockCall, block_call, mlp_read, model_of, reading_block
 from sae.eval.stream import window_batches
 
+WINDOW_TOKENS = 64
+"""windows are cut to their first WINDOW_TOKENS tokens: every VJP costs a block pass over them."""
 MAX_TOKENS = 4096
-"""input rows analysed (fewer when --eval-tokens is smaller): M′ and edges cost VJPs per row."""
+"""input rows for the moments (Grams, PCA, firing patterns); fewer when --eval-tokens is."""
+MPRIME_TOKENS = 2048
+"""input rows (the first windows) for M′."""
+EDGE_TOKENS = 256
+"""input rows (the first windows) for the edges: n_positions × (OUT_DIRECTIONS + 1) VJPs/window."""
 OUT_DIRECTIONS = 64
 """downstream PCA directions kept (plus the constant): edges cost one VJP per output node."""
-EDGE_POSITIONS = 4
+EDGE_POSITIONS = 8
 """output positions per window whose edges are scored (E is a mean over (window, position))."""
 EXACT_MAX = 1024
 """exact M′ when positions × output nodes ≤ this; otherwise SOURCES stochastic ±1 sources."""
-SOURCES = 64
+SOURCES = 16
 ABLATION_TOL = 0.01
 """edges needed: fewest kept edges for the next layer's FVU (kept downstream coords) ≤ this."""
 GAMMA = 0.5
 """Leiden resolution (the LIB paper's mod-add plots)."""
-WINDOWS_PER_CALL = 4
+WINDOWS_PER_CALL = 2
 
 
 class Batch(NamedTuple):
@@ -94,8 +101,6 @@ def check(target: EvalTarget) -> None:
         )
     model = model_of(target)
     kinds = {(p.module, p.io): k.rsplit(".", 1)[0] for k, p in hook_aliases(model).items()}
-    from sae.activations.capture import resolve_hooks
-
     point = resolve_hooks(model, [target.hook])[0]
     kind = kinds.get((point.module, point.io))
     if kind not in ("resid_pre", "resid_post") or reading_block(model, target.hook) is None:
@@ -107,14 +112,31 @@ def check(target: EvalTarget) -> None:
 
 
 def collect(model, hook: str, source, max_tokens: int) -> list[Batch]:
-    """Replayable calls of the reading block over held-out windows (`max_tokens` kept rows)."""
+    """Replayable calls of the reading block over held-out windows cut to WINDOW_TOKENS tokens,
+    until `max_tokens` kept rows are read."""
     rb = reading_block(model, hook)
     assert rb is not None
     mlp = mlp_read(model, hook)
     extra = [mlp.module] if mlp is not None else []
     out = []
-    for wb in window_batches(source, max_tokens, WINDOWS_PER_CALL):
-        out.append(Batch(block_call(model, rb, wb.ids_BT, extra), wb.keep_BT.cpu()))
+    seen = 0
+    for wb in window_batches(source, 1 << 62, WINDOWS_PER_CALL):  # cut below, stop at max_tokens
+        ids, keep = wb.ids_BT[:, :WINDOW_TOKENS], wb.keep_BT[:, :WINDOW_TOKENS].cpu()
+        out.append(Batch(block_call(model, rb, ids, extra), keep))
+        seen += int(keep.sum())
+        if seen >= max_tokens:
+            break
+    return out
+
+
+def _first_rows(batches: list[Batch], rows: int) -> list[Batch]:
+    """The first calls holding at least `rows` kept rows."""
+    out, seen = [], 0
+    for b in batches:
+        out.append(b)
+        seen += int(b.keep_BT.sum())
+        if seen >= rows:
+            break
     return out
 
 
@@ -149,7 +171,7 @@ def analyse(batches: list[Batch], sae=None, seed: int = 0) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     Mp = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     n = 0
-    for b in batches:
+    for b in _first_rows(batches, MPRIME_TOKENS):
         sec, f = perspective(b.call.call), fold(b.call.x_BTD)
         m, k = jacobian_second_moment(
             sec, f, C_out, b.keep_BT, None if exact else SOURCES, generator=gen
@@ -168,29 +190,34 @@ def analyse(batches: list[Batch], sae=None, seed: int = 0) -> dict[str, Any]:
     m_sae = sae.cfg.d_sae if sae is not None else 0
     E_sae = torch.zeros(out.k, m_sae + 2, dtype=torch.float64)
     rows_n = 0
-    for b in batches:
+    edge_batches = _first_rows(batches, EDGE_TOKENS)
+    for b in edge_batches:
         sec, f = perspective(b.call.call), fold(b.call.x_BTD)
-        t_idx = _positions(f.shape[1])
-        rows = ig_rows(sec, f, C_out, t_idx)
         with torch.no_grad():
-            want = (sec(f).double() @ out.C_FK)[:, t_idx].permute(1, 2, 0)[:, 1:]  # [t, o, B]
-        mask = b.keep_BT[:, t_idx].T[:, None, :].double()
-        for k, basis in bases.items():
-            es = edge_sums(rows, f, basis, t_idx, b.keep_BT)
-            E[k] += es.E_KoKi
-            _add_completeness(comp[k], es.A_tKoBKi[:, 1:].sum(-1), want, mask)
-        if sae is not None:
-            with torch.no_grad():
+            g_hat = sec(f).double() @ out.C_FK
+            if sae is not None:
                 a = sae.encode(b.call.x_BTD.to(sae.W_dec)).cpu()
                 err = b.call.x_BTD - sae.decode(a.to(sae.W_dec)).float().cpu()
-            es = sae_edge_sums(
-                rows, a, sae.W_dec.detach().cpu(), err, sae.b_dec.detach().cpu(), t_idx, b.keep_BT
-            )
-            E_sae += es.E_KoKi
-            _add_completeness(comp["sae"], es.A_tKoBKi[:, 1:].sum(-1), want, mask)
-        rows_n += es.n
+        for t in _positions(f.shape[1]):  # one output position at a time bounds memory
+            t_idx = t[None]
+            rows = ig_rows(sec, f, C_out, t_idx)
+            want = g_hat[:, t_idx].permute(1, 2, 0)[:, 1:]  # [t, o, B]
+            mask = b.keep_BT[:, t_idx].T[:, None, :].double()
+            for k, basis in bases.items():
+                es = edge_sums(rows, f, basis, t_idx, b.keep_BT)
+                E[k] += es.E_KoKi
+                _add_completeness(comp[k], es.A_tKoBKi[:, 1:].sum(-1), want, mask)
+            if sae is not None:
+                W, bd = sae.W_dec.detach().cpu(), sae.b_dec.detach().cpu()
+                es = sae_edge_sums(rows, a, W, err, bd, t_idx, b.keep_BT)
+                E_sae += es.E_KoKi
+                _add_completeness(comp["sae"], es.A_tKoBKi[:, 1:].sum(-1), want, mask)
+            rows_n += es.n
     res: dict[str, Any] = {
         "tokens": mom_in.n,
+        "window_tokens": T,
+        "mprime_tokens": n,
+        "edge_tokens": int(sum(int(b.keep_BT.sum()) for b in edge_batches)),
         "edge_rows": rows_n,
         "downstream": {"kind": "centred PCA of the block output", "directions": out.k - 1},
         "mprime": {

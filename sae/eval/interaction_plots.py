@@ -74,16 +74,17 @@ def edge_mass(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
 def ablation(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
     """Next-layer FVU against directions kept (by Λ) and against edges kept (edge ablation)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    floor = 1e-6  # FVU is exactly 0 with everything kept; drawn at the floor on the log axis
     for name, c in res["curves"]["directions"].items():
-        axes[0].plot(c["r"], c["fvu"], marker=".", label=LABELS[name])
+        axes[0].plot(c["r"], np.maximum(c["fvu"], floor), marker=".", label=LABELS[name])
     for name, b in res["bases"].items():
-        ks = sorted((int(k), v) for k, v in b["edges_needed"]["losses"].items())
+        ks = sorted((int(k), max(v, floor)) for k, v in b["edges_needed"]["losses"].items())
         if ks:
             axes[1].plot(*zip(*ks, strict=True), marker="o", ls="", label=LABELS[name])
     axes[1].axhline(res["bases"]["lib"]["edges_needed"]["tol"], color="k", lw=0.6, ls="--")
     for ax, xl in zip(axes, ("directions kept", "edges kept (bisection points)"), strict=True):
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_yscale("log")
         ax.set_xlabel(xl)
         ax.set_ylabel("FVU of the next layer")
         ax.legend(fontsize=7)
