@@ -46,7 +46,7 @@ def _layer_pair(section, f_NF, centre: bool, out_basis=None):
 
 
 def test_linear_layer_gives_a_diagonal_graph_with_edges_equal_to_lambda():
-    """MATH known answer: g = W f with the output in its PCA basis; the LIB-to-output Jacobian is
+    """Known answer (docs/methods.md#interaction-basis): g = W f with the output in its PCA basis; the LIB-to-output Jacobian is
     diag(±1), so E is diagonal with E_kk = Λ_k = eigenvalues of the output Gram, and a rank-4 W
     gives rank(W̃ G̃ W̃ᵀ) = 1 + 4 directions (the folded constant is the extra one)."""
     g = _g(0)
