@@ -19,8 +19,9 @@ results:
        max_residual, histogram; geometric.blocks (count, size_counts, leakage_fraction, largest:
        n, dim, tightness, leakage) unless skipped
   blocks_skipped: why the O(m² d) block search was skipped (m² d / 2 > BLOCK_FLOPS), or null
-  neurons: the model's MLP read vectors at the SAE's block (live models), or {skipped: why}:
-       block, module, kind, n_neurons, capacity (capacity_summary of the read vectors, geometric
+  neurons: the model's MLP read vectors in the block that reads the SAE's hook (live models;
+       `sae.eval.layer.reading_block`: resid_post.N -> block N+1), or {skipped: why}:
+       block, reads (e.g. 'block 4 reads resid_post.3'), module, kind, n_neurons, capacity (capacity_summary of the read vectors, geometric
        only), extra (Llama up_proj), polysemanticity: NP_n = (Σ_k u_nk²)² / Σ_k u_nk⁴, the
        effective number of latents neuron n reads, with u_nk = √E[a_k²]·(w_n·d_k) when the SAE
        reads the residual stream the neurons read, or u_nk = √E[a_k²]·(W_dec)_{k,n} when the SAE
@@ -81,11 +82,15 @@ def _neurons(target: EvalTarget, W_dec: torch.Tensor, mean_sq: torch.Tensor) -> 
         return {"skipped": f"activations come from a {target.stream} source; no model is loaded"}
     mlp = mlp_read(model, target.hook)
     if mlp is None:
-        return {"skipped": f"no known MLP input weight in the block of hook {target.hook!r}"}
+        return {
+            "skipped": f"no block reads hook {target.hook!r} (the last block's output, or not "
+            "inside a block) or that block has no known MLP input weight"
+        }
     n, d_model = mlp.W_HD.shape
     ok, why = blocks_ok(n, d_model)
     out: dict[str, Any] = {
         "block": mlp.block,
+        "reads": f"block {mlp.block} reads {target.hook}",
         "module": mlp.module,
         "kind": mlp.kind,
         "n_neurons": n,
@@ -192,7 +197,7 @@ def _markdown(r: dict, figs: dict[str, str]) -> str:
         else:
             lines += [
                 "",
-                f"Neuron polysemanticity (block {neu['block']}, {neu['n_neurons']} neurons, "
+                f"Neuron polysemanticity ({neu['reads']}; {neu['n_neurons']} neurons, "
                 f"{p['basis']}): effective latents per neuron mean {p['mean']:.3g}, median "
                 f"{p['median']:.3g}, max {p['max']:.3g}.",
             ]

@@ -6,10 +6,11 @@ SAE decoder (docs/methods.md#alignment).
     sae eval checkpoints/default/final/resid_post.3-topk-3072-k32 --suite descramble --out reports/ds
 
 Preactivations H (uncentred, bias included; docs/methods.md#descrambler): the output of the MLP
-input linear of the SAE's block when the model runs (`sae.eval.layer.mlp_read`), otherwise the SAE's
-input activations themselves. HHᵀ is streamed in fp64 over the scored rows and divided by their
-number, so every η is per token. L = DᵀD for the periodic Fourier derivative (the reference code's
-operator).
+input linear of the block that reads the SAE's hook (resid_post.N -> block N+1,
+`sae.eval.layer.reading_block`) when the model runs (`sae.eval.layer.mlp_read`), otherwise the
+SAE's input activations themselves. HHᵀ is streamed in fp64 over the scored rows and divided by
+their number, so every η is per token. L = DᵀD for the periodic Fourier derivative (the reference
+code's operator).
 
 results:
   source: 'mlp_preactivations' | 'activations'; module, block (MLP only); n_h; tokens
@@ -206,7 +207,11 @@ def _alignment(target: EvalTarget, U_HH: torch.Tensor, mlp, usage: LatentUsage) 
 
 def _markdown(r: dict, figs: dict[str, str]) -> str:
     e = r["eta"]
-    src = f"MLP preactivations `{r['module']}`" if r["module"] else "the SAE's input activations"
+    src = (
+        f"MLP preactivations `{r['module']}` (block {r['block']}, the block that reads the hook)"
+        if r["module"]
+        else "the SAE's input activations"
+    )
     lines = [
         f"Descrambler of {src} (n_h = {r['n_h']}, {r['tokens']:,} tokens, Fourier operator); "
         "η per token.",

@@ -3,6 +3,9 @@ each latent's usage over the scored rows (memoised per SAE, so the suites stream
 SAE's block in its model and that block's MLP weights, and activations along input-embedding
 interpolation paths (docs/methods.md#random-projection-hurst-test).
 
+Which block reads a hook is decided in one place, `reading_block` (resid_post.N -> block N+1,
+resid_pre.N -> block N); the capacity, descramble and interaction suites all use it.
+
 MLP input weights by family (rows = the neurons' read vectors, [d_mlp, d_model];
 docs/methods.md#neuron-polysemanticity):
 BERT `intermediate.dense` (nn.Linear), GPT-2 `mlp.c_fc` (Conv1D, stored [d_model, d_mlp], so
@@ -13,7 +16,8 @@ any model whose blocks use one of these names works.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +52,7 @@ class LatentUsage(NamedTuple):
 
 class MLPRead(NamedTuple):
     block: int
+    """the block that reads the hook (`reading_block`)."""
     module: str
     """module path of the MLP input linear; its output is the preactivation."""
     kind: str
@@ -89,26 +94,52 @@ def latent_usage(target: EvalTarget, ctx: EvalContext) -> LatentUsage:
     return usage
 
 
-def sae_block(model: nn.Module, hook: str) -> tuple[str, int] | None:
-    """(block-list path, block index) of the block that holds `hook`, or None (embeddings, final
-    norm, or a model whose block list sae.activations.capture cannot find)."""
+class ReadingBlock(NamedTuple):
+    blocks: str
+    """module path of the model's block list."""
+    index: int
+    """the block that reads the hook's stream."""
+    why: str
+    """one phrase for reports: 'block 4 reads resid_post.3'."""
+
+
+def reading_block(model: nn.Module, hook: str) -> ReadingBlock | None:
+    """The block whose computation reads the stream at `hook` — the one place this is decided.
+
+    `resid_pre.N` (block N's input) is read by block N; `resid_post.N` (block N's output) and
+    `mlp_out.N` (added into it) by block N+1; `attn_out.N` by block N's own MLP; any other
+    module inside block N by block N [inferred]. None for the last block's output, embeddings, the
+    final norm, or a model whose block list sae.activations.capture cannot find."""
     aliases = hook_aliases(model)
     if "resid_post.0" not in aliases:
         return None
     blocks = aliases["resid_post.0"].module.rsplit(".", 1)[0]
-    module = resolve_hooks(model, [hook])[0].module
-    if not module.startswith(blocks + "."):
+    n_layers = sum(1 for k in aliases if k.startswith("resid_post."))
+    point = resolve_hooks(model, [hook])[0]
+    if not point.module.startswith(blocks + "."):
         return None
-    return blocks, int(module[len(blocks) + 1 :].split(".")[0])
+    i = int(point.module[len(blocks) + 1 :].split(".")[0])
+    kind = next(
+        (
+            k.rsplit(".", 1)[0]
+            for k, p in aliases.items()
+            if (p.module, p.io) == (point.module, point.io)
+        ),
+        None,
+    )
+    reader = i + 1 if kind in ("resid_post", "mlp_out") else i
+    if reader >= n_layers:
+        return None
+    return ReadingBlock(blocks, reader, f"block {reader} reads {hook}")
 
 
 def mlp_read(model: nn.Module, hook: str) -> MLPRead | None:
-    """The MLP input weights of the block that holds the SAE's hook [inferred: the same block
-    index for resid_pre/resid_post/mlp_out/attn_out N]. None when no known MLP is found."""
-    found = sae_block(model, hook)
+    """The MLP input weights of the block that reads the SAE's hook (`reading_block`). None when
+    no block reads it or no known MLP is found."""
+    found = reading_block(model, hook)
     if found is None:
         return None
-    blocks, i = found
+    blocks, i, _ = found
     modules = dict(model.named_modules())
     for name, conv1d in _MLP_IN:
         path = f"{blocks}.{i}.{name}"
@@ -197,3 +228,69 @@ def embedding_paths(
         return "no token position is kept (non-special) in both windows of any pair"
     acts = {h: torch.cat(c) for h, c in curves.items()}
     return PathActs(acts, len(curves[hooks[0]]), positions, int(wins[0].shape[0]))
+
+
+class BlockCall(NamedTuple):
+    """One forward of the reading block, replayable on other inputs (for Jacobians)."""
+
+    x_BTD: Tensor
+    """the block's input hidden states (the hook's stream), float32."""
+    y_BTD: Tensor
+    """its output hidden states."""
+    call: Callable[[Tensor], Tensor]
+    """x -> block output hidden states, with the same masks/positions as the captured forward."""
+    extra: dict[str, Tensor]
+    """outputs of the extra modules asked for (e.g. the MLP preactivation), [B, T, h]."""
+
+
+class _Stop(Exception):
+    pass
+
+
+def block_call(model: nn.Module, rb: ReadingBlock, ids_BT: Tensor, extra: list[str]) -> BlockCall:
+    """Run the model up to the end of block `rb.index` once, record the arguments HF passes to that
+    block (attention masks, rotary position embeddings, ...), and return a replayable call. The
+    forward stops after the block (the rest of the model is not run)."""
+    modules = dict(model.named_modules())
+    block = modules[f"{rb.blocks}.{rb.index}"]
+    seen: dict[str, Any] = {}
+
+    def pre(m, args, kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+
+    def post(m, i, o):
+        seen["out"] = o
+        raise _Stop
+
+    handles = [
+        block.register_forward_pre_hook(pre, with_kwargs=True),
+        block.register_forward_hook(post),
+    ]
+    for name in extra:
+        handles.append(
+            modules[name].register_forward_hook(
+                lambda m, i, o, n=name: seen.setdefault(n, _first(o).detach().float())
+            )
+        )
+    ids = ids_BT.to(next(model.parameters()).device)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    args, kwargs = seen["args"], dict(seen["kwargs"])
+    x = (args[0] if args else kwargs.pop("hidden_states")).detach()
+
+    def call(h_BTD: Tensor) -> Tensor:
+        return _first(block(h_BTD.to(x.dtype), *args[1:], **kwargs)).to(h_BTD.dtype)
+
+    return BlockCall(
+        x.float(), _first(seen["out"]).detach().float(), call, {n: seen[n] for n in extra}
+    )
+
+
+def _first(value) -> Tensor:
+    return value if isinstance(value, Tensor) else _first(value[0])

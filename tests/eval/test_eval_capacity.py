@@ -79,11 +79,13 @@ def test_read_polysemanticity_is_the_effective_number_of_latents():
 
 
 # (family, hook, MLP input module, stored transposed)
+# (family, hook, the reading block's MLP input module, stored transposed): resid_post.N and
+# mlp_out.N are read by block N+1, resid_pre.N by block N
 FAMILIES = [
-    ("bert", "resid_post.1", "encoder.layer.1.intermediate.dense", False),
-    ("gpt2", "resid_post.1", "transformer.h.1.mlp.c_fc", True),
+    ("bert", "resid_post.1", "encoder.layer.2.intermediate.dense", False),
+    ("gpt2", "resid_post.1", "transformer.h.2.mlp.c_fc", True),
     ("gpt_neox", "resid_pre.1", "gpt_neox.layers.1.mlp.dense_h_to_4h", False),
-    ("llama", "mlp_out.1", "model.layers.1.mlp.gate_proj", False),
+    ("llama", "mlp_out.1", "model.layers.2.mlp.gate_proj", False),
 ]
 
 
@@ -91,8 +93,9 @@ FAMILIES = [
 def test_mlp_read_vectors_of_the_sae_block(
     tiny_models, text_file, tmp_path, family, hook, module, conv1d
 ):
-    """Pins the MLP lookup per family (the block of the SAE's hook; GPT-2's Conv1D transposed so
-    rows are the d_mlp neurons) and the neuron capacity: the summary of those exact rows."""
+    """Pins the MLP lookup per family (the block that reads the SAE's hook, not the one that wrote
+    it, as the suite once did for resid_post.N; GPT-2's Conv1D transposed so rows are the d_mlp
+    neurons) and the neuron capacity: the summary of those exact rows."""
     from transformers import AutoModel
 
     torch.manual_seed(0)
@@ -100,7 +103,8 @@ def test_mlp_read_vectors_of_the_sae_block(
     meta = {"model_name": tiny_models[family], "hook_name": hook, "context_size": 16}
     res = _run(tmp_path, {"s": s}, ["--data.source", text_file, "--eval-tokens", "200"], meta)
     neu = res["s"]["neurons"]
-    assert neu["module"] == module and neu["block"] == 1
+    assert neu["module"] == module and neu["block"] == int(module.split(".")[-3])
+    assert neu["reads"] == f"block {neu['block']} reads {hook}"
     weights = dict(AutoModel.from_pretrained(tiny_models[family]).named_parameters())
     key = next(k for k in weights if module.split(".", 1)[1] in k and k.endswith("weight"))
     W = weights[key].detach()

@@ -60,13 +60,14 @@ def test_eta_star_is_the_brockett_bound_and_a_pca_decoder_aligns_fully(tmp_path)
 
 @pytest.mark.parametrize(
     ("family", "hook", "module"),
-    [("gpt2", "resid_post.1", "transformer.h.1.mlp.c_fc"),
+    [("gpt2", "resid_post.1", "transformer.h.2.mlp.c_fc"),
      ("llama", "resid_pre.1", "model.layers.1.mlp.gate_proj")],
 )  # fmt: skip
 def test_mlp_preactivations_and_descrambled_weights(
     tiny_models, text_file, tmp_path, family, hook, module
 ):
-    """Live models descramble the MLP preactivations of the SAE's block; the saved W_desc is an
+    """Live models descramble the MLP preactivations of the block that reads the SAE's hook
+    (resid_post.1 -> block 2, resid_pre.1 -> block 1: the bug was block N for resid_post.N); the saved W_desc is an
     orthogonal transform of the read weights (W_descᵀW_desc = W_inᵀW_in), with the Brockett
     bound reached, and the principal read directions are compared with the decoder."""
     torch.manual_seed(0)

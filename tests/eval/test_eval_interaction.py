@@ -1,0 +1,104 @@
+"""`sae eval --suite interaction`: the suite's wiring on tiny config-built models (the reading
+block replayed with its masks and positions, bases side by side, SAE edges complete), the hook ->
+reading block rule, and the one-line errors. The mathematics is pinned in
+tests/analysis/test_interaction_*.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sae.config import ConfigError
+from sae.eval import cli_main
+from sae.io import save
+from sae.sae import SAE, SAEConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _sae(d: int = 32) -> SAE:
+    torch.manual_seed(0)
+    return SAE(SAEConfig(architecture="topk", d_in=d, d_sae=64, k=4))
+
+
+@pytest.mark.parametrize(("family", "hook"), [("gpt2", "resid_post.0"), ("llama", "resid_pre.1")])
+def test_interaction_suite_on_tiny_models(tiny_models, text_file, tmp_path, family, hook):
+    """End to end: report fields for neuron/PCA/LIB/SAE, exact attribution completeness (the
+    block is folded homogeneously, so single-point gradients are exact: neuron and SAE bases
+    < 1e-4 in float32), LIB's Λ descending, the figures written."""
+    meta = {"model_name": tiny_models[family], "hook_name": hook, "context_size": 16}
+    save(_sae(), tmp_path / "s", metadata=meta)
+    out = tmp_path / "rep"
+    cli_main([str(tmp_path / "s"), "--suite", "interaction", "--data.source", text_file,
+              "--eval-tokens", "96", "--out", str(out)])  # fmt: skip
+    r = json.loads((out / "report.json").read_text())["saes"][0]["results"]["interaction"]
+    block = int(hook.split(".")[1]) + (hook.startswith("resid_post"))
+    assert r["reads"] == f"block {block} reads {hook}"
+    assert r["tokens"] >= 96 and r["mprime"]["mode"] == "exact"
+    assert r["downstream"]["directions"] == 32
+    assert set(r["bases"]) == {"neuron", "pca", "lib"}
+    for b in ("neuron", "pca"):
+        assert r["bases"][b]["completeness_error"] < 1e-4, b
+    assert r["sae"]["completeness_error"] < 1e-4
+    assert r["bases"]["neuron"]["directions"] == 32
+    lam = torch.tensor(r["lambda"][1:])
+    assert (lam[:-1] >= lam[1:]).all() and len(lam) == r["bases"]["lib"]["directions"]
+    s = r["bases"]["lib"]["sparsity"]
+    assert 0 <= s["gini"] <= 1 and 1 <= s["k_90"] <= s["k_99"] <= s["edges"]
+    assert 0 <= r["sae"]["error_share"] <= 1
+    assert r["sae"]["alignment"]["lib"]["null"] > 0
+    for fig in ("interaction_graph", "edge_mass", "ablation_curves", "subspace_capture"):
+        assert (out / "s" / f"{fig}.png").is_file(), fig
+    assert "### interaction" in (out / "report.md").read_text()
+
+
+def test_reading_block_rule(tiny_models):
+    """resid_post.N and mlp_out.N are read by block N+1, resid_pre.N and attn_out.N by block N;
+    the last block's output has no reader (the bug: capacity used block N for resid_post.N)."""
+    from sae.activations.capture import load_model
+    from sae.config import ModelConfig
+    from sae.eval.layer import reading_block
+
+    model, _ = load_model(ModelConfig(name=tiny_models["gpt2"], hooks=["resid_post.0"]))
+    want = {"resid_post.0": 1, "resid_pre.0": 0, "mlp_out.1": 2, "attn_out.1": 1,
+            "transformer.h.1": 2, "transformer.h.1:input": 1}  # fmt: skip
+    for hook, i in want.items():
+        assert reading_block(model, hook).index == i, hook
+    assert reading_block(model, "resid_post.2") is None
+
+
+def test_bases_only_without_an_sae(tiny_models, text_file):
+    """`analyse(batches)` runs without an SAE: bases, degeneracy and curves, no 'sae' entry."""
+    from sae.activations.capture import load_model
+    from sae.activations.sources import LiveSource
+    from sae.config import DataConfig, ModelConfig, StoreConfig
+    from sae.eval.interaction import analyse, collect
+
+    mcfg = ModelConfig(name=tiny_models["llama"], hooks=["resid_post.0"])
+    model, tok = load_model(mcfg)
+    src = LiveSource(mcfg, DataConfig(source=text_file, context_size=16, part="eval"),
+                     StoreConfig(), model=model, tokenizer=tok)  # fmt: skip
+    r = analyse(collect(model, "resid_post.0", src, 64))
+    assert "sae" not in r and set(r["bases"]) == {"neuron", "pca", "lib"}
+    assert r["degeneracy"]["firing"]["units"] == 64
+    assert r["bases"]["lib"]["edges_needed"]["k"] >= 1
+
+
+def test_suite_refuses_file_activations_and_the_last_layer(tiny_models, text_file, tmp_path):
+    """One-line ConfigErrors before any work: activation files (no model to differentiate) and a
+    hook no block reads (the last block's output)."""
+    import numpy as np
+
+    np.save(tmp_path / "a.npy", np.random.randn(100, 32).astype("float32"))
+    save(_sae(), tmp_path / "f")
+    with pytest.raises(ConfigError, match="needs the SAE's model"):
+        cli_main([str(tmp_path / "f"), "--suite", "interaction", "--activations",
+                  str(tmp_path / "a.npy"), "--out", str(tmp_path / "r1")])  # fmt: skip
+    meta = {"model_name": tiny_models["gpt2"], "hook_name": "resid_post.2", "context_size": 16}
+    save(_sae(), tmp_path / "last", metadata=meta)
+    with pytest.raises(ConfigError, match="read by a later block"):
+        cli_main([str(tmp_path / "last"), "--suite", "interaction", "--data.source", text_file,
+                  "--out", str(tmp_path / "r2")])  # fmt: skip
+    assert not (tmp_path / "r2").exists()
