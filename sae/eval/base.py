@@ -30,6 +30,7 @@ SUITES: dict[str, str] = {
     "redundancy": "sae.eval.redundancy",
     "capacity": "sae.eval.capacity",
     "descramble": "sae.eval.descramble",
+    "records": "sae.export.records",
 }
 """suite name -> module; a new suite is a module with check/run plus one line here."""
 
