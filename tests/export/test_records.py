@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from export_fixtures import script_model, script_sae, script_text  # noqa: F401 (fixtures)
 from safetensors.torch import load_file
 
 from sae.eval import cli_main
