@@ -159,8 +159,16 @@ def neuron_alignment(W_dec_MD: Tensor, n: int) -> dict[str, Tensor]:
 
 
 def token_strings(tokenizer, ids: Tensor) -> dict[int, str]:
-    """Display string of every token id in `ids` (negative ids: padding, skipped)."""
+    """Display string of every token id in `ids` (negative ids: padding, skipped): the text the
+    token adds after a reference token, so word-piece continuations ('##ing' -> 'ing') and
+    leading spaces (SentencePiece, WordPiece, BPE alike) show as they do in running text."""
     uniq = [int(i) for i in torch.unique(ids) if int(i) >= 0]
     if tokenizer is None:
         return {}
-    return {i: tokenizer.decode([i]) for i in uniq}
+    ref = (tokenizer("a", add_special_tokens=False)["input_ids"] or [0])[0]
+    base = tokenizer.decode([ref])
+    out = {}
+    for i in uniq:
+        both = tokenizer.decode([ref, i])
+        out[i] = both[len(base) :] if both.startswith(base) else tokenizer.decode([i])
+    return out
