@@ -94,26 +94,26 @@ class Accumulator:
         rows without text), the kept mask and each window's global index."""
         B, T, M = a_BTM.shape
         s = self.s
-        keep_N = keep_BT.reshape(-1).to(a_BTM.device)
-        a_NM = a_BTM.reshape(B * T, M).float() * keep_N[:, None]
-        a_NM = a_NM.cpu()
-        keep_N = keep_N.cpu()
-        x_KD = x_BTD.reshape(B * T, -1)[keep_N.to(x_BTD.device)].double().cpu()
+        keep_N = keep_BT.reshape(-1).cpu()
+        a_NM = a_BTM.reshape(B * T, M).float().cpu() * keep_N[:, None]
+        x_KD = x_BTD.reshape(B * T, -1).cpu()[keep_N].double()
         s["n_tokens"] += int(keep_N.sum())
-        fired_NM = a_NM != 0
-        s["fired_M"] += fired_NM.sum(0)
-        s["sum_M"] += a_NM.sum(0, dtype=torch.float64)
-        s["sum_sq_M"] += a_NM.double().pow(2).sum(0)
+        n_E, m_E = (a_NM != 0).nonzero(as_tuple=True)  # row-major: sorted by token, then latent
+        v_E = a_NM[n_E, m_E]
+        s["fired_M"] += torch.bincount(m_E, minlength=M)
+        s["sum_M"] += torch.zeros(M, dtype=torch.float64).index_add_(0, m_E, v_E.double())
+        s["sum_sq_M"] += torch.zeros(M, dtype=torch.float64).index_add_(0, m_E, v_E.double() ** 2)
         s["max_M"] = torch.maximum(s["max_M"], a_NM.max(0).values)
-        n_idx, m_idx = fired_NM.nonzero(as_tuple=True)
-        v = a_NM[n_idx, m_idx].double()
         H = s["hist_MH"].shape[1]
-        b = (torch.bucketize(v, HIST_EDGES, right=True) - 1).clamp(0, H - 1)
-        s["hist_MH"].view(-1).index_add_(0, m_idx * H + b, torch.ones_like(b))
+        b = (torch.bucketize(v_E.double(), HIST_EDGES, right=True) - 1).clamp(0, H - 1)
+        s["hist_MH"].view(-1).index_add_(0, m_E * H + b, torch.ones_like(b))
         s["x_sum_D"] += x_KD.sum(0)
         s["x_sum_sq_D"] += x_KD.pow(2).sum(0)
-        a_KM = a_NM[keep_N].double()
-        nz = a_KM.to_sparse()
+        # Sparse co-moments over the kept rows: rows of a_NM outside keep are all zero.
+        row_of = torch.cumsum(keep_N, 0) - 1
+        nz = torch.sparse_coo_tensor(
+            torch.stack([row_of[n_E], m_E]), v_E.double(), (len(x_KD), M), check_invariants=False
+        ).coalesce()
         s["ax_MD"] += torch.sparse.mm(nz.t(), x_KD)
         if "aa_MM" in s:
             with warnings.catch_warnings():  # "sparse CSR support is in beta": used internally
@@ -127,51 +127,58 @@ class Accumulator:
             else torch.full((B * T,), -1, dtype=torch.int32)
         )
         pos_id_N = (window_B.cpu()[:, None] * T + torch.arange(T)[None, :]).reshape(-1)
-        aT_MN = a_NM.T.contiguous()
-        k = min(self.top_k, B * T)
-        val_Mk, n_Mk = aT_MN.topk(k, dim=1)
-        key_Mk = torch.where(val_Mk > 0, val_Mk, -torch.inf)
-        self._merge("top", key_Mk, n_Mk, aT_MN, tok_N, pos_id_N, T, largest=True)
+        batch = (a_NM, tok_N, pos_id_N, T)
+        # Top: only events above the latent's current k-th value can enter.
+        ok = v_E > s["top_key_MK"][m_E, -1]
+        self._merge("top", m_E[ok], n_E[ok], v_E[ok], batch, largest=True)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_index)
-        rand_MN = torch.rand(M, B * T, generator=g)
-        rand_MN = torch.where(aT_MN != 0, rand_MN, torch.inf)
-        r = min(self.reservoir, B * T)
-        key_Mr, n_Mr = rand_MN.topk(r, dim=1, largest=False)
-        self._merge("res", key_Mr, n_Mr, aT_MN, tok_N, pos_id_N, T, largest=False)
+        key_E = torch.rand(len(v_E), generator=g)
+        ok = key_E < s["res_key_MK"][m_E, -1]
+        self._merge("res", m_E[ok], n_E[ok], key_E[ok], batch, largest=False)
 
     def _merge(
-        self,
-        name: str,
-        key_Mk: Tensor,
-        n_Mk: Tensor,
-        aT_MN: Tensor,
-        tok_N: Tensor,
-        pos_id_N: Tensor,
-        T: int,
-        largest: bool,
+        self, name: str, m_E: Tensor, n_E: Tensor, key_E: Tensor, batch, largest: bool
     ) -> None:
-        """Merge a batch's candidates (flat row `n_Mk`, ranking key) into the kept set."""
+        """Merge candidate events (latent m, flat row n, ranking key) into the kept sets of the
+        latents they belong to; every other latent's kept set is untouched."""
+        if len(m_E) == 0:
+            return
+        a_NM, tok_N, pos_id_N, T = batch
         s = self.s
-        M, k = n_Mk.shape
-        off_W = torch.arange(-self.before, self.after + 1)
-        p_Mk = n_Mk % T
-        q_MkW = p_Mk[..., None] + off_W
-        valid_MkW = (q_MkW >= 0) & (q_MkW < T)
-        flat_MkW = (n_Mk - p_Mk)[..., None] + q_MkW.clamp(0, T - 1)
-        acts_MkW = aT_MN.gather(1, flat_MkW.reshape(M, -1)).reshape(M, k, -1) * valid_MkW
-        tok_MkW = torch.where(valid_MkW, tok_N[flat_MkW], -1)
-        val_Mk = aT_MN.gather(1, n_Mk)
-        id_Mk = torch.where(torch.isfinite(key_Mk), pos_id_N[n_Mk], -1)
-        keys = torch.cat([s[f"{name}_key_MK"], key_Mk], 1)
         K = s[f"{name}_key_MK"].shape[1]
-        kept_MK = keys.topk(K, dim=1, largest=largest).indices
-        for field, new in (
-            ("key_MK", key_Mk),
-            ("val_MK", val_Mk),
-            ("id_MK", id_Mk),
-            ("acts_MKW", acts_MkW),
-            ("tok_MKW", tok_MkW),
-        ):
-            both = torch.cat([s[f"{name}_{field}"], new.to(s[f"{name}_{field}"].dtype)], 1)
-            idx = kept_MK if both.dim() == 2 else kept_MK[..., None].expand(-1, -1, both.shape[2])
-            s[f"{name}_{field}"] = both.gather(1, idx)
+        order = torch.sort(key_E, descending=largest, stable=True).indices
+        order = order[torch.sort(m_E[order], stable=True).indices]  # by latent, then rank
+        m_E, n_E, key_E = m_E[order], n_E[order], key_E[order]
+        rows, counts = torch.unique_consecutive(m_E, return_counts=True)
+        start = torch.cumsum(counts, 0) - counts
+        slot_E = torch.arange(len(m_E)) - torch.repeat_interleave(start, counts)
+        keep = slot_E < K
+        m_E, n_E, key_E, slot_E = m_E[keep], n_E[keep], key_E[keep], slot_E[keep]
+        row_E = torch.repeat_interleave(torch.arange(len(rows)), counts)[keep]
+        A, W = len(rows), self.before + 1 + self.after
+        off_W = torch.arange(-self.before, self.after + 1)
+        p_E = n_E % T
+        q_EW = p_E[:, None] + off_W
+        valid_EW = (q_EW >= 0) & (q_EW < T)
+        flat_EW = (n_E - p_E)[:, None] + q_EW.clamp(0, T - 1)
+        M = a_NM.shape[1]
+        acts_EW = a_NM.view(-1)[flat_EW * M + m_E[:, None]] * valid_EW
+        tok_EW = torch.where(valid_EW, tok_N[flat_EW], -1)
+        fill = -torch.inf if largest else torch.inf
+        new = {
+            "key_MK": (torch.full((A, K), fill), key_E),
+            "val_MK": (torch.zeros(A, K), a_NM[n_E, m_E]),
+            "id_MK": (torch.full((A, K), -1, dtype=torch.int64), pos_id_N[n_E]),
+            "acts_MKW": (torch.zeros(A, K, W), acts_EW),
+            "tok_MKW": (torch.full((A, K, W), -1, dtype=torch.int32), tok_EW),
+        }
+        cand = {}
+        for field, (blank, values) in new.items():
+            blank[row_E, slot_E] = values.to(blank.dtype)
+            cand[field] = blank
+        keys = torch.cat([s[f"{name}_key_MK"][rows], cand["key_MK"]], 1)
+        kept_AK = keys.topk(K, dim=1, largest=largest).indices
+        for field, c in cand.items():
+            both = torch.cat([s[f"{name}_{field}"][rows], c], 1)
+            idx = kept_AK if both.dim() == 2 else kept_AK[..., None].expand(-1, -1, W)
+            s[f"{name}_{field}"][rows] = both.gather(1, idx)

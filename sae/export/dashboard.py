@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sae.export.neuronpedia import safe_json
 from sae.export.view import Records
-from sae.fsutil import atomic_write_text
+from sae.fsutil import atomic_folder, atomic_write_text
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
@@ -80,13 +83,17 @@ def _svg_bars(values: list[float], heights: list[float], w: int = 360, h: int = 
     return f'<svg width="{w}" height="{h}" role="img">{bars}{axis}</svg>'
 
 
-def _context(c: dict, vmax: float) -> str:
-    spans = []
-    for j, (tok, v) in enumerate(zip(c["tokens"], c["values"], strict=True)):
-        level = 0 if v <= 0 or vmax <= 0 else min(9, 1 + int(8 * v / vmax))
-        cls = f"a{level}" + (" q" if j == c["qualifying_token_index"] else "")
-        title = f' title="{v:.4g}"' if v else ""
-        spans.append(f'<span class="{cls}"{title}>{html.escape(tok)}</span>')
+def _context(c: dict, vmax: float, escaped: np.ndarray) -> str:
+    vals = np.asarray(c["values"], dtype=np.float64)
+    level = np.where(vals > 0, np.minimum(9, 1 + (8 * vals / max(vmax, 1e-30)).astype(int)), 0)
+    toks = escaped[c["ids"]]
+    q = c["qualifying_token_index"]
+    spans = [
+        f'<span class="a{lv}{" q" if j == q else ""}" title="{v:.4g}">{t}</span>'
+        if v
+        else f'<span class="a0{" q" if j == q else ""}">{t}</span>'
+        for j, (t, v, lv) in enumerate(zip(toks, vals.tolist(), level.tolist(), strict=True))
+    ]
     return f'<div class="ctx"><span class="v">{c["value"]:.4g}</span>{"".join(spans)}</div>'
 
 
@@ -105,7 +112,11 @@ class _Raw(str):
     """Already-escaped HTML for a table cell."""
 
 
-def latent_page(rec: Records, m: int, title: str, logit_note: str) -> str:
+def latent_page(
+    rec: Records, m: int, title: str, logit_note: str, escaped: np.ndarray | None = None
+) -> str:
+    if escaped is None:
+        escaped = np.array([html.escape(t) for t in rec.vocab], dtype=object)
     row = rec.row(m)
     vmax = float(row.get("max_activation") or 0.0)
     nav = '<nav><a href="../index.html">index</a>'
@@ -135,13 +146,13 @@ def latent_page(rec: Records, m: int, title: str, logit_note: str) -> str:
     side += ["<h2>Correlated latents</h2>", _table(["latent", "Pearson r", "cosine"], lat)]
     top = rec.top_contexts(m)
     main = [f"<h2>Top activations ({len(top)})</h2>"]
-    main += [_context(c, vmax) for c in top] or ['<p class="note">never fired</p>']
+    main += [_context(c, vmax, escaped) for c in top] or ['<p class="note">never fired</p>']
     for b in rec.bins(m):
         main.append(
             f"<h2>Bin {b['bin_min']:.4g} – {b['bin_max']:.4g} "
             f"(holds {100 * b['bin_contains']:.3g}% of tokens)</h2>"
         )
-        main += [_context(c, vmax) for c in b["samples"]]
+        main += [_context(c, vmax, escaped) for c in b["samples"]]
     parts.append(f'<div class="page"><div>{"".join(side)}</div><div>{"".join(main)}</div></div>')
     return _page(f"{title} latent {m}", "".join(parts))
 
@@ -162,8 +173,11 @@ def write_dashboard(rec: Records, out: Path, title: str, provenance: dict) -> Pa
         owners = _owners(rec)
     data = {"columns": cols, "rows": values, "owners": owners}
     logit_note = (rec.info.get("logit_effects") or {}).get("note", "")
-    for m in range(rec.d_sae):
-        atomic_write_text(out / "latents" / f"{m}.html", latent_page(rec, m, title, logit_note))
+    escaped = np.array([html.escape(t) for t in rec.vocab], dtype=object)
+    with atomic_folder(out / "latents") as tmp:
+        for m in range(rec.d_sae):
+            (tmp / f"{m}.html").write_text(latent_page(rec, m, title, logit_note, escaped))
+        os.sync()  # one flush for thousands of pages, before the folder swap makes them visible
     body = (
         f"<h1>{html.escape(title)}</h1>"
         f'<div class="meta">{html.escape(provenance_line(provenance, int(rec.info["tokens"])))}'

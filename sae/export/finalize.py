@@ -123,14 +123,14 @@ def logit_effects(
     parts |= {"hist_counts": [], "hist_edges": []}
     for s in range(0, len(W), chunk):
         s_CV = W[s : s + chunk] @ E_VD.T
+        C = len(s_CV)
         top = s_CV.topk(n, dim=1)
         bot = s_CV.topk(n, dim=1, largest=False)
-        lo, hi = s_CV.min(1).values, s_CV.max(1).values
+        lo, hi = s_CV.aminmax(dim=1)
         width = (hi - lo).clamp_min(1e-12)
-        b_CV = ((s_CV - lo[:, None]) / width[:, None] * bins).long().clamp(0, bins - 1)
-        counts = torch.zeros(len(s_CV), bins, dtype=torch.int64).scatter_add_(
-            1, b_CV, torch.ones_like(b_CV)
-        )
+        b_CV = ((s_CV - lo[:, None]) * (bins / width)[:, None]).to(torch.int64).clamp_(max=bins - 1)
+        b_CV += (torch.arange(C) * bins)[:, None]
+        counts = torch.bincount(b_CV.view(-1), minlength=C * bins).view(C, bins)
         edges = lo[:, None] + width[:, None] * torch.linspace(0, 1, bins + 1)[None, :]
         for k, v in (
             ("top_id", top.indices),

@@ -23,7 +23,10 @@ class Records:
 
     def __init__(self, folder: Path, t: dict[str, np.ndarray], info: dict, table):
         self.folder, self.t, self.info, self.table = folder, t, info, table
-        self.strings = {int(k): v for k, v in info["token_strings"].items()}
+        strings = {int(k): v for k, v in info["token_strings"].items()}
+        size = max(strings, default=-1) + 1
+        self.vocab = np.array([strings.get(i, f"<{i}>") for i in range(size)], dtype=object)
+        self.strings = strings
         self.before = int(info["context"]["before"])
 
     @classmethod
@@ -49,10 +52,11 @@ class Records:
     def _context(self, tok_W: np.ndarray, acts_W: np.ndarray, value: float, pos_id: int) -> dict:
         keep = tok_W >= 0
         first = int(np.argmax(keep)) if keep.any() else 0
-        idx = np.flatnonzero(keep)
+        ids = tok_W[keep]
         return {
-            "tokens": [self.token(i) for i in tok_W[idx]],
-            "values": [round(float(v), 4) for v in acts_W[idx]],
+            "ids": ids,
+            "tokens": self.vocab[ids].tolist(),
+            "values": np.round(acts_W[keep].astype(np.float64), 4).tolist(),
             "qualifying_token_index": self.before - first,
             "value": float(value),
             "position_id": int(pos_id),
