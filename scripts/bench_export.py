@@ -75,6 +75,8 @@ def main() -> None:
     res["held_out"] = prov.get("held_out")
     res["site_mb"] = round(sum(p.stat().st_size for p in (out / "site").rglob("*")) / 2**20, 1)
     res["neuronpedia_mb"] = round(sum(p.stat().st_size for p in (out / "np").rglob("*")) / 2**20, 1)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    res["cpu_s"] = round(ru.ru_utime + ru.ru_stime, 1)
     res["load_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(res))
 
