@@ -19,8 +19,9 @@ from pathlib import Path
 
 import tyro
 
+from sae.cliconfig import checked, to_dict, unchecked
 from sae.config import ConfigError, DataConfig
-from sae.eval.config import _DATA_FIELDS, _DataArgs
+from sae.eval.config import _DATA_FIELDS
 
 FORMATS = ("saelens", "neuronpedia", "dashboard")
 
@@ -44,7 +45,7 @@ class ExportConfig:
     """tokens the records pass reads (whole windows until this is reached)."""
     activations: str | None = None
     """read activations from this cache or [tokens, d_in] file instead of running the model."""
-    data: _DataArgs = field(default_factory=lambda: _DataArgs(part="eval"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(part="eval"))
     """text for the records pass; the SAE's recorded held-out windows unless a field is given."""
     device: str = "auto"
     """'auto', 'cpu', 'cuda', ..."""
@@ -131,16 +132,13 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
 
 
 def cli_main(argv: list[str]) -> str:
-    @dataclass
-    class _Args(ExportConfig):
-        __doc__ = ExportConfig.__doc__
-
-    args = tyro.cli(_Args, args=argv, prog="sae export")
+    """Parse the flags (every bad value one line), then export; returns the output's path."""
+    args = tyro.cli(unchecked(ExportConfig), args=argv, prog="sae export")
     given = []
     for word in argv:
         if word.startswith("--data."):
             name = word[len("--data.") :].split("=", 1)[0].replace("-", "_")
             if name in _DATA_FIELDS:
                 given.append(name)
-    DataConfig(**dataclasses.asdict(args.data))  # a bad --data.* value: one-line ConfigError
-    return str(run_export(args, list(dict.fromkeys(given))))
+    cfg = checked(ExportConfig, to_dict(args))
+    return str(run_export(cfg, list(dict.fromkeys(given))))
