@@ -162,3 +162,43 @@ def test_held_out_is_computed_from_the_windows_read(tmp_path, script_sae):
     report = json.loads((tmp_path / "leak" / "report.json").read_text())
     assert report["saes"][0]["activations"]["held_out"] is False
     assert "NOT held-out" in (tmp_path / "leak" / "report.md").read_text()
+
+
+def test_records_from_an_activation_matrix(tmp_path):
+    """Pins: rows without text (a [tokens, d_in] file) get records too: each row its own
+    one-token context, top values and row ids equal to a dense top-k; provenance says the file."""
+    import numpy as np
+    from conftest import sae_with_decoder
+
+    from sae.io import load, save
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(700, 8, generator=g)
+    np.save(tmp_path / "acts.npy", x.numpy())
+    W = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1)
+    save(sae_with_decoder(W, k=3), tmp_path / "m")
+    cli_main(
+        [
+            str(tmp_path / "m"),
+            "--suite",
+            "records",
+            "--activations",
+            str(tmp_path / "acts.npy"),
+            "--eval-tokens",
+            "700",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    folder = tmp_path / "r" / "m" / "records"
+    rec = load_file(str(folder / "records.safetensors"))
+    info = json.loads((folder / "records.json").read_text())
+    with torch.no_grad():
+        a = load(tmp_path / "m").encode(x)
+    vals, rows = a.T.sort(dim=1, descending=True)
+    k = 20
+    torch.testing.assert_close(rec["top_val"], vals[:, :k])
+    for m in range(12):
+        assert set(rec["top_id"][m].tolist()) == set(rows[m, :k].tolist())
+    assert (rec["top_tok"] == -1).all() and info["tokens"] == 700
+    assert info["activations"]["kind"] == "matrix" and info["logit_effects"]["kind"] is None

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def known_frame() -> torch.Tensor:
     """7 equal-norm vectors of a harmonic tight frame in R^4 (C = 4/7 each), an antipodal pair
-    on e5 (C = 1/2 each) and e6 alone (C = 1): MATH-style known answers, 10 features in R^6."""
+    on e5 (C = 1/2 each) and e6 alone (C = 1): known answers of docs/methods.md#capacity,
+    10 features in R^6."""
     j = torch.arange(7, dtype=torch.float64)
     a = 2 * math.pi * j / 7
     H = torch.stack([a.cos(), a.sin(), (2 * a).cos(), (2 * a).sin()], 1) / math.sqrt(2)
