@@ -78,6 +78,22 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError(f"eval_tokens={cfg.eval_tokens} must be a positive count.")
 
 
+def _stale(folder: Path, cfg: ExportConfig, given: list[str]) -> bool:
+    """Records must be (re)made: none, unfinished, or made from other weights, token count, data
+    or activations than asked (the pass itself reuses or resumes whatever still matches)."""
+    import json
+
+    from sae.fsutil import sha256_file
+
+    if not (folder / "records.json").is_file() or (folder / "state.json").is_file():
+        return True
+    if given or cfg.activations is not None:
+        return True
+    ident = json.loads((folder / "records.json").read_text()).get("identity") or {}
+    weights = sha256_file(Path(cfg.sae_dir) / "sae_weights.safetensors")
+    return ident.get("eval_tokens") != cfg.eval_tokens or ident.get("sae_weights_sha256") != weights
+
+
 def _records(cfg: ExportConfig, given: list[str]):
     """The SAE's records (made now if the report folder has none) and their provenance."""
     from sae.eval import EvalConfig, run_eval
@@ -86,7 +102,7 @@ def _records(cfg: ExportConfig, given: list[str]):
     report = Path(cfg.report) if cfg.report else Path(cfg.out) / "report"
     name = Path(cfg.sae_dir).resolve().name
     folder = report / name / "records"
-    if not (folder / "records.json").is_file() or (folder / "state.json").is_file():
+    if _stale(folder, cfg, given):
         suites = [
             "records",
             *[s for s in cfg.suite.split(",") if s.strip() and s.strip() != "records"],

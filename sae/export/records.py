@@ -226,6 +226,7 @@ def _write_records(target: EvalTarget, folder: Path, acc: Accumulator, windows, 
             "logit_effects": logit_info,
             "correlated_latents": "corr_latent_idx" in tensors
             or f"skipped: d_sae > {MAX_CORR_LATENTS} would need a d_sae² matrix",
+            "identity": ident,
             "token_strings": {str(k): v for k, v in strings.items()},
         },
     )
