@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sae as sae_pkg
 from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, fmt
-from sae.eval.runner import finish_provenance
+from sae.eval.stream import finish_provenance
 from sae.fsutil import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:

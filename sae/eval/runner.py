@@ -174,18 +174,6 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
     return dict(stream="live", source=src, source_hooks=(hook, target), data=data, provenance=prov)
 
 
-def finish_provenance(target: EvalTarget) -> dict[str, Any]:
-    """The target's provenance with `held_out` decided from the windows its suites read."""
-    from sae.activations.provenance import held_out_summary
-    from sae.eval.stream import windows_read
-
-    prov = dict(target.provenance)
-    if target.stream != "live":
-        return prov
-    read = windows_read(target.source)
-    return prov | held_out_summary(prov.get("train_data"), prov["data"], read)
-
-
 def prepare(cfg: EvalConfig, ctx: EvalContext) -> list[EvalTarget]:
     """Every SAE loaded and matched to its activations, every suite's check passed."""
     targets: list[EvalTarget] = []

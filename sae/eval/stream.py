@@ -107,3 +107,15 @@ def rows(target: EvalTarget, max_tokens: int) -> Iterator[RowBatch]:
         seen += n
         if seen >= max_tokens:
             return
+
+
+def finish_provenance(target: EvalTarget) -> dict[str, Any]:
+    """The target's provenance with `held_out` decided from the windows its suites read."""
+    from sae.activations.provenance import held_out_summary
+
+    prov = dict(target.provenance)
+    if target.stream != "live":
+        return prov
+    return prov | held_out_summary(
+        prov.get("train_data"), prov["data"], windows_read(target.source)
+    )
