@@ -26,6 +26,7 @@ commands:
   harvest   run the model over the data and write an activation cache
   train     train one or more SAEs (live activations, a cache, or a .npy/.safetensors file)
   eval      score SAEs: `sae eval SAE_DIR [SAE_DIR ...] --suite core,synthetic --out REPORT_DIR`
+  export    `sae export SAE_DIR --format saelens|neuronpedia|dashboard --out DIR`
 
 `sae COMMAND --help` lists every option with its unit and default."""
 
@@ -79,10 +80,17 @@ def _reason(e: BaseException) -> str:
     return str(e).splitlines()[0][:200]
 
 
+def _export(argv: list[str]) -> str:
+    from sae.export.cli import cli_main
+
+    return cli_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], str]] = {
     "harvest": _harvest,
     "train": _train,
     "eval": _eval,
+    "export": _export,
 }
 
 

@@ -158,6 +158,13 @@ def _umask() -> int:
     return umask
 
 
+def atomic_write_parquet(path: str | Path, table: Any) -> None:
+    """A pyarrow Table as a Parquet file."""
+    import pyarrow.parquet as pq
+
+    _atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -292,6 +292,11 @@ def neuron_polysemanticity(
     return torch.where(s4_D > 0, s2_D**2 / s4_D.where(s4_D > 0, 1.0), 0.0)
 
 
+def _class_codes(c: FeatureClasses) -> Tensor:
+    """0 ignored, 1 polysemantic, 2 monosemantic, per feature."""
+    return c.polysemantic_N.long() + 2 * c.monosemantic_N.long()
+
+
 def _one_view(
     cap: FeatureCapacity, classes: FeatureClasses, n_null: int, d: int, bins: int
 ) -> dict[str, Any]:
@@ -332,6 +337,7 @@ def capacity_summary(
     max_blocks_listed: int = 20,
     bins: int = 20,
     chunk_size: int = 4096,
+    per_feature: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """JSON-ready capacity report (docs/methods.md#capacity-suite): geometric capacity,
     usage-weighted capacity (if ``mean_sq_act_N``), classes, saturation, the random null, block
@@ -351,8 +357,12 @@ def capacity_summary(
         "thresholds": {"eps": eps, "tau_norm": tau_norm, "block_tau": block_tau or 3 / d**0.5},
         "geometric": _one_view(geo, geo_cls, n, d, bins),
     }
+    per = per_feature if per_feature is not None else {}
+    per["capacity_geometric"] = geo.capacity_N
+    per["class_geometric"] = _class_codes(geo_cls)
     if blocks:
         bs = block_structure(W_ND, block_tau, geo_cls.ignored_N, geo, chunk_size=chunk_size)
+        per["block"] = bs.label_N
         sizes, counts = np.unique(bs.size_B.numpy(), return_counts=True)
         out["geometric"]["blocks"] = {
             "count": len(bs.size_B),
@@ -371,6 +381,8 @@ def capacity_summary(
     if mean_sq_act_N is not None:
         use = feature_capacity(W_ND, mean_sq_act_N, chunk_size)
         use_cls = classify_features(use, dead_N, eps, tau_norm)
+        per["capacity_usage_weighted"] = use.capacity_N
+        per["class_usage_weighted"] = _class_codes(use_cls)
         out["usage_weighted"] = _one_view(use, use_cls, int((use.sq_norm_N > 0).sum()), d, bins)
     np_D = neuron_polysemanticity(W_ND, mean_sq_act_N, chunk_size)
     # NP per input coordinate: a neuron when the SAE reads an MLP's neuron basis.

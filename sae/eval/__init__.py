@@ -39,8 +39,11 @@ report.json (schema_version 1):
       model, hook, target_hook, tokens_trained: from cfg.json metadata
       activations: where the scored rows came from:
         live: {kind, model, model_load: {revision, dtype, trust_remote_code}, hook, target_hook,
-               splice_hook, data: DataConfig dict, data_origin, held_out, exclude_bos,
-               exclude_special}
+               splice_hook, data: DataConfig dict, data_origin,
+               train_data: the SAE's recorded training DataConfig dict or null,
+               held_out: true | false | "unknown", decided from the windows actually read
+               (sae/activations/provenance.py), held_out_basis: why, windows_read,
+               windows_in_training, exclude_bos, exclude_special}
         cache / matrix: the source's describe() (path, n_tokens, d, ...) + hook, target_hook
         synthetic: {kind, generator: SyntheticConfig dict, first_batch_index, held_out}
       results: {suite: suite results}; figures: {suite: {name: PNG path relative to report}}

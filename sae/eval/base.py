@@ -31,6 +31,7 @@ SUITES: dict[str, str] = {
     "capacity": "sae.eval.capacity",
     "descramble": "sae.eval.descramble",
     "interaction": "sae.eval.interaction",
+    "records": "sae.export.records",
 }
 """suite name -> module; a new suite is a module with check/run plus one line here."""
 

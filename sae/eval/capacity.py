@@ -41,6 +41,7 @@ from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult
 from sae.eval.layer import latent_usage, mlp_read, model_of
 from sae.eval.stats import histogram
+from sae.export.table import TABLE_FILE, update_latents_table
 
 BLOCK_FLOPS = 2e11
 """largest m² d / 2 for which the pairwise-cosine block search runs (~a minute on 2 cores)."""
@@ -125,7 +126,9 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
     W_dec = target.sae.W_dec.detach().float().cpu()
     m, d = W_dec.shape
     ok, why = blocks_ok(m, d)
-    summary = capacity_summary(W_dec, usage.mean_sq_M, usage.dead_M, blocks=ok)
+    per: dict[str, torch.Tensor] = {}
+    summary = capacity_summary(W_dec, usage.mean_sq_M, usage.dead_M, blocks=ok, per_feature=per)
+    write_capacity_columns(ctx.out / target.name / TABLE_FILE, per, m)
     results = {
         "tokens": usage.n,
         "dead": int(usage.dead_M.sum()),
@@ -151,6 +154,20 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
         plots.block_sizes(figs["block_sizes"], sizes, target.name)
     rel = {k: str(p.relative_to(ctx.out)) for k, p in figs.items()}
     return SuiteResult(results, rel, _markdown(results, rel))
+
+
+CLASS_NAMES = np.array(["ignored", "polysemantic", "monosemantic"], dtype=object)
+
+
+def write_capacity_columns(path, per: dict[str, torch.Tensor], m: int) -> None:
+    """Per-latent capacities, classes and block ids into latents.parquet (docs/methods.md)."""
+    cols: dict[str, Any] = {}
+    for key, t in per.items():
+        if key.startswith("class_"):
+            cols[key] = CLASS_NAMES[t.cpu().numpy()]
+        else:
+            cols[key] = t.cpu().numpy()
+    update_latents_table(path, cols, "capacity", m)
 
 
 def _g(v: Any) -> str:

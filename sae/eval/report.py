@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sae as sae_pkg
 from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, fmt
+from sae.eval.stream import finish_provenance
 from sae.fsutil import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def build_report(
                 "hook": meta.get("hook_name"),
                 "target_hook": meta.get("target_hook_name"),
                 "tokens_trained": meta.get("tokens_trained"),
-                "activations": target.provenance,
+                "activations": finish_provenance(target),
                 "results": {s: r.results for s, r in per_suite.items()},
                 "figures": {s: r.figures for s, r in per_suite.items()},
             }
@@ -127,10 +128,11 @@ def render_markdown(report: dict[str, Any], results) -> str:
             )
         if a["kind"] == "live":
             d = a["data"]
+            held = {True: "held-out", False: "NOT held-out"}.get(a["held_out"], "unverified")
             lines.append(
-                f"- scored on: held-out windows (every {d['eval_every']}th, "
-                f"{d['context_size']} tokens) of `{d['source']}`; data from "
-                f"{a['data_origin']}"
+                f"- scored on: {a.get('windows_read', 0)} {held} windows (every "
+                f"{d['eval_every']}th, {d['context_size']} tokens) of `{d['source']}`; data from "
+                f"{a['data_origin']}; {a.get('held_out_basis', '')}"
             )
         else:
             lines.append(

@@ -21,9 +21,10 @@ from sae.io import load as load_sae
 _DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
 
 
-def _data_config(folder: Path, meta: dict, cfg: EvalConfig) -> tuple[DataConfig, str]:
+def _data_config(folder: Path, meta: dict, cfg: EvalConfig) -> tuple[DataConfig, str, dict | None]:
     """Held-out windows: the SAE's recorded training data (cfg.json metadata 'data', else the run's
-    config.yaml two folders up), part='eval', then the --data.* fields given on the command line."""
+    config.yaml two folders up), part='eval', then the --data.* fields given on the command line.
+    Also returns the recorded training data fields (None when nothing is recorded)."""
     base, origin = None, "defaults"
     if isinstance(meta.get("data"), dict):
         base, origin = meta["data"], "cfg.json metadata"
@@ -39,12 +40,13 @@ def _data_config(folder: Path, meta: dict, cfg: EvalConfig) -> tuple[DataConfig,
     fields = {k: v for k, v in (base or {}).items() if k in _DATA_FIELDS}
     if isinstance(meta.get("context_size"), int):
         fields["context_size"] = meta["context_size"]
+    train = dataclasses.asdict(DataConfig(**{**fields, "part": fields.get("part", "train")}))
     fields["part"] = "eval"
     overrides = cfg.data_overrides()
     fields |= overrides
     if overrides:
         origin += f" + command line ({', '.join(overrides)})"
-    return DataConfig(**fields), origin
+    return DataConfig(**fields), origin, (train if base is not None else None)
 
 
 def _check_width(what: str, width: int, folder: Path, name: str, expected: int) -> None:
@@ -127,7 +129,7 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
             f"{str(folder)!r} was trained on a plain activation matrix (hook {hook!r}), which no "
             "model can regenerate; give --activations PATH (held-out rows of the same width)."
         )
-    data, origin = _data_config(folder, meta, cfg)
+    data, origin, train_data = _data_config(folder, meta, cfg)
     hooks = [hook] + ([target] if target else [])
     mcfg = recorded_model_config(
         meta,
@@ -164,7 +166,8 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
         "splice_hook": target or hook,
         "data": dataclasses.asdict(data),
         "data_origin": origin,
-        "held_out": data.part == "eval",
+        "train_data": train_data,
+        "held_out": "pending",  # decided from the windows actually read (finish_provenance)
         "exclude_bos": store.exclude_bos,
         "exclude_special": store.exclude_special,
     }

@@ -8,8 +8,9 @@ rows stand in for them (synthetic rows are i.i.d., so any grouping is exact ther
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -23,6 +24,18 @@ SYNTHETIC_HELDOUT_START = 1 << 40
 """first synthetic batch index scored; [inferred] training reads batches from index 0 upward,
 so these are never seen in training (SyntheticData batches are pure functions of the index)."""
 SYNTHETIC_BATCH_ROWS = 4096
+
+_WINDOWS_READ: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+"""source -> global indices of the windows the suites read from it (provenance: held out?)."""
+
+
+def _note_windows(source: Any, window_N: Tensor) -> None:
+    _WINDOWS_READ.setdefault(source, set()).update(torch.unique(window_N).tolist())
+
+
+def windows_read(source: Any) -> list[int]:
+    """Sorted global indices of every window read from `source` so far in this process."""
+    return sorted(_WINDOWS_READ.get(source, ()))
 
 
 class RowBatch(NamedTuple):
@@ -51,6 +64,7 @@ def window_batches(src: LiveSource, max_tokens: int, batch_windows: int) -> Iter
 
     def emit() -> WindowBatch:
         idx, ids, keep = zip(*batch, strict=True)
+        _note_windows(src, torch.tensor(idx))
         return WindowBatch(torch.tensor(idx), torch.stack(ids), torch.stack(keep))
 
     for i, w_T in src.windows.iter_from(0):
@@ -86,9 +100,22 @@ def rows(target: EvalTarget, max_tokens: int) -> Iterator[RowBatch]:
         y_ND = piece.rows[hook_out] if hook_out else x_ND
         if "window" in piece.meta:
             window_N = piece.meta["window"][:n].long()
+            _note_windows(target.source, window_N)
         else:
             window_N = (piece.cursor + torch.arange(n)) // BLOCK_ROWS
         yield RowBatch(x_ND[:n], y_ND[:n], window_N)
         seen += n
         if seen >= max_tokens:
             return
+
+
+def finish_provenance(target: EvalTarget) -> dict[str, Any]:
+    """The target's provenance with `held_out` decided from the windows its suites read."""
+    from sae.activations.provenance import held_out_summary
+
+    prov = dict(target.provenance)
+    if target.stream != "live":
+        return prov
+    return prov | held_out_summary(
+        prov.get("train_data"), prov["data"], windows_read(target.source)
+    )

@@ -28,6 +28,7 @@ from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 from sae.config import ConfigError
 from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, finite
+from sae.export.table import TABLE_FILE, update_latents_table
 
 
 def synthetic_config(target: EvalTarget) -> SyntheticConfig:
@@ -86,6 +87,7 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
         "recovery_99": pair(match.recovery_99, rand_match.recovery_99),
         "hungarian_mcc": pair(hung.mcc, rand_hung.mcc),
     }
+    _write_best_match(ctx.out / target.name / TABLE_FILE, true_ND, learned_MD)
     probs_N = data.probs_N.numpy()
     max_cos_N = match.max_cos_N.double().numpy()
     fig = ctx.figure_path(target, "mmcs_per_feature")
@@ -111,6 +113,18 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
     }
     rel = {"mmcs_per_feature": str(fig.relative_to(ctx.out))}
     return SuiteResult(results, rel, _markdown(results, rel))
+
+
+def _write_best_match(path, true_ND: torch.Tensor, learned_MD: torch.Tensor) -> None:
+    """Per latent: the true feature its decoder row is closest to (signed cosine) and that cosine."""
+    t = torch.nn.functional.normalize(true_ND.double(), dim=1)
+    cols: dict[str, list] = {"synthetic_best_match": [], "synthetic_best_cos": []}
+    for s in range(0, len(learned_MD), 4096):
+        cos_CN = torch.nn.functional.normalize(learned_MD[s : s + 4096].double(), dim=1) @ t.T
+        best = cos_CN.max(1)
+        cols["synthetic_best_match"] += best.indices.tolist()
+        cols["synthetic_best_cos"] += best.values.tolist()
+    update_latents_table(path, cols, "synthetic", len(learned_MD))
 
 
 def _markdown(r: dict, figs: dict[str, str]) -> str:

@@ -1,0 +1,160 @@
+"""`sae export SAE_DIR --format saelens|neuronpedia|dashboard --out DIR`.
+
+    sae export checkpoints/default/final/resid_post.3-topk-3072-k32 --format dashboard --out site
+    sae export SAE_DIR --format neuronpedia --out np --np-model-id all-minilm-l6-v2
+    sae export SAE_DIR --format saelens --out hub/l3 --report reports/default
+    sae eval SAE_DIR --suite records,capacity --out reports/r && sae export SAE_DIR --report reports/r --format dashboard --out site
+
+dashboard and neuronpedia read feature records: those in `--report` (a `sae eval` report folder
+that ran the records suite), else they are made by a records pass into OUT/report (the SAE's
+own held-out text by default, `--data.*` or `--activations` otherwise; resumable). The latents
+table in that report folder (every column any suite wrote) goes into the dashboard's index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+from sae.cliconfig import checked, to_dict, unchecked
+from sae.config import ConfigError, DataConfig
+from sae.eval.config import _DATA_FIELDS
+
+FORMATS = ("saelens", "neuronpedia", "dashboard")
+
+
+@dataclass
+class ExportConfig:
+    """`sae export SAE_DIR --format saelens|neuronpedia|dashboard --out DIR`."""
+
+    sae_dir: tyro.conf.Positional[str]
+    """the SAE folder to export (ours or one SAELens wrote)."""
+    format: str = "dashboard"
+    """saelens (v6 folder + README.md model card), neuronpedia (batch JSON), dashboard (HTML)."""
+    out: str = "export"
+    """output folder."""
+    report: str | None = None
+    """a `sae eval` report folder holding this SAE's records (and latents.parquet); default
+    OUT/report, where a records pass is run when none is there yet."""
+    suite: str = "records"
+    """suites run when records are made here (records is always included), e.g. records,capacity."""
+    eval_tokens: int = 100_000
+    """tokens the records pass reads (whole windows until this is reached)."""
+    activations: str | None = None
+    """read activations from this cache or [tokens, d_in] file instead of running the model."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(part="eval"))
+    """text for the records pass; the SAE's recorded held-out windows unless a field is given."""
+    device: str = "auto"
+    """'auto', 'cpu', 'cuda', ..."""
+    batch_windows: int = 16
+    """windows per model forward pass."""
+    seed: int = 0
+    """seed of the records' bin samples."""
+    np_model_id: str | None = None
+    """Neuronpedia model id; default: the model's folder/repo name, lower-cased."""
+    np_sae_set: str | None = None
+    """Neuronpedia SAE set name; default: the SAE folder's name."""
+    np_layer: int | None = None
+    """Neuronpedia layer; default: the block number in the hook name."""
+
+
+def _check(cfg: ExportConfig) -> None:
+    folder = Path(cfg.sae_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"SAE folder {cfg.sae_dir!r} does not exist or is not a folder.")
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        if not (folder / name).is_file():
+            raise ConfigError(f"{cfg.sae_dir!r} is not an SAE folder (it has no {name}).")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"unknown format {cfg.format!r}; valid formats are {', '.join(FORMATS)}.")
+    if Path(cfg.out).is_file():
+        raise ConfigError(f"out={cfg.out!r} is a file; the export needs a folder.")
+    if cfg.report is not None and Path(cfg.report).is_file():
+        raise ConfigError(f"report={cfg.report!r} is a file; give a `sae eval` report folder.")
+    if cfg.eval_tokens <= 0:
+        raise ConfigError(f"eval_tokens={cfg.eval_tokens} must be a positive count.")
+
+
+def _stale(folder: Path, cfg: ExportConfig, given: list[str]) -> bool:
+    """Records must be (re)made: none, unfinished, or made from other weights, token count, data
+    or activations than asked (the pass itself reuses or resumes whatever still matches)."""
+    import json
+
+    from sae.fsutil import sha256_file
+
+    if not (folder / "records.json").is_file() or (folder / "state.json").is_file():
+        return True
+    if given or cfg.activations is not None:
+        return True
+    ident = json.loads((folder / "records.json").read_text()).get("identity") or {}
+    weights = sha256_file(Path(cfg.sae_dir) / "sae_weights.safetensors")
+    return ident.get("eval_tokens") != cfg.eval_tokens or ident.get("sae_weights_sha256") != weights
+
+
+def _records(cfg: ExportConfig, given: list[str]):
+    """The SAE's records (made now if the report folder has none) and their provenance."""
+    from sae.eval import EvalConfig, run_eval
+    from sae.export.view import Records
+
+    report = Path(cfg.report) if cfg.report else Path(cfg.out) / "report"
+    name = Path(cfg.sae_dir).resolve().name
+    folder = report / name / "records"
+    if _stale(folder, cfg, given):
+        suites = [
+            "records",
+            *[s for s in cfg.suite.split(",") if s.strip() and s.strip() != "records"],
+        ]
+        ecfg = EvalConfig(
+            [cfg.sae_dir],
+            suite=",".join(suites),
+            activations=cfg.activations,
+            data=DataConfig(**dataclasses.asdict(cfg.data)),
+            data_fields=given,
+            eval_tokens=cfg.eval_tokens,
+            n_boot=0,
+            seed=cfg.seed,
+            device=cfg.device,
+            batch_windows=cfg.batch_windows,
+            out=str(report),
+        )
+        run_eval(ecfg)
+    return Records.open(folder), report
+
+
+def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
+    _check(cfg)
+    out, src = Path(cfg.out), Path(cfg.sae_dir)
+    if cfg.format == "saelens":
+        from sae.export.saelens import export_saelens
+
+        return export_saelens(src, out, Path(cfg.report) if cfg.report else None)
+    rec, _ = _records(cfg, given or [])
+    prov = rec.info["activations"]
+    title = src.resolve().name
+    if cfg.format == "dashboard":
+        from sae.export.dashboard import write_dashboard
+
+        return write_dashboard(rec, out, title, prov)
+    from sae.export.neuronpedia import layer_of, write_neuronpedia
+
+    model = str(prov.get("model") or "model")
+    model_id = cfg.np_model_id or Path(model.rstrip("/")).name.lower()
+    layer = cfg.np_layer if cfg.np_layer is not None else layer_of(prov.get("hook"))
+    write_neuronpedia(rec, out, model_id, cfg.np_sae_set or title, layer, prov)
+    return out
+
+
+def cli_main(argv: list[str]) -> str:
+    """Parse the flags (every bad value one line), then export; returns the output's path."""
+    args = tyro.cli(unchecked(ExportConfig), args=argv, prog="sae export")
+    given = []
+    for word in argv:
+        if word.startswith("--data."):
+            name = word[len("--data.") :].split("=", 1)[0].replace("-", "_")
+            if name in _DATA_FIELDS:
+                given.append(name)
+    cfg = checked(ExportConfig, to_dict(args))
+    return str(run_export(cfg, list(dict.fromkeys(given))))

@@ -1,0 +1,135 @@
+"""`sae export SAE_DIR --format saelens --out DIR`: an SAELens v6 folder plus a model card.
+
+    sae export checkpoints/default/final/resid_post.3-topk-3072-k32 --format saelens --out hub/l3
+    huggingface-cli upload me/minilm-saes hub/l3 .      # the folder is a Hub repository as is
+
+Reads our folders and folders SAELens wrote (through `sae.load`), writes cfg.json,
+sae_weights.safetensors (and sparsity.safetensors when the source has one) with `sae.io.save`,
+and README.md: architecture, model and hook, training tokens, held-out figures
+(train_summary.json of our runs, and report.json's core suite when `--report` is given).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from sae.config import ConfigError
+from sae.fsutil import atomic_write_text
+from sae.io import CFG_FILE, SPARSITY_FILE, saelens_architecture, save
+from sae.sae import SAE
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _heldout_lines(src: Path, report: Path | None) -> list[str]:
+    lines = []
+    summary = _json(src / "train_summary.json")
+    for key in ("fvu", "l0", "dead", "dead_frac", "dense"):
+        if key in summary and not isinstance(summary[key], dict | list):
+            lines.append(f"| {key} (training run's held-out windows) | {summary[key]} |")
+    rep = _json(report / "report.json") if report else {}
+    for entry in rep.get("saes", []):
+        if Path(entry.get("folder", "")).resolve() != src.resolve():
+            continue
+        core = entry.get("results", {}).get("core", {}).get("reconstruction", {})
+        held = entry.get("activations", {}).get("held_out")
+        for key in ("fvu", "explained_variance", "l0", "cosine"):
+            m = core.get(key)
+            if isinstance(m, dict) and m.get("value") is not None:
+                ci = m.get("ci95") or [None, None]
+                band = f" (95% CI {ci[0]:.4g} – {ci[1]:.4g})" if ci[0] is not None else ""
+                lines.append(f"| {key} (sae eval, held out: {held}) | {m['value']:.4g}{band} |")
+    return lines
+
+
+def model_card(model: SAE, src: Path, report: Path | None) -> str:
+    meta, c = model.metadata, model.cfg
+    arch = saelens_architecture(model)
+    rows = [
+        ("SAELens architecture", arch),
+        ("sae architecture", c.architecture),
+        ("d_in", c.d_in),
+        ("d_sae", c.d_sae),
+        ("k", c.k if c.architecture in ("topk", "batchtopk", "matryoshka") else None),
+        ("d_out (transcoder)", c.d_out),
+        ("model", meta.get("model_name")),
+        ("hook", meta.get("hook_name")),
+        ("target hook", meta.get("target_hook_name")),
+        ("training tokens", meta.get("tokens_trained")),
+        ("context size", meta.get("context_size")),
+        (
+            "training data",
+            (meta.get("data") or {}).get("source") if isinstance(meta.get("data"), dict) else None,
+        ),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows if v is not None)
+    held = _heldout_lines(src, report)
+    held_md = (
+        "| figure | value |\n|---|---|\n" + "\n".join(held)
+        if held
+        else "No held-out figures were recorded with this folder (run `sae eval` and pass `--report`)."
+    )
+    return f"""---
+library_name: saelens
+tags:
+- sparse-autoencoder
+- sae
+- interpretability
+---
+
+# {src.name}
+
+A sparse autoencoder in the SAELens v6 folder layout, exported by `sae export --format saelens`.
+
+```python
+from sae_lens import SAE
+sae = SAE.load_from_disk("path/to/this/folder")      # or SAE.from_pretrained on the Hub repo
+import sae as sae_pkg; d = sae_pkg.load("path/to/this/folder")
+```
+
+| field | value |
+|---|---|
+{table}
+
+## Held-out figures
+
+{held_md}
+
+Activation normalisation is folded into the weights: the SAE maps raw activations at the hook to
+raw reconstructions.
+"""
+
+
+def export_saelens(src: Path, out: Path, report: Path | None = None) -> Path:
+    """Write the SAELens v6 folder and README.md to `out`; returns `out`."""
+    from sae.io import load
+
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / CFG_FILE).is_file())
+    ):
+        raise ConfigError(
+            f"out={str(out)!r} exists and is not an SAE folder; give a new or empty folder."
+        )
+    try:
+        model = load(src)
+    except Exception as e:  # missing files, bad JSON, corrupt weights, unknown architecture
+        raise ConfigError(
+            f"cannot load SAE folder {str(src)!r}: {(str(e).splitlines() or [type(e).__name__])[0]}"
+        ) from None
+    sparsity = None
+    if (src / SPARSITY_FILE).is_file():
+        sparsity = load_file(str(src / SPARSITY_FILE)).get("sparsity")
+        if sparsity is not None and tuple(sparsity.shape) != (model.cfg.d_sae,):
+            sparsity = None
+    save(model, out, metadata=model.metadata, sparsity_log10=sparsity)
+    atomic_write_text(out / "README.md", model_card(model, src, report))
+    return out

@@ -1,0 +1,175 @@
+"""`sae export`: Neuronpedia JSON against its schema, the dashboard rendered in headless Chromium,
+the SAELens re-export of a folder SAELens wrote, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from export_fixtures import SCRIPT, make_sae, script_model, script_sae, script_text  # noqa: F401
+
+from sae.cli import main
+from sae.export.cli import ExportConfig, run_export
+from sae.export.neuronpedia import schema
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ARTIFACTS = Path(os.environ.get("SAE_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+
+
+@pytest.fixture
+def exported(tmp_path, script_sae):
+    """The tiny SAE's records (made once), then a dashboard and a Neuronpedia export of them."""
+    report = tmp_path / "report"
+    site = run_export(
+        ExportConfig(
+            str(script_sae),
+            format="dashboard",
+            out=str(tmp_path / "site"),
+            report=str(report),
+            batch_windows=2,
+        )
+    )
+    np_out = run_export(
+        ExportConfig(
+            str(script_sae), format="neuronpedia", report=str(report), out=str(tmp_path / "np")
+        )
+    )
+    return site, np_out, report
+
+
+def test_neuronpedia_batches_validate_and_keep_tokens_as_data(exported):
+    """Pins: the batch shape (schema in the package), the top group marked as SAEDashboard marks
+    it, every bin sample's qualifying activation inside its bin, and the `<script>` token kept as
+    a string (escaped in the file, equal after parsing)."""
+    import jsonschema
+
+    _, np_out, _ = exported
+    text = (np_out / "batch-0.json").read_text()
+    assert "<script>" not in text and "\\u003cscript\\u003e" in text
+    batch = json.loads(text)
+    jsonschema.validate(batch, schema())
+    assert batch["layer"] == 0 and batch["sae_set"] == "sae" and len(batch["features"]) == 48
+    seen_script = False
+    for f in batch["features"]:
+        for a in f["activations"]:
+            seen_script |= SCRIPT in [t.strip() for t in a["tokens"]]
+            v = a["values"][a["qualifying_token_index"]]
+            if a["bin_min"] == -1:
+                assert a["bin_contains"] == -1 and v <= a["bin_max"] + 1e-4
+            else:
+                assert a["bin_min"] - 1e-4 <= v <= a["bin_max"] + 1e-4
+                assert 0 < a["bin_contains"] <= 1
+    assert seen_script
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**batch, "features": [{"feature_index": 0}]}, schema())
+    meta = json.loads((np_out / "sae_export.json").read_text())
+    assert meta["activations"]["held_out"] is True
+
+
+def test_dashboard_in_headless_chromium(exported):
+    """Pins: the index lists every latent and sorts; a latent page shows a highlighted context;
+    a `<script>alert(1)</script>` token renders as text and never runs; no network request."""
+    from cdp import Browser, chromium
+
+    binary = chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    site, _, report = exported
+    from safetensors.torch import load_file
+
+    rec = load_file(str(report / "sae" / "records" / "records.safetensors"))
+    info = json.loads((report / "sae" / "records" / "records.json").read_text())
+    script_id = next(int(k) for k, v in info["token_strings"].items() if v.strip() == SCRIPT)
+    latent = int((rec["top_tok"] == script_id).any(-1).any(-1).nonzero()[0])
+    b = Browser(binary)
+    try:
+        b.open(site)
+        assert b.eval("document.querySelectorAll('tr.latent').length") == 48
+        assert b.eval("document.getElementById('status').dataset.matching") == "48"
+        assert (
+            b.eval("document.scripts.length") == 2
+        )  # the data block and index.js, no injected one
+        cells = b.eval("[...document.querySelectorAll('td')].map(td => td.textContent.trim())")
+        assert SCRIPT in cells
+        b.eval("document.querySelectorAll('th')[1].click()")  # sort by frequency, descending
+        freqs = b.eval(
+            "[...document.querySelectorAll('tr.latent')].map(r => +r.cells[1].textContent)"
+        )
+        assert freqs == sorted(freqs, reverse=True)
+        b.screenshot(ARTIFACTS / "dashboard_index.png")
+        b.open(site.parent / "latents" / f"{latent}.html")
+        assert b.eval("document.querySelectorAll('.ctx .q').length") > 0
+        assert b.eval("document.querySelectorAll('.ctx .q[class*=\"a\"]').length") > 0
+        spans = b.eval("[...document.querySelectorAll('.ctx span')].map(s => s.textContent.trim())")
+        assert SCRIPT in spans
+        assert b.eval("document.scripts.length") == 0
+        b.screenshot(ARTIFACTS / "dashboard_latent.png")
+        urls = b.requests()
+        assert urls and all(u.startswith("file://") for u in urls), urls
+        assert not b.dialogs()
+    finally:
+        b.close()
+    assert (ARTIFACTS / "dashboard_latent.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+def test_saelens_folder_reexports_and_reloads_identically(tmp_path, arch):
+    """Pins: a folder SAELens wrote, exported with --format saelens, loads back in SAELens with
+    bit-for-bit the same encode/decode, and gets a model card."""
+    import sae_lens
+
+    cls = {"standard": "StandardSAE", "topk": "TopKSAE", "jumprelu": "JumpReLUSAE"}[arch]
+    kw = {"k": 5} if arch == "topk" else {}
+    cfg = getattr(sae_lens, f"{cls}Config")(d_in=16, d_sae=40, **kw)
+    orig = getattr(sae_lens, cls)(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in orig.parameters():
+            p.copy_(torch.rand(p.shape, generator=g) * 0.5 - 0.1)
+    orig.save_model(tmp_path / "lens")
+    main(["export", str(tmp_path / "lens"), "--format", "saelens", "--out", str(tmp_path / "out")])
+    back = sae_lens.SAE.load_from_disk(tmp_path / "out")
+    x = torch.randn(64, 16, generator=g)
+    with torch.no_grad():
+        assert torch.equal(orig.encode(x), back.encode(x))
+        assert torch.equal(orig.decode(orig.encode(x)), back.decode(back.encode(x)))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "library_name: saelens" in card and "| d_sae | 40 |" in card
+
+
+def _one_line_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_text):
+    """Pins: a folder that is not an SAE, an unknown format, a model whose width or hook does not
+    match the SAE — each one line on stderr, exit 2, nothing written."""
+    out = tmp_path / "o"
+    err = _one_line_error(
+        capsys, ["export", str(tmp_path), "--format", "dashboard", "--out", str(out)]
+    )
+    assert "is not an SAE folder" in err
+    sae_dir = make_sae(tmp_path / "s", script_model, script_text)
+    err = _one_line_error(capsys, ["export", str(sae_dir), "--format", "pdf", "--out", str(out)])
+    assert "unknown format 'pdf'" in err and "dashboard" in err
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    cfg["metadata"]["hook_name"] = "resid_post.7"
+    (sae_dir / "cfg.json").write_text(json.dumps(cfg))
+    err = _one_line_error(capsys, ["export", str(sae_dir), "--out", str(out)])
+    assert "unknown hook 'resid_post.7'" in err
+    from sae.io import save
+    from sae.sae import SAE, SAEConfig
+
+    narrow = SAE(SAEConfig(architecture="topk", d_in=16, d_sae=8, k=2))
+    save(narrow, tmp_path / "narrow", metadata={**cfg["metadata"], "hook_name": "resid_post.0"})
+    err = _one_line_error(capsys, ["export", str(tmp_path / "narrow"), "--out", str(out)])
+    assert "has width 32" in err and "d_in=16" in err
+    assert not (out / "index.html").exists()
