@@ -31,6 +31,7 @@ SUITES: dict[str, str] = {
     "capacity": "sae.eval.capacity",
     "descramble": "sae.eval.descramble",
     "records": "sae.export.records",
+    "interpret": "sae.eval.interpret",
 }
 """suite name -> module; a new suite is a module with check/run plus one line here."""
 
@@ -89,6 +90,8 @@ class EvalContext:
     """(model name, revision, dtype, trust_remote_code) -> (model, tokenizer), loaded once per run."""
     memo: dict[Any, Any] = field(default_factory=dict)
     """suite-owned cache keyed by anything hashable (e.g. ablation baselines shared by a sweep)."""
+    llm: Any = None
+    """LLMConfig of the interpret suite's optional LLM explainer/scorer (None: not used)."""
     timings: dict[str, float] = field(default_factory=dict)
     """seconds spent per phase, summed over SAEs (reported and printed by the bench)."""
 
