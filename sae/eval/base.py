@@ -32,6 +32,7 @@ SUITES: dict[str, str] = {
     "descramble": "sae.eval.descramble",
     "records": "sae.export.records",
     "interpret": "sae.eval.interpret",
+    "absorption": "sae.eval.absorption",
 }
 """suite name -> module; a new suite is a module with check/run plus one line here."""
 

@@ -31,7 +31,8 @@ class EvalConfig:
     """SAE folders to evaluate (several give a frontier plot, e.g. checkpoints/run/final/*)."""
     suite: str = "core"
     """comma-separated suites to run; valid: see SUITES in sae/eval/base.py (core, synthetic,
-    redundancy, capacity, descramble, records, interpret)."""
+    redundancy, capacity, descramble, records, interpret,
+    absorption)."""
     activations: str | None = None
     """score on this activation cache folder or [tokens, d_in] .npy/.safetensors file instead of
     running the model (downstream fidelity then needs the model and is skipped)."""
