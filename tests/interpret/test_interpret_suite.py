@@ -44,3 +44,26 @@ def test_interpret_suite_needs_text(tmp_path, script_sae):
     np.save(x, np.zeros((64, 32), np.float32))
     with pytest.raises(ConfigError, match="interpret suite"):
         cli_main([str(script_sae), "--suite", "interpret", "--activations", str(x)])
+
+
+def test_neuronpedia_explanation_entries():
+    """Pins the export shape: a scored latent's row gives one offline entry with its finite
+    detection scores (NaN left out); an unscored row gives none; an LLM explanation adds one."""
+    from sae.interpret.export_fields import neuronpedia_explanations
+
+    row = {
+        "interp_explanation": "[cat] .95 | covers 80% of firings",
+        "interp_scored": True,
+        "interp_token_f1": 0.9,
+        "interp_token_auroc": 0.97,
+        "interp_hard_f1": float("nan"),
+    }
+    (entry,) = neuronpedia_explanations(row)
+    assert entry["description"].startswith("[cat]")
+    assert [s["typeName"] for s in entry["scores"]] == [
+        "detection_token_f1",
+        "detection_token_auroc",
+    ]
+    assert neuronpedia_explanations(row | {"interp_scored": False}) == []
+    both = neuronpedia_explanations(row | {"interp_llm_explanation": "cats", "interp_llm_f1": 0.5})
+    assert both[1]["description"] == "cats" and both[1]["scores"][0]["value"] == 0.5
