@@ -34,7 +34,7 @@ from sae.eval.stream import window_batches
 from sae.export.finalize import token_strings
 from sae.export.table import TABLE_FILE, update_latents_table
 from sae.fsutil import atomic_write_json
-from sae.interpret.detection import METRICS, context_scores, token_scores
+from sae.interpret.detection import METRICS, context_scores, sorted_unique, token_scores
 from sae.interpret.explanations import (
     Corpus,
     Events,
@@ -105,7 +105,7 @@ def random_latents(c: Corpus, ev: Events, d_sae: int, seed: int) -> Events:
     scored_S = np.flatnonzero(c.keep_N)
     count_M = rng.binomial(len(scored_S), np.bincount(ev.m_E, minlength=d_sae) / len(scored_S))
     m_E = np.repeat(np.arange(d_sae), count_M)
-    key = np.unique(m_E * len(c.tok_N) + scored_S[rng.integers(0, len(scored_S), len(m_E))])
+    key = sorted_unique(m_E * len(c.tok_N) + scored_S[rng.integers(0, len(scored_S), len(m_E))])
     return Events(key % len(c.tok_N), key // len(c.tok_N), np.ones(len(key), np.float32))
 
 
