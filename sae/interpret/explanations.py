@@ -128,7 +128,7 @@ class Explanations(NamedTuple):
         return fire / np.maximum(occ, 1)
 
 
-def _counts(c: Corpus, ev: Events, n: int, d_sae: int):
+def _counts(c: Corpus, ev: Events, n: int):
     """(unique keys U, occurrences [U], (latent, key index) pairs with firing counts)."""
     key_N = ngram_keys(c, n)
     uniq_U, inv = np.unique(key_N[c.keep_N], return_inverse=True)
@@ -146,7 +146,7 @@ def explain(c: Corpus, ev: Events, d_sae: int, s: ExplainSettings | None = None)
     chosen: list[tuple[np.ndarray, ...]] = []
     taken: list[tuple[np.ndarray, np.ndarray]] = []  # per level: (unique keys, chosen pair ids)
     for n in range(1, MAX_N + 1):
-        uniq_U, occ_U, m_Q, u_Q, fire_Q = _counts(c, ev, n, d_sae)
+        uniq_U, occ_U, m_Q, u_Q, fire_Q = _counts(c, ev, n)
         key_Q = uniq_U[u_Q]
         ok_Q = (fire_Q >= s.min_support) & (fire_Q >= s.min_precision * occ_U[u_Q])
         for shorter, (uniq_S, pairs) in enumerate(taken, start=1):  # a general form chosen
@@ -173,7 +173,7 @@ def explain(c: Corpus, ev: Events, d_sae: int, s: ExplainSettings | None = None)
 
 def top_token(c: Corpus, ev: Events, d_sae: int) -> Explanations:
     """The baseline explanation: each latent's most frequent firing token, alone."""
-    uniq_U, occ_U, m_Q, u_Q, fire_Q = _counts(c, ev, 1, d_sae)
+    uniq_U, occ_U, m_Q, u_Q, fire_Q = _counts(c, ev, 1)
     order = np.lexsort((-fire_Q, m_Q))
     m_Q, u_Q, fire_Q = m_Q[order], u_Q[order], fire_Q[order]
     first = np.flatnonzero(np.r_[True, m_Q[1:] != m_Q[:-1]])
@@ -190,15 +190,23 @@ def top_token(c: Corpus, ev: Events, d_sae: int) -> Explanations:
     )
 
 
+def _show(tokens: list[str]) -> str:
+    """Tokens as running text with the activating (last) token in brackets: ' of', ' the' ->
+    'of [the]'; a word-piece continuation stays attached: 'play', 'ing' -> 'play[ing]'."""
+    t = [x.replace("\n", "↵") for x in tokens]
+    core = t[-1].lstrip()
+    lead = t[-1][: len(t[-1]) - len(core)]
+    return ("".join(t[:-1]) + f"{lead}[{core}]").strip()
+
+
 def describe(ex: Explanations, strings: dict[int, str]) -> list[str]:
     """One readable line per latent: `of [the] .92 · [The] .81 | covers 63% of firings`."""
     lines: list[list[str]] = [[] for _ in range(len(ex.fired_M))]
     prec = ex.precision_P
     for p in range(len(ex.m_P)):
         toks = [strings.get(int(t), f"#{int(t)}") for t in ex.tokens_PK[p] if t >= 0]
-        toks = [repr(t)[1:-1] if t.strip() != t or not t else t for t in toks]
-        toks[-1] = f"[{toks[-1]}]"
-        lines[ex.m_P[p]].append(f"{' '.join(toks)} {prec[p]:.2f}".replace("0.", ".", 1))
+        shown = f"{prec[p]:.2f}".removeprefix("0")
+        lines[ex.m_P[p]].append(f"{_show(toks)} {shown}")
     cov = ex.coverage()
     out = []
     for m, parts in enumerate(lines):

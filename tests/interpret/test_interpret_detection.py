@@ -43,7 +43,7 @@ def test_one_token_latent_is_detected_perfectly():
     ce, eve, ct, evt = split(c, ev)
     ex = explain(ce, eve, 1)
     assert ex.tokens_PK.tolist() == [[-1, -1, 7]]
-    assert describe(ex, {7: "cat"}) == ["[cat] 1.00 | covers 100% of firings"]
+    assert describe(ex, {7: " cat"}) == ["[cat] 1.00 | covers 100% of firings"]
     tok = token_scores(ex, ct, evt)
     assert tok["f1"][0] == 1.0 and tok["auroc"][0] == 1.0
     ctx = context_scores(ex, ct, evt)
@@ -71,6 +71,8 @@ def test_bigram_latent_is_explained_by_the_bigram_not_its_token():
     ce, eve, ct, evt = split(c, ev)
     ex = explain(ce, eve, 1)
     assert ex.tokens_PK.tolist() == [[-1, 5, 3]]
+    assert describe(ex, {5: " the", 3: " 10.5"})[0].startswith("the [10.5] 1.00 |")
+    assert describe(ex, {5: " play", 3: "ing"})[0].startswith("play[ing] 1.00 |")
     assert token_scores(ex, ct, evt)["f1"][0] == 1.0
     base = token_scores(top_token(ce, eve, 1), ct, evt)
     assert base["precision"][0] < 0.1  # token 3 alone: the baseline over-predicts
