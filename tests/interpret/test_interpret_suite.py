@@ -4,6 +4,7 @@ per-latent columns in latents.parquet, the recorded window split; one-line error
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -67,3 +68,19 @@ def test_neuronpedia_explanation_entries():
     assert neuronpedia_explanations(row | {"interp_scored": False}) == []
     both = neuronpedia_explanations(row | {"interp_llm_explanation": "cats", "interp_llm_f1": 0.5})
     assert both[1]["description"] == "cats" and both[1]["scores"][0]["value"] == 0.5
+
+
+def test_dashboard_index_carries_the_interpret_columns(tmp_path, script_sae):
+    """Pins the hand-off to the dashboard: after `records,interpret`, the dashboard written from
+    that report folder embeds the explanation and detection columns in its sortable index (it
+    shows every latents.parquet column)."""
+    from sae.export.dashboard import write_dashboard
+    from sae.export.view import Records
+
+    report = tmp_path / "report"
+    argv = [str(script_sae), "--suite", "records,interpret", "--out", str(report), "--n-boot", "0"]
+    cli_main(argv)
+    rec = Records.open(report / "sae" / "records")
+    site = write_dashboard(rec, tmp_path / "site", "sae", rec.info["activations"])
+    index = Path(site).read_text()  # write_dashboard returns the index page
+    assert "interp_explanation" in index and "interp_token_f1" in index
