@@ -4,12 +4,17 @@ filter for BERT-style and GPT-style tokenizers."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sae.config import ConfigError
 from sae.interpret.absorption import absorption_scores, whole_words
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))  # the shared fixtures
+from export_fixtures import script_model, script_sae, script_text  # noqa: F401
 
 
 def constructed(n_words: int = 20, absorbed_a: int = 4):

@@ -5,16 +5,21 @@ interpret suite calling it end to end."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from sae.config import ConfigError
 from sae.interpret.llm import ChatClient, LLMConfig, LLMError, detect, explain, parse_json_object
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))  # the shared fixtures
+from export_fixtures import script_model, script_sae, script_text  # noqa: F401
 
 Reply = Callable[[dict], tuple[float, str]]
 """request body -> (seconds to wait, message content)."""

@@ -4,6 +4,7 @@ per-latent columns in latents.parquet, the recorded window split; one-line error
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ import pytest
 
 from sae.config import ConfigError
 from sae.eval import cli_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))  # the shared fixtures
+from export_fixtures import script_model, script_sae, script_text  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
