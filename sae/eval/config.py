@@ -12,8 +12,8 @@ import tyro
 from sae.cliconfig import checked, to_dict, unchecked
 from sae.config import ConfigError, DataConfig, StorageDtype
 from sae.eval.base import SUITES
-from sae.io.hub import split_repo_id
 from sae.interpret.llm import LLMConfig
+from sae.io.hub import split_repo_id
 
 _DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))
 
