@@ -32,6 +32,8 @@ SUITES: dict[str, str] = {
     "descramble": "sae.eval.descramble",
     "interaction": "sae.eval.interaction",
     "records": "sae.export.records",
+    "interpret": "sae.eval.interpret",
+    "absorption": "sae.eval.absorption",
 }
 """suite name -> module; a new suite is a module with check/run plus one line here."""
 
@@ -90,6 +92,8 @@ class EvalContext:
     """(model name, revision, dtype, trust_remote_code) -> (model, tokenizer), loaded once per run."""
     memo: dict[Any, Any] = field(default_factory=dict)
     """suite-owned cache keyed by anything hashable (e.g. ablation baselines shared by a sweep)."""
+    llm: Any = None
+    """LLMConfig of the interpret suite's optional LLM explainer/scorer (None: not used)."""
     timings: dict[str, float] = field(default_factory=dict)
     """seconds spent per phase, summed over SAEs (reported and printed by the bench)."""
 

@@ -12,6 +12,7 @@ import tyro
 from sae.cliconfig import checked, to_dict, unchecked
 from sae.config import ConfigError, DataConfig, StorageDtype
 from sae.eval.base import SUITES
+from sae.interpret.llm import LLMConfig
 from sae.io.hub import split_repo_id
 
 _DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))
@@ -30,7 +31,8 @@ class EvalConfig:
     """SAE folders to evaluate (several give a frontier plot, e.g. checkpoints/run/final/*)."""
     suite: str = "core"
     """comma-separated suites to run; valid: see SUITES in sae/eval/base.py (core, synthetic,
-    redundancy, capacity, descramble, interaction)."""
+    redundancy, capacity, descramble, interaction, records, interpret,
+    absorption)."""
     activations: str | None = None
     """score on this activation cache folder or [tokens, d_in] .npy/.safetensors file instead of
     running the model (downstream fidelity then needs the model and is skipped)."""
@@ -59,6 +61,8 @@ class EvalConfig:
     logits in float32)."""
     out: str = "reports/eval"
     """report folder: report.json, report.md and PNG plots (files there are replaced)."""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    """optional LLM explainer/scorer of the interpret suite (--llm.base-url, --llm.model)."""
 
     def __post_init__(self) -> None:
         _check(len(self.sae_dirs) > 0, "give at least one SAE folder to evaluate.")
@@ -93,6 +97,7 @@ class EvalConfig:
             not Path(self.out).is_file(),
             f"out={self.out!r} is a file; the report needs a folder.",
         )
+        self.llm.check()
         for name in self.data_fields:
             _check(
                 name in _DATA_FIELDS,

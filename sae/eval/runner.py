@@ -213,6 +213,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         device=cfg.device,
         batch_windows=cfg.batch_windows,
         out=out,
+        llm=cfg.llm,
     )
     t_start = time.perf_counter()
     targets = prepare(cfg, ctx)

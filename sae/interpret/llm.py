@@ -1,0 +1,202 @@
+"""An optional LLM explainer and detection scorer over any OpenAI-compatible chat endpoint.
+
+    sae eval SAE_DIR --suite interpret --llm.base-url http://localhost:8000/v1 --llm.model qwen2.5-7b
+    OPENAI_API_KEY=... sae eval SAE_DIR --suite interpret --llm.base-url https://api.openai.com/v1 \
+        --llm.model gpt-4o-mini --llm.max-latents 50
+
+The explainer sees a latent's contexts from the explanation windows with the activating tokens
+highlighted (Bills et al. 2023, "Language models can explain neurons in language models"); the
+scorer sees held-out contexts, firing and not, and says for each how likely the latent fires
+there (the detection scorer of Paulo et al. 2024, "Automatically interpreting millions of
+features in large language models"). Answers must be one JSON object of the asked shape (a single
+``` fence around it is tolerated, nothing else); a malformed answer, an HTTP error or a timeout is
+retried `retries` times. Answers are cached on disk by a hash of the request (endpoint, model,
+messages), so a rerun costs nothing. The API key is read from the environment variable
+`api_key_env` at request time and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from sae.config import ConfigError
+from sae.fsutil import atomic_write_json, sha256_json
+
+T = TypeVar("T")
+
+
+@dataclass
+class LLMConfig:
+    """`--llm.*`: the chat endpoint used by the interpret suite (off unless base_url is set)."""
+
+    base_url: str | None = None
+    """OpenAI-compatible API root, e.g. http://localhost:8000/v1 (None: no LLM is called)."""
+    model: str | None = None
+    """model name sent with every request."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """environment variable holding the API key (unset: no Authorization header is sent)."""
+    timeout_s: float = 60.0
+    """seconds allowed per request."""
+    retries: int = 2
+    """further attempts after a malformed answer, an HTTP error or a timeout."""
+    max_latents: int = 20
+    """scored latents explained and scored by the LLM (a seeded random sample)."""
+
+    def check(self) -> None:
+        """One-sentence ConfigError for a bad combination (called by EvalConfig)."""
+        if self.base_url is None and self.model is None:
+            return
+        if not self.base_url or not self.model:
+            raise ConfigError(
+                f"llm.base_url={self.base_url!r} and llm.model={self.model!r}: give both to use "
+                "an LLM, or neither."
+            )
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"llm.base_url={self.base_url!r} must start with http:// or https://."
+            )
+        if not self.timeout_s > 0:
+            raise ConfigError(f"llm.timeout_s={self.timeout_s} must be positive (seconds).")
+        if self.retries < 0:
+            raise ConfigError(f"llm.retries={self.retries} must be >= 0.")
+        if self.max_latents < 1:
+            raise ConfigError(f"llm.max_latents={self.max_latents} must be at least 1.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url and self.model)
+
+
+class LLMError(RuntimeError):
+    """Every attempt at one request failed (the last reason is in the message)."""
+
+
+def parse_json_object(content: str) -> dict[str, Any]:
+    """The JSON object that is the whole answer (one surrounding ``` fence allowed)."""
+    text = content.strip()
+    if text.startswith("```"):
+        first_nl = text.find("\n")
+        if first_nl < 0 or not text.endswith("```"):
+            raise ValueError("unterminated code fence")
+        text = text[first_nl + 1 : -3].strip()
+    obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+class ChatClient:
+    """POST /chat/completions with retries, a timeout and an on-disk answer cache."""
+
+    def __init__(self, cfg: LLMConfig, cache_dir: str | Path):
+        self.cfg = cfg
+        self.cache = Path(cache_dir)
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
+        self.http = httpx.Client(timeout=cfg.timeout_s)
+        self.requests = 0
+        """HTTP requests made (cache hits make none)."""
+
+    def close(self) -> None:
+        self.http.close()
+
+    def ask(self, messages: list[dict[str, str]], validate: Callable[[dict[str, Any]], T]) -> T:
+        """`validate(answer object)` of the first well-formed answer; cached by request."""
+        body = {"model": self.cfg.model, "messages": messages, "temperature": 0}
+        path = self.cache / f"{sha256_json({'url': self.url, **body})}.json"
+        if path.is_file():
+            try:
+                return validate(json.loads(path.read_text())["answer"])
+            except (ValueError, KeyError, TypeError):
+                pass  # a cache entry from an older prompt shape: ask again
+        headers = {}
+        key = os.environ.get(self.cfg.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        last = "no attempt"
+        for _ in range(self.cfg.retries + 1):
+            try:
+                self.requests += 1
+                r = self.http.post(self.url, json=body, headers=headers)
+                r.raise_for_status()
+                content = r.json()["choices"][0]["message"]["content"]
+                obj = parse_json_object(content)
+                value = validate(obj)
+            except httpx.TimeoutException:
+                last = f"no answer within {self.cfg.timeout_s:g} s"
+            except httpx.HTTPError as e:
+                last = f"HTTP error: {e}"
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                last = f"malformed answer: {e}"
+            else:
+                atomic_write_json(path, {"answer": obj})
+                return value
+        raise LLMError(f"{self.url} ({self.cfg.model}) failed {self.cfg.retries + 1} times: {last}")
+
+
+def highlight(tokens: Sequence[str], acts: Sequence[float]) -> str:
+    """A context as text with every activating token wrapped in << >>."""
+    return "".join(f"<<{t}>>" if a > 0 else t for t, a in zip(tokens, acts, strict=True))
+
+
+def explain(client: ChatClient, contexts: list[tuple[list[str], list[float]]]) -> str:
+    """A short explanation of a latent from its highlighted contexts."""
+    shown = "\n".join(
+        f"{i + 1}. {highlight(t, a)}  (max {max(a):.3g})" for i, (t, a) in enumerate(contexts)
+    )
+    messages = [
+        {
+            "role": "system",
+            "content": "You explain features of a language model. Answer with one JSON object "
+            'only: {"explanation": "<a short phrase>"}.',
+        },
+        {
+            "role": "user",
+            "content": "The feature fires on the tokens marked <<like this>> in these texts:\n"
+            f"{shown}\n\nWhat does the feature detect?",
+        },
+    ]
+
+    def ok(obj: dict[str, Any]) -> str:
+        e = obj["explanation"]
+        if not isinstance(e, str) or not e.strip() or len(e) > 300:
+            raise ValueError("'explanation' must be a non-empty string of at most 300 characters")
+        return e.strip()
+
+    return client.ask(messages, ok)
+
+
+def detect(client: ChatClient, explanation: str, contexts: list[list[str]]) -> list[float]:
+    """For each context, the LLM's probability that the explained feature fires in it."""
+    shown = "\n".join(f"{i + 1}. {''.join(t)}" for i, t in enumerate(contexts))
+    n = len(contexts)
+    messages = [
+        {
+            "role": "system",
+            "content": "You predict where a language-model feature fires. Answer with one JSON "
+            'object only: {"probabilities": [p_1, ..., p_n]}, one number in [0, 1] per text.',
+        },
+        {
+            "role": "user",
+            "content": f"Feature: {explanation}\n\nFor each of these {n} texts, how likely is the "
+            f"feature to fire on some token of it?\n{shown}",
+        },
+    ]
+
+    def ok(obj: dict[str, Any]) -> list[float]:
+        p = obj["probabilities"]
+        if not isinstance(p, list) or len(p) != n:
+            raise ValueError(f"'probabilities' must be a list of {n} numbers")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in p):
+            raise ValueError("'probabilities' must hold numbers")
+        if not all(0.0 <= v <= 1.0 for v in p):
+            raise ValueError("'probabilities' must lie in [0, 1]")
+        return [float(v) for v in p]
+
+    return client.ask(messages, ok)

@@ -1,0 +1,179 @@
+"""The LLM client against a small OpenAI-compatible server on 127.0.0.1 that each test starts and
+stops itself: well-formed, malformed and late answers, retries, the cache, the key; and the
+interpret suite calling it end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sae.config import ConfigError
+from sae.interpret.llm import ChatClient, LLMConfig, LLMError, detect, explain, parse_json_object
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))  # the shared fixtures
+from export_fixtures import script_model, script_sae, script_text  # noqa: F401
+
+Reply = Callable[[dict], tuple[float, str]]
+"""request body -> (seconds to wait, message content)."""
+
+
+class Server:
+    """A loopback chat-completions endpoint answering with `replies` in turn (the last repeats)."""
+
+    def __init__(self, replies: list[Reply]):
+        self.replies, self.bodies, self.headers = replies, [], []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                outer.headers.append(dict(self.headers))
+                i = min(len(outer.bodies), len(outer.replies)) - 1
+                delay, content = outer.replies[i](body)
+                time.sleep(delay)
+                data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def fixed(content: str, delay: float = 0.0) -> Reply:
+    return lambda body: (delay, content)
+
+
+def client(server: Server, tmp_path, **kw) -> ChatClient:
+    cfg = LLMConfig(base_url=server.url, model="tiny", timeout_s=kw.pop("timeout_s", 5.0), **kw)
+    cfg.check()
+    return ChatClient(cfg, tmp_path / "cache")
+
+
+CTX = [(["the", " cat"], [0.0, 1.5])]
+
+
+def test_malformed_answers_are_retried_then_accepted(tmp_path):
+    """Pins strict parsing with retries: prose, a JSON list, a missing key and an empty string
+    are each rejected and asked again; a fenced object is accepted; the answer is returned."""
+    replies = [
+        fixed("Sure! The feature detects cats."),
+        fixed('["cats"]'),
+        fixed('{"explain": "cats"}'),
+        fixed('{"explanation": ""}'),
+        fixed('```json\n{"explanation": "the word cat"}\n```'),
+    ]
+    with Server(replies) as s:
+        c = client(s, tmp_path, retries=4)
+        assert explain(c, CTX) == "the word cat"
+        assert c.requests == 5
+        assert "<< cat>>" in s.bodies[0]["messages"][1]["content"]
+
+
+def test_too_many_malformed_answers_raise_one_line(tmp_path):
+    """Pins the give-up: after retries + 1 malformed answers an LLMError names the reason; a
+    probability list of the wrong length or out of [0, 1] is malformed."""
+    with Server([fixed('{"probabilities": [0.5]}'), fixed('{"probabilities": [2, 0]}')]) as s:
+        c = client(s, tmp_path, retries=1)
+        with pytest.raises(LLMError, match="malformed answer") as e:
+            detect(c, "cats", [["a"], ["b"]])
+        assert "\n" not in str(e.value) and c.requests == 2
+
+
+def test_timeouts_are_retried_and_reported(tmp_path):
+    """Pins the timeout: a late answer counts as a failure and is asked again (a prompt one is
+    then accepted); an endpoint that is always late raises an LLMError saying so."""
+    with Server([fixed('{"explanation": "late"}', 1.0), fixed('{"explanation": "cats"}')]) as s:
+        c = client(s, tmp_path, retries=1, timeout_s=0.3)
+        assert explain(c, CTX) == "cats" and c.requests == 2
+    with Server([fixed('{"explanation": "late"}', 1.0)]) as s:
+        c = client(s, tmp_path / "b", retries=1, timeout_s=0.3)
+        with pytest.raises(LLMError, match="no answer within 0.3 s"):
+            explain(c, CTX)
+
+
+def test_cache_and_key(tmp_path, monkeypatch):
+    """Pins the cache (the same request twice costs one call, also from a new client) and the
+    key (sent as a bearer token from the named environment variable, never written to disk)."""
+    monkeypatch.setenv("MY_LLM_KEY", "sk-secret-123")
+    with Server([fixed('{"probabilities": [0.9, 0.1]}')]) as s:
+        c = client(s, tmp_path, api_key_env="MY_LLM_KEY")
+        assert detect(c, "cats", [["cat"], ["dog"]]) == [0.9, 0.1]
+        assert detect(c, "cats", [["cat"], ["dog"]]) == [0.9, 0.1]
+        c2 = client(s, tmp_path, api_key_env="MY_LLM_KEY")
+        assert detect(c2, "cats", [["cat"], ["dog"]]) == [0.9, 0.1]
+        assert len(s.bodies) == 1
+        assert s.headers[0]["Authorization"] == "Bearer sk-secret-123"
+    for f in (tmp_path / "cache").iterdir():
+        assert "sk-secret" not in f.read_text()
+
+
+def test_config_errors():
+    """Pins the one-sentence errors: a base URL without a model, and a URL without a scheme."""
+    with pytest.raises(ConfigError, match="give both"):
+        LLMConfig(base_url="http://127.0.0.1:1/v1").check()
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        LLMConfig(base_url="127.0.0.1:1", model="m").check()
+    assert parse_json_object(' {"a": 1} ') == {"a": 1}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_suite_calls_the_llm(tmp_path, script_sae, monkeypatch):
+    """Pins the suite's LLM part end to end: sampled latents get the LLM's explanation and
+    detection scores in latents.parquet and report.json; the explainer's prompt holds
+    highlighted tokens; the key never reaches the report."""
+    from sae.eval import cli_main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-on-disk")
+
+    def answer(body: dict) -> tuple[float, str]:
+        text = body["messages"][1]["content"]
+        if "probabilities" in body["messages"][0]["content"]:
+            n = int(text.split("For each of these ")[1].split()[0])
+            return 0.0, json.dumps({"probabilities": [0.5] * n})
+        return 0.0, json.dumps({"explanation": "words"})
+
+    out = tmp_path / "rep"
+    with Server([answer]) as s:
+        args = [str(script_sae), "--suite", "interpret", "--out", str(out), "--n-boot", "20"]
+        cli_main(args + ["--llm.base-url", s.url, "--llm.model", "tiny", "--llm.max-latents", "3"])
+        assert any("<<" in b["messages"][1]["content"] for b in s.bodies)
+    llm = json.loads((out / "report.json").read_text())["saes"][0]["results"]["interpret"]["llm"]
+    assert llm["scored"] == 3 and not llm["errors"]
+    assert llm["scores"]["auroc"]["value"] == 0.5  # constant probabilities: chance by design
+    table = pq.read_table(out / "sae" / "latents.parquet").to_pandas()
+    assert (table["interp_llm_explanation"] == "words").sum() == 3
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".md"):
+            assert "sk-never-on-disk" not in f.read_text()
