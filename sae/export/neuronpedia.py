@@ -24,6 +24,7 @@ from typing import Any
 
 from sae.export.view import Records
 from sae.fsutil import atomic_write_text
+from sae.interpret.export_fields import neuronpedia_explanations
 
 FEATURES_PER_BATCH = 128
 
@@ -81,6 +82,8 @@ def feature(rec: Records, m: int, n_windows: int, context_size: int, dataset: st
         "dataset": dataset,
         "decoder_weights_dist": [],
         "activations": acts,
+        # The interpret suite's explanations and detection scores, when it has run on this SAE.
+        "explanations": neuronpedia_explanations(row),
     }
 
 

@@ -88,3 +88,32 @@ def test_dashboard_index_carries_the_interpret_columns(tmp_path, script_sae):
     site = write_dashboard(rec, tmp_path / "site", "sae", rec.info["activations"])
     index = Path(site).read_text()  # write_dashboard returns the index page
     assert "interp_explanation" in index and "interp_token_f1" in index
+
+
+def test_neuronpedia_export_carries_the_explanations(tmp_path, script_sae):
+    """Pins the hand-off to the Neuronpedia export (issue 14 item 5): after `records,interpret`,
+    every latent the suite scored has its offline explanation under `explanations`, with its
+    detection scores, and the batch still validates against the packaged schema."""
+    import json
+
+    import jsonschema
+
+    from sae.export.neuronpedia import schema, write_neuronpedia
+    from sae.export.view import Records
+
+    report = tmp_path / "report"
+    argv = [str(script_sae), "--suite", "records,interpret", "--out", str(report), "--n-boot", "0"]
+    cli_main(argv)
+    rec = Records.open(report / "sae" / "records")
+    paths = write_neuronpedia(rec, tmp_path / "np", "m", "s", 0, rec.info["activations"])
+    feats = [f for p in paths for f in json.loads(p.read_text())["features"]]
+    for p in paths:
+        jsonschema.validate(json.loads(p.read_text()), schema())
+    scored = [m for m in range(rec.d_sae) if rec.row(m).get("interp_scored")]
+    assert scored, "the fixture SAE should have scored latents"
+    explained = [m for m in scored if rec.row(m).get("interp_explanation")]
+    assert explained, "some scored latent should carry an explanation"
+    for m in explained:
+        (entry,) = [e for e in feats[m]["explanations"] if e["typeName"] == "ngram_patterns"]
+        assert entry["description"] == rec.row(m)["interp_explanation"]
+        assert any(s["typeName"] == "detection_token_f1" for s in entry["scores"])
