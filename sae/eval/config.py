@@ -116,10 +116,15 @@ def parse_args(argv: list[str]) -> EvalConfig:
     """EvalConfig from command-line words; records which --data.* fields were given. Values are
     checked after tyro has parsed them, so a bad one raises ConfigError (one line)."""
     args = tyro.cli(unchecked(EvalConfig), args=argv, prog="sae eval")
+    return checked(EvalConfig, to_dict(args) | {"data_fields": given_data_fields(argv)})
+
+
+def given_data_fields(argv: list[str]) -> list[str]:
+    """The DataConfig fields set by `--data.*` words on the command line, in order, once each."""
     given = []
     for word in argv:
         if word.startswith("--data."):
             name = word[len("--data.") :].split("=", 1)[0].replace("-", "_")
             if name in _DATA_FIELDS:
                 given.append(name)
-    return checked(EvalConfig, to_dict(args) | {"data_fields": list(dict.fromkeys(given))})
+    return list(dict.fromkeys(given))

@@ -21,7 +21,7 @@ import tyro
 
 from sae.cliconfig import checked, to_dict, unchecked
 from sae.config import ConfigError, DataConfig
-from sae.eval.config import _DATA_FIELDS
+from sae.eval.config import given_data_fields
 
 FORMATS = ("saelens", "neuronpedia", "dashboard")
 
@@ -150,11 +150,5 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
 def cli_main(argv: list[str]) -> str:
     """Parse the flags (every bad value one line), then export; returns the output's path."""
     args = tyro.cli(unchecked(ExportConfig), args=argv, prog="sae export")
-    given = []
-    for word in argv:
-        if word.startswith("--data."):
-            name = word[len("--data.") :].split("=", 1)[0].replace("-", "_")
-            if name in _DATA_FIELDS:
-                given.append(name)
     cfg = checked(ExportConfig, to_dict(args))
-    return str(run_export(cfg, list(dict.fromkeys(given))))
+    return str(run_export(cfg, given_data_fields(argv)))
