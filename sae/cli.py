@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     _quiet_libraries()
     from sae import dist
+    from sae.malloc import keep_freed_memory
+
+    keep_freed_memory()  # no page faults for the step's freed tensors (sae/malloc.py)
 
     dist.init_from_env()  # under torchrun: join the process group
     try:

@@ -31,6 +31,7 @@ from sae.activations.store import ActivationStore
 from sae.cliconfig import save_yaml
 from sae.config import B_DEC_INIT, CHECKPOINT_SECONDS, GRAD_CLIP, KEEP_CHECKPOINTS, TrainConfig
 from sae.fsutil import atomic_write_json
+from sae.malloc import keep_freed_memory
 from sae.training.checkpoint import (
     CheckpointClock,
     check_run_folder,
@@ -58,6 +59,7 @@ class Trainer:
         """Setup: check the run folder, open the source, build the SAEs, size the schedule,
         and restore the latest checkpoint under --resume."""
         self.tcfg = tcfg
+        keep_freed_memory()  # the CPU step reuses its freed tensors (sae/malloc.py)
         self.device = resolve_device(tcfg.model.device)
         self.run = Path(tcfg.out)
         check_run_folder(tcfg)
