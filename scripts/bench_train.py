@@ -5,6 +5,11 @@ same run, and (with --peers) EleutherAI sparsify on the same rows.
     python scripts/bench_train.py --activations train.npy --tokens 500000 --threads 2 --peers
     python scripts/bench_train.py --device cuda --tokens 20000000 --autocast
 
+"steady" is the loop's rate over its second half; "bare step" is the median time of the
+trainer's own step (`Trainer._step`: forward, backward, clipping, Adam, decoder norm, dead-latent
+counters) on one batch held in memory; "data path" is how much longer a steady step of the loop
+takes than the bare step: the cost of the store, the shuffle and the batch scaling.
+
 Each architecture trains in a fresh subprocess through the real `sae train` code path
 (Trainer.fit on a [tokens, d_in] .npy: the file given, or random activations; d_sae 3072, batch
 4096, k 32; store, schedules, dead-latent tracking and Adam included). Tokens/s is the trainer's
@@ -56,9 +61,25 @@ cfg = TrainConfig(
     sae=SAEConfig(architecture=arch, d_sae=3072, k=32, **extra),
 )
 train(cfg)
-rates = [json.loads(l)["tokens_per_s"] for l in open(f"{out}/metrics.jsonl")]
+recs = [json.loads(l) for l in open(f"{out}/metrics.jsonl")]
 mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(json.dumps({"tokens_per_s": rates[-1], "peak_gb": mem}))
+# Steady state: the loop's rate over its second half (each record's time is tokens / rate).
+mid, last = recs[len(recs) // 2], recs[-1]
+t_mid, t_last = mid["tokens"] / mid["tokens_per_s"], last["tokens"] / last["tokens_per_s"]
+steady = (last["tokens"] - mid["tokens"]) / (t_last - t_mid)
+# The bare step: the trainer's own _step on one batch held in memory, no store, no data path.
+from sae.training.train import Trainer
+import dataclasses
+tr = Trainer(dataclasses.replace(cfg, out=out + "-bare"))
+batch = next(tr.batches())
+m = tr.members[0]
+times = []
+for i in range(12):
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync(); t = time.perf_counter(); tr._step(m, batch, 1.0, 1.0); sync()
+    times.append(time.perf_counter() - t)
+bare = 4096 / sorted(times[2:])[len(times[2:]) // 2]
+print(json.dumps({"tokens_per_s": last["tokens_per_s"], "steady": steady, "bare": bare, "peak_gb": mem}))
 """
 
 PEER = r"""
@@ -150,6 +171,7 @@ def main() -> None:
         print(f"d_in {d_in}, d_sae {D_SAE}, k {K}, batch {BATCH}, {args.tokens} tokens each\n")
         print(
             f"{'arch':11s} {'tokens/s':>10s} {'bound tok/s':>11s} {'of bound':>8s} {'peak RSS':>9s}"
+            f" {'steady':>8s} {'bare step':>9s} {'data path':>9s}"
         )
         ours = {}
         for arch in args.archs:
@@ -172,7 +194,8 @@ def main() -> None:
             bound = sparse_bound if arch in TOPK_FAMILY else dense_floor
             print(
                 f"{arch:11s} {r['tokens_per_s']:10,.0f} {bound:11,.0f} "
-                f"{r['tokens_per_s'] / bound:8.1%} {r['peak_gb']:7.2f} GB",
+                f"{r['tokens_per_s'] / bound:8.1%} {r['peak_gb']:7.2f} GB {r['steady']:8,.0f} "
+                f"{r['bare']:9,.0f} {r['bare'] / r['steady'] - 1:+9.1%}",
                 flush=True,
             )
         if args.peers:
