@@ -16,7 +16,7 @@ the batches the uninterrupted run would have yielded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -138,6 +138,9 @@ class ActivationStore:
         self._group, self._offset, self._rows = 0, 0, 0
         self._chunk_cursors: dict[int, tuple[int, int]] = {}
         self._last_meta: dict[str, torch.Tensor] = {}
+        # Called with True before each chunk is read from the source and False after: a
+        # live source runs the model then, and the progress bar says so.
+        self.on_fill: Callable[[bool], None] | None = None
         if state is not None:
             self._load_state(state)
 
@@ -213,7 +216,9 @@ class ActivationStore:
         seed = self.cfg.seed
         prev: tuple[dict, dict, torch.Tensor] | None = None  # the previous chunk and its half b
         last = first - 1
-        for chunk in fixed_chunks(self.source, self.chunk_rows, first, cursor, skip):
+        for chunk in self._announced(
+            fixed_chunks(self.source, self.chunk_rows, first, cursor, skip)
+        ):
             self._chunk_cursors[chunk.index] = (chunk.cursor, chunk.skip)
             self._chunk_cursors[chunk.index + 1] = chunk.end  # known before chunk + 1 is read
             self._chunk_cursors.pop(chunk.index - 3, None)
@@ -229,6 +234,17 @@ class ActivationStore:
             prev, last = (chunk.rows, chunk.meta, b), chunk.index
         if prev is not None:
             yield _Group(last + 1, [prev])
+
+    def _announced(self, chunks: Iterator) -> Iterator:
+        while True:
+            if self.on_fill is not None:
+                self.on_fill(True)
+            chunk = next(chunks, None)
+            if self.on_fill is not None:
+                self.on_fill(False)
+            if chunk is None:
+                return
+            yield chunk
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         B = self.cfg.batch_size

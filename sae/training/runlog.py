@@ -40,6 +40,11 @@ class RunLog:
         )
         self.t0, self.tokens0 = time.perf_counter(), tokens
 
+    def filling(self, on: bool, what: str = "reading activations") -> None:
+        """Say in the bar what a pause is (`what`, e.g. the model running) while the store
+        fills its shuffle buffer; back to "train" when the batches flow again."""
+        self.bar.set_description_str(f"train ({what} into the shuffle buffer)" if on else "train")
+
     def progress(self, tokens: int) -> None:
         self.bar.update(tokens - self.bar.n)
 

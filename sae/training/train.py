@@ -26,7 +26,7 @@ import torch
 
 from sae import dist
 from sae.activations.capture import resolve_device
-from sae.activations.sources import CacheSource, SyntheticSource, open_source
+from sae.activations.sources import CacheSource, LiveSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
 from sae.cliconfig import save_yaml
 from sae.config import B_DEC_INIT, CHECKPOINT_SECONDS, GRAD_CLIP, KEEP_CHECKPOINTS, TrainConfig
@@ -88,6 +88,7 @@ class Trainer:
         self.scale: dict[str, float] | None = None  # hook -> factor; None until the first batch
         self.store_state: dict | None = None
         self._stop_signal: int | None = None
+        self.on_fill = None  # set by fit(): the progress bar's note while the buffer fills
         if tcfg.resume:
             self._resume()
         self.store = self._store()
@@ -103,6 +104,11 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda s, f: setattr(self, "_stop_signal", s))
         log = RunLog(tcfg, self.total_steps * tcfg.store.batch_size, self.tokens)
+        live = isinstance(self.source, LiveSource)
+        self.on_fill = lambda on: log.filling(
+            on, f"running {tcfg.model.name}" if live and not self.source.memoized else "reading"
+        )
+        self.store.on_fill = self.on_fill
         clock = CheckpointClock(tcfg.checkpoint_every, CHECKPOINT_SECONDS, self.tokens)
         for batch in self.batches():
             lr_mult, sparsity = schedule(self.step, self.total_steps)
@@ -187,7 +193,9 @@ class Trainer:
         # all ranks and epochs, saved with the trainer state.
         seed = self.tcfg.store.seed + self.epoch
         cfg = dataclasses.replace(self.tcfg.store, seed=seed, normalize=False)
-        return ActivationStore(self.source, cfg, self.store_state)
+        store = ActivationStore(self.source, cfg, self.store_state)
+        store.on_fill = self.on_fill
+        return store
 
     def _set_scale(self) -> None:
         """Unit mean squared norm, from rank 0's first chunk, identical on every rank."""

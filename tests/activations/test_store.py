@@ -168,3 +168,17 @@ def test_live_source_second_pass_replays_the_first_without_the_model(tiny_models
         memo_bytes=1000,
     )
     assert len(list(small.pieces())) == len(first) and not small.memoized
+
+
+def test_store_announces_every_chunk_read(tmp_path):
+    """Pins issue 11's progress note: the bar sat at a few hundred tokens/s with no word while
+    the store refilled. on_fill(True) comes before each read of the source and on_fill(False)
+    after it, so the trainer can say "running <model>" for exactly those pauses."""
+    path, _ = _matrix(tmp_path, n=20_000)
+    store = ActivationStore(MatrixSource(path), StoreConfig(buffer_tokens=8192, batch_size=1000))
+    calls = []
+    store.on_fill = calls.append
+    n_batches = sum(1 for _ in store)
+    assert n_batches == 20
+    chunks = -(-20_000 // 4096)  # buffer_tokens / 2 rows per chunk
+    assert calls == [True, False] * (chunks + 1)  # the last read finds the source exhausted
