@@ -21,7 +21,13 @@ from sae.activations.capture import resolve_device
 from sae.config import ConfigError
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, metric
 from sae.eval.interpret import boot_mean
-from sae.interpret.absorption import MIN_WORDS, absorption_scores, support, whole_words
+from sae.interpret.absorption import (
+    MIN_PROBE_F1,
+    MIN_WORDS,
+    absorption_scores,
+    support,
+    whole_words,
+)
 from sae.interpret.split import TEST, window_side
 
 MAX_WORDS = 4000
@@ -102,7 +108,8 @@ def _markdown(r: dict) -> str:
             f"{k.replace('_', ' ')} {m['value']:.3g}" if m["value"] is not None else f"{k} n/a"
             for k, m in r["mean"].items()
         )
-        + ".",
+        + "."
+        + _unmeasurable(r),
         "",
         "| letter | probe F1 | main latents | split features | absorption fraction | full absorption |",
         "|---|---|---|---|---|---|",
@@ -116,3 +123,15 @@ def _markdown(r: dict) -> str:
             f"{row['absorption_fraction']:.3f} | {row['full_absorption_rate']:.3f} |"
         )
     return "\n".join(out)
+
+
+def _unmeasurable(r: dict) -> str:
+    """The reason in one sentence when no letter could be scored for want of a probe."""
+    f1 = [row["probe_f1"] for row in r["letters"].values()]
+    if r["scored_letters"] or not f1:
+        return ""
+    return (
+        f" No letter's probe reaches F1 {MIN_PROBE_F1} on test words (median "
+        f"{float(np.median(f1)):.2f}): the activations at this hook do not carry the first "
+        "letter linearly, so absorption cannot be measured on this SAE."
+    )

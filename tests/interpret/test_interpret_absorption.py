@@ -124,3 +124,15 @@ def test_unsupported_vocabulary_is_one_line(tmp_path, script_sae):
 
     with pytest.raises(ConfigError, match="cannot support the first-letter task"):
         cli_main([str(script_sae), "--suite", "absorption", "--out", str(tmp_path / "r")])
+
+
+def test_report_says_why_nothing_was_scored():
+    """Pins the MiniLM finding: at resid_post.3 no first-letter probe reaches F1 0.6 (median
+    0.2), and a table of skipped rows alone read like a failed run; the summary now gives the
+    reason and the median probe F1, and says nothing when a letter was scored."""
+    from sae.eval.absorption import _unmeasurable
+
+    letters = {"a": {"probe_f1": 0.1}, "b": {"probe_f1": 0.3}, "c": {"probe_f1": 0.2}}
+    text = _unmeasurable({"scored_letters": 0, "letters": letters})
+    assert "median 0.20" in text and "cannot be measured" in text
+    assert _unmeasurable({"scored_letters": 1, "letters": letters}) == ""
