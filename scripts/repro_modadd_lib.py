@@ -180,6 +180,8 @@ def train_or_load(args) -> tuple[ModAdd, dict]:
             os.replace(state_path.with_suffix(".tmp"), state_path)
         if acc >= args.target or time.process_time() - cpu0 > 60 * args.train_minutes:
             break
+    with torch.no_grad():  # also when a resumed run had no epochs left
+        acc = float((model.forward_fast(ab_d).argmax(-1) == y_d).float().mean())
     model.cpu()
     seconds = spent + time.perf_counter() - t0
     info = {"epochs": epoch, "accuracy": acc, "seconds": seconds,
