@@ -30,10 +30,17 @@ import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
-from sae.analysis.interaction_basis import NodeBasis
+from sae.analysis.interaction_basis import (
+    Moments,
+    NodeBasis,
+    lib_basis,
+    neuron_basis,
+    pca_basis,
+)
 
 Section = Callable[[Tensor], Tensor]
 Rule = Literal["gradient", "gauss_legendre"]
+Target = Literal["next_layer", "output"]
 
 __all__ = [
     "Section",
@@ -46,6 +53,8 @@ __all__ = [
     "EdgeSums",
     "edge_sums",
     "sae_edge_sums",
+    "Target",
+    "chain_bases",
 ]
 
 _ACTS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -261,3 +270,69 @@ def sae_edge_sums(
     m = _scored(t_idx, keep_BT, B)
     E = torch.einsum("tobk,tb->ok", A.pow(2), m)
     return EdgeSums(E, int(m.sum()), A)
+
+
+def chain_bases(
+    sections: list[Section],
+    layers: list[Tensor],
+    target: Target = "next_layer",
+    family: Literal["lib", "pca", "neuron"] = "lib",
+    centre: bool = True,
+    final: Literal["pca", "neuron"] = "pca",
+    sources: int | None = None,
+    batch: int = 512,
+    generator: torch.Generator | None = None,
+) -> list[NodeBasis]:
+    """Bases of every node layer of a chain `layers[l+1] = sections[l](layers[l])` (folded
+    [N, T, F] tensors, one per node layer), built from the output backwards (docs/methods.md#lib).
+
+    The last node layer is in its PCA basis (`final="pca"`, centred as `centre`) or left in the
+    neuron basis. LIB's M′ at layer l is taken towards `target`:
+    * `"next_layer"` (the Local Interaction Basis): the coordinates of layer l+1's basis through
+      `sections[l]`;
+    * `"output"` (the original interaction basis): the last layer's basis coordinates through
+      the composition `sections[-1] ∘ … ∘ sections[l]`.
+    The two agree for the last hidden layer, and for every layer of a linear chain (uncentred),
+    since then C^{l+1} C^{l+1 ᵀ} is layer l+1's own M′ on the data's span.
+    `family="pca"|"neuron"` gives the baselines (target unused). M′ is exact unless `sources`
+    stochastic sources are asked for; samples are processed `batch` at a time."""
+    if target not in ("next_layer", "output"):
+        raise ValueError(f"target={target!r}: use 'next_layer' or 'output'")
+    if len(layers) != len(sections) + 1:
+        raise ValueError(f"{len(layers)} node layers need {len(layers) - 1} sections, got "
+                         f"{len(sections)}")  # fmt: skip
+    last = layers[-1]
+    if final == "pca":
+        bases = [pca_basis(Moments(last.shape[-1]).add(last), centre=centre)]
+    else:
+        bases = [neuron_basis(last.shape[-1], Moments(last.shape[-1]).add(last).gram)]
+    for li in range(len(sections) - 1, -1, -1):
+        f = layers[li]
+        mom = Moments(f.shape[-1]).add(f)
+        if family == "pca":
+            bases.insert(0, pca_basis(mom, centre=centre))
+            continue
+        if family == "neuron":
+            bases.insert(0, neuron_basis(f.shape[-1], mom.gram))
+            continue
+        if target == "next_layer":
+            sec, C = sections[li], bases[0].C_FK
+        else:
+            sec, C = _compose(sections[li:]), bases[-1].C_FK
+        Mp = torch.zeros(f.shape[-1], f.shape[-1], dtype=torch.float64)
+        n = 0
+        for s in range(0, len(f), batch):
+            m, k = jacobian_second_moment(sec, f[s : s + batch], C.to(f), sources=sources,
+                                          generator=generator)  # fmt: skip
+            Mp, n = Mp + m, n + k
+        bases.insert(0, lib_basis(mom, Mp / n, centre=centre))
+    return bases
+
+
+def _compose(sections: list[Section]) -> Section:
+    def section(f: Tensor) -> Tensor:
+        for s in sections:
+            f = s(f)
+        return f
+
+    return section

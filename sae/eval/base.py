@@ -94,6 +94,8 @@ class EvalContext:
     """suite-owned cache keyed by anything hashable (e.g. ablation baselines shared by a sweep)."""
     llm: Any = None
     """LLMConfig of the interpret suite's optional LLM explainer/scorer (None: not used)."""
+    interaction: Any = None
+    """InteractionConfig of the interaction suite (None: its defaults)."""
     timings: dict[str, float] = field(default_factory=dict)
     """seconds spent per phase, summed over SAEs (reported and printed by the bench)."""
 

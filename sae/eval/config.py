@@ -24,6 +24,43 @@ def _check(ok: bool, message: str) -> None:
 
 
 @dataclass
+class InteractionConfig:
+    """`--interaction.*`: budgets of the interaction suite (docs/methods.md#interaction-suite)."""
+
+    window_tokens: int = 64
+    """windows are cut to this many tokens (each Jacobian product is a block pass over one)."""
+    moment_tokens: int = 4096
+    """input rows for the Grams, PCA and firing patterns (at most --eval-tokens)."""
+    mprime_tokens: int = 2048
+    """input rows (the first windows) for LIB's M′."""
+    edge_tokens: int = 256
+    """input rows (the first windows) for the edges."""
+    edge_positions: int = 8
+    """output positions per window whose edges are scored."""
+    out_directions: int = 64
+    """downstream PCA directions kept (+ the constant); each costs a backward pass per window."""
+    sources: int = 16
+    """stochastic ±1 sources for M′ when positions × output nodes > 1024 (0: always exact)."""
+    ablation_tokens: int = 128
+    """input rows (the first windows) on which edges and directions are ablated."""
+    tol: float = 0.01
+    """edges needed: largest loss increase allowed (causal LMs: next-token CE, nats; encoders:
+    FVU of the final hidden state)."""
+    gamma: float = 1.0
+    """Leiden resolution (1: Newman modularity, where one cluster scores Q = 0)."""
+
+    def check(self) -> None:
+        """One-sentence ConfigError for a bad value (called by EvalConfig)."""
+        for name in ("window_tokens", "moment_tokens", "mprime_tokens", "edge_tokens",
+                     "edge_positions", "out_directions", "ablation_tokens"):  # fmt: skip
+            v = getattr(self, name)
+            _check(v >= 1, f"interaction.{name}={v} must be a positive count.")
+        _check(self.sources >= 0, f"interaction.sources={self.sources} must be >= 0 (0: exact).")
+        _check(self.tol > 0, f"interaction.tol={self.tol} must be > 0.")
+        _check(self.gamma > 0, f"interaction.gamma={self.gamma} must be > 0.")
+
+
+@dataclass
 class EvalConfig:
     """`sae eval SAE_DIR [SAE_DIR ...] --suite core,synthetic --out REPORT_DIR`."""
 
@@ -63,6 +100,8 @@ class EvalConfig:
     """report folder: report.json, report.md and PNG plots (files there are replaced)."""
     llm: LLMConfig = field(default_factory=LLMConfig)
     """optional LLM explainer/scorer of the interpret suite (--llm.base-url, --llm.model)."""
+    interaction: InteractionConfig = field(default_factory=InteractionConfig)
+    """budgets and tolerance of the interaction suite."""
 
     def __post_init__(self) -> None:
         _check(len(self.sae_dirs) > 0, "give at least one SAE folder to evaluate.")
@@ -98,6 +137,7 @@ class EvalConfig:
             f"out={self.out!r} is a file; the report needs a folder.",
         )
         self.llm.check()
+        self.interaction.check()
         for name in self.data_fields:
             _check(
                 name in _DATA_FIELDS,

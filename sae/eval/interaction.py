@@ -9,30 +9,36 @@ Node layers: l = the hook's stream (resid_pre.N or resid_post.N), l+1 = the outp
 that reads it (`sae.eval.layer.reading_block`). The section is that whole block (attention and
 MLP), replayed on any input with `perspective` folding, so single-point gradients are exact
 integrated gradients. Downstream basis (fixed for every upstream basis): the centred PCA of l+1,
-its top OUT_DIRECTIONS directions plus the constant. Upstream bases: neuron, centred PCA, centred
-LIB (M′ towards those downstream coordinates), and the SAE (latents + error node + bias node).
+its top `out_directions` directions plus the constant. Upstream bases: neuron, centred PCA,
+centred LIB (M′ towards those downstream coordinates), and the SAE (latents + error node + bias
+node). Budgets and the tolerance come from `InteractionConfig` (`--interaction.*`). Ablations are
+scored by the model's own downstream loss: next-token CE for causal LMs; encoders (BERT, MiniLM)
+have no LM loss in their default head, so there it is the FVU of the final hidden state.
 `analyse(batches, sae=None)` runs the same analysis without an SAE.
 
 results:
   reads, tokens (input rows for the moments), window_tokens (windows cut to this), mprime_tokens,
   edge_tokens (input rows for M′ and edges), edge_rows ((window, output position) pairs scored),
   downstream {kind, directions}, mprime {mode: exact|stochastic, sources},
+  loss {kind: causal_lm|encoder, name, ablation_tokens, clean (CE in nats; encoders: null)},
   degeneracy: d, rank_gram, activation_degeneracy, rank_mprime, gradient_degeneracy,
        firing (MLP units of the reading block: units, distinct_patterns, redundancy_exact,
        redundancy_near, never_fire) — docs/methods.md#degeneracy
   bases: {neuron|pca|lib: directions, sparsity (edges, gini, hoyer, n_eff(_fraction),
        k_90(_fraction), k_99(_fraction), out_degree_participation), completeness_error,
-       edges_needed {tol, k, fraction, losses, smallest_kept}, leiden {modularity_q, n_clusters,
-       sizes, spans}}
+       edges_needed {tol, k, fraction, losses, smallest_kept}, leiden {gamma, modularity_q,
+       n_clusters, sizes, spans}, leiden_sweep {γ: {modularity_q, n_clusters}}}
   lambda: LIB Λ_k (first 100)
   sae (with an SAE): directions (latents active on the scored rows), sparsity, completeness_error,
        error_share, bias_share, alignment {lib|pca|neuron: weighted_mmcs, mmcs, reverse_mmcs,
        null}, phi {r, lib, pca, baseline}
-  curves: mass {basis: {k, mass}}, directions {basis: {r, fvu}}
+  curves: mass {basis: {k, mass}}, directions {basis: {r, loss}}
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -61,34 +67,26 @@ from sae.analysis.interaction_jacobian import (
 from sae.analysis.matching import basis_alignment, subspace_capture
 from sae.config import ConfigError
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult
+from sae.eval.config import InteractionConfig
 from sae.eval.layer import BlockCall, block_call, mlp_read, model_of, reading_block
+from sae.eval.splice import ModelKind, forward, model_kind, next_token_ce
 from sae.eval.stream import window_batches
 
-WINDOW_TOKENS = 64
-"""windows are cut to their first WINDOW_TOKENS tokens: every VJP costs a block pass over them."""
-MAX_TOKENS = 4096
-"""input rows for the moments (Grams, PCA, firing patterns); fewer when --eval-tokens is."""
-MPRIME_TOKENS = 2048
-"""input rows (the first windows) for M′."""
-EDGE_TOKENS = 256
-"""input rows (the first windows) for the edges: n_positions × (OUT_DIRECTIONS + 1) VJPs/window."""
-OUT_DIRECTIONS = 64
-"""downstream PCA directions kept (plus the constant): edges cost one VJP per output node."""
-EDGE_POSITIONS = 8
-"""output positions per window whose edges are scored (E is a mean over (window, position))."""
 EXACT_MAX = 1024
-"""exact M′ when positions × output nodes ≤ this; otherwise SOURCES stochastic ±1 sources."""
-SOURCES = 16
-ABLATION_TOL = 0.01
-"""edges needed: fewest kept edges for the next layer's FVU (kept downstream coords) ≤ this."""
-GAMMA = 0.5
-"""Leiden resolution (the LIB paper's mod-add plots)."""
+"""exact M′ when positions × output nodes ≤ this; otherwise `sources` stochastic ±1 sources."""
+GAMMAS = (0.5, 1.0, 2.0)
+"""Leiden resolutions reported beside the configured one."""
 WINDOWS_PER_CALL = 2
 
 
 class Batch(NamedTuple):
     call: BlockCall
     keep_BT: Tensor
+    downstream: Callable[[Tensor | None], Tensor]
+    """the model's output (logits or last hidden state) with the reading block's output shifted
+    by dy [B, T, d] (None: clean)."""
+    ids_BT: Tensor
+    kind: ModelKind
 
 
 def check(target: EvalTarget) -> None:
@@ -111,18 +109,26 @@ def check(target: EvalTarget) -> None:
         )
 
 
-def collect(model, hook: str, source, max_tokens: int) -> list[Batch]:
-    """Replayable calls of the reading block over held-out windows cut to WINDOW_TOKENS tokens,
+def collect(model, hook: str, source, max_tokens: int, window_tokens: int = 64) -> list[Batch]:
+    """Replayable calls of the reading block over held-out windows cut to `window_tokens` tokens,
     until `max_tokens` kept rows are read."""
     rb = reading_block(model, hook)
     assert rb is not None
     mlp = mlp_read(model, hook)
     extra = [mlp.module] if mlp is not None else []
+    point = resolve_hooks(model, [f"resid_post.{rb.index}"])[0]  # the reading block's output
+    kind = model_kind(model)
+
+    def downstream(dy_BTD: Tensor | None, ids_BT: Tensor) -> Tensor:
+        rep = None if dy_BTD is None else (point, lambda v: v + dy_BTD.to(v))
+        return forward(model, ids_BT, replace=rep).out.float()
+
     out = []
     seen = 0
     for wb in window_batches(source, 1 << 62, WINDOWS_PER_CALL):  # cut below, stop at max_tokens
-        ids, keep = wb.ids_BT[:, :WINDOW_TOKENS], wb.keep_BT[:, :WINDOW_TOKENS].cpu()
-        out.append(Batch(block_call(model, rb, ids, extra), keep))
+        ids, keep = wb.ids_BT[:, :window_tokens], wb.keep_BT[:, :window_tokens].cpu()
+        down = partial(downstream, ids_BT=ids)
+        out.append(Batch(block_call(model, rb, ids, extra), keep, down, ids, kind))
         seen += int(keep.sum())
         if seen >= max_tokens:
             break
@@ -144,18 +150,57 @@ def _truncate(b: NodeBasis, k: int) -> NodeBasis:
     return NodeBasis(b.kind, b.C_FK[:, :k], b.Cplus_KF[:k], b.Lambda_K[:k], b.const_first)
 
 
-def _positions(T: int) -> Tensor:
-    return torch.linspace(0, T - 1, min(EDGE_POSITIONS, T)).round().long().unique()
+def _positions(T: int, n: int) -> Tensor:
+    return torch.linspace(0, T - 1, min(n, T)).round().long().unique()
 
 
-def _fvu(g_hat: Tensor, ref: Tensor) -> float:
-    """Σ(ĝ_abl − ĝ)² / Σ(ĝ − mean ĝ)² over the non-constant downstream coordinates."""
-    ref = ref[:, 1:]
-    return float((g_hat[:, 1:] - ref).pow(2).sum() / (ref - ref.mean(0)).pow(2).sum())
+class DownstreamLoss:
+    """The model's loss when the reading block's output is shifted at the kept rows of some
+    windows, relative to the clean run (docs/methods.md#interaction-sparsity): the next-token CE
+    increase (nats per prediction) for causal LMs; for encoders, which have no LM loss, the FVU
+    of the final hidden state Σ‖h_abl − h‖² / Σ‖h − mean h‖² over the kept positions."""
+
+    def __init__(self, batches: list[Batch]):
+        self.batches = batches
+        self.kind = batches[0].kind
+        self.clean = [b.downstream(None) for b in batches]
+        self.clean_ce = self._ce(self.clean) if self.kind == "causal_lm" else None
+        if self.kind != "causal_lm":
+            h = torch.cat(
+                [c[b.keep_BT.to(c.device)] for b, c in zip(batches, self.clean, strict=True)]
+            )
+            self.var = float((h.double() - h.double().mean(0)).pow(2).sum())
+
+    @property
+    def name(self) -> str:
+        return "next-token CE increase (nats)" if self.kind == "causal_lm" else (
+            "FVU of the final hidden state")  # fmt: skip
+
+    def _ce(self, outs: list[Tensor]) -> float:
+        tot = sum(
+            float(next_token_ce(o, b.ids_BT).sum()) for b, o in zip(self.batches, outs, strict=True)
+        )
+        return tot / sum(b.ids_BT.shape[0] * (b.ids_BT.shape[1] - 1) for b in self.batches)
+
+    def __call__(self, dy_rows: list[Tensor]) -> float:
+        """Loss with the block output's kept rows of batch i shifted by dy_rows[i] [n_kept, d]."""
+        outs = []
+        for b, dy in zip(self.batches, dy_rows, strict=True):
+            dy_BTD = torch.zeros(b.call.y_BTD.shape, dtype=torch.float32)
+            dy_BTD[b.keep_BT] = dy.float()
+            outs.append(b.downstream(dy_BTD))
+        if self.kind == "causal_lm":
+            return self._ce(outs) - self.clean_ce
+        num = sum(float(((o - c)[b.keep_BT.to(c.device)]).double().pow(2).sum())
+                  for b, o, c in zip(self.batches, outs, self.clean, strict=True))  # fmt: skip
+        return num / self.var if self.var > 0 else 0.0
 
 
-def analyse(batches: list[Batch], sae=None, seed: int = 0) -> dict[str, Any]:
+def analyse(
+    batches: list[Batch], sae=None, seed: int = 0, cfg: InteractionConfig | None = None
+) -> dict[str, Any]:
     """The whole layer-pair analysis (see the module docstring); `sae=None`: bases only."""
+    cfg = cfg or InteractionConfig()
     d = batches[0].call.x_BTD.shape[-1]
     mom_in, mom_out = Moments(d + 1), Moments(batches[0].call.y_BTD.shape[-1] + 1)
     fired = []
@@ -164,17 +209,17 @@ def analyse(batches: list[Batch], sae=None, seed: int = 0) -> dict[str, Any]:
         mom_out.add(fold(b.call.y_BTD[b.keep_BT]).double())
         fired += [(z[b.keep_BT] > 0).cpu() for z in b.call.extra.values()]
     out = pca_basis(mom_out, centre=True)
-    out = _truncate(out, min(out.k, OUT_DIRECTIONS + 1))
+    out = _truncate(out, min(out.k, cfg.out_directions + 1))
     C_out = out.C_FK.float()
     T = batches[0].keep_BT.shape[1]
-    exact = T * out.k <= EXACT_MAX
+    exact = cfg.sources == 0 or T * out.k <= EXACT_MAX
     gen = torch.Generator().manual_seed(seed)
     Mp = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     n = 0
-    for b in _first_rows(batches, MPRIME_TOKENS):
+    for b in _first_rows(batches, cfg.mprime_tokens):
         sec, f = perspective(b.call.call), fold(b.call.x_BTD)
         m, k = jacobian_second_moment(
-            sec, f, C_out, b.keep_BT, None if exact else SOURCES, generator=gen
+            sec, f, C_out, b.keep_BT, None if exact else cfg.sources, generator=gen
         )
         Mp, n = Mp + m, n + k
     Mp /= n
@@ -190,7 +235,7 @@ def analyse(batches: list[Batch], sae=None, seed: int = 0) -> dict[str, Any]:
     m_sae = sae.cfg.d_sae if sae is not None else 0
     E_sae = torch.zeros(out.k, m_sae + 2, dtype=torch.float64)
     rows_n = 0
-    edge_batches = _first_rows(batches, EDGE_TOKENS)
+    edge_batches = _first_rows(batches, cfg.edge_tokens)
     for b in edge_batches:
         sec, f = perspective(b.call.call), fold(b.call.x_BTD)
         with torch.no_grad():
@@ -198,7 +243,9 @@ def analyse(batches: list[Batch], sae=None, seed: int = 0) -> dict[str, Any]:
             if sae is not None:
                 a = sae.encode(b.call.x_BTD.to(sae.W_dec)).cpu()
                 err = b.call.x_BTD - sae.decode(a.to(sae.W_dec)).float().cpu()
-        for t in _positions(f.shape[1]):  # one output position at a time bounds memory
+        for t in _positions(
+            f.shape[1], cfg.edge_positions
+        ):  # one output position at a time bounds memory
             t_idx = t[None]
             rows = ig_rows(sec, f, C_out, t_idx)
             want = g_hat[:, t_idx].permute(1, 2, 0)[:, 1:]  # [t, o, B]
@@ -222,26 +269,34 @@ def analyse(batches: list[Batch], sae=None, seed: int = 0) -> dict[str, Any]:
         "downstream": {"kind": "centred PCA of the block output", "directions": out.k - 1},
         "mprime": {
             "mode": "exact" if exact else "stochastic",
-            "sources": None if exact else SOURCES,
+            "sources": None if exact else cfg.sources,
         },
         "degeneracy": deg,
         "lambda": bases["lib"].Lambda_K[:100].tolist(),
         "bases": {},
         "curves": {"mass": {}, "directions": {}},
     }
-    first = batches[0]
+    abl = _first_rows(batches, cfg.ablation_tokens)
+    loss = DownstreamLoss(abl)
+    res["loss"] = {"kind": loss.kind, "name": loss.name, "clean": loss.clean_ce,
+                   "ablation_tokens": int(sum(int(b.keep_BT.sum()) for b in abl))}  # fmt: skip
     res["_E"] = {}
     for k, basis in bases.items():
         Ek = res["_E"][k] = E[k] / rows_n
         r = {"directions": basis.k - 1, "sparsity": sparsity(Ek)}
         r["completeness_error"] = (comp[k][0] / comp[k][1]) ** 0.5
-        r["edges_needed"] = _edges_needed(first, basis, out, Ek)
-        eps = r["edges_needed"].get("smallest_kept")
-        r["leiden"] = leiden([basis.k, out.k], [Ek], eps=[eps], gamma=GAMMA, seed=seed)
+        r["edges_needed"] = _edges_needed(abl, loss, basis, out, Ek, cfg.tol)
+        eps = [r["edges_needed"].get("smallest_kept")]
+        r["leiden"] = leiden([basis.k, out.k], [Ek], eps=eps, gamma=cfg.gamma, seed=seed)
         del r["leiden"]["membership"]
+        r["leiden_sweep"] = {}
+        for g in sorted({*GAMMAS, cfg.gamma}):
+            ld = leiden([basis.k, out.k], [Ek], eps=eps, gamma=g, seed=seed)
+            r["leiden_sweep"][str(g)] = {"modularity_q": ld["modularity_q"],
+                                         "n_clusters": ld["n_clusters"]}  # fmt: skip
         res["bases"][k] = r
         res["curves"]["mass"][k] = mass_curve(Ek)
-        res["curves"]["directions"][k] = _direction_curve(first, basis, out)
+        res["curves"]["directions"][k] = _direction_curve(abl, loss, basis)
     if sae is not None:
         sae_res, res["_E"]["sae"] = _sae_results(E_sae / rows_n, comp["sae"], sae, batches, bases)
         res |= sae_res
@@ -301,44 +356,51 @@ def _replay(b: Batch, f_BTF: Tensor) -> Tensor:
     return g[b.keep_BT].double()
 
 
-def _direction_curve(b: Batch, basis: NodeBasis, out: NodeBasis) -> dict[str, list]:
-    """Next layer's FVU (kept downstream coords) when only the top-r directions (by Λ) are kept."""
-    f = fold(b.call.x_BTD).double()
-    ref = _replay(b, f) @ out.C_FK
-    fhat = f @ basis.C_FK
+def _direction_curve(abl: list[Batch], loss: DownstreamLoss, basis: NodeBasis) -> dict:
+    """Downstream loss when the block reads only the top-r directions (by Λ) and the constant:
+    the whole block output changes."""
+    fs = [fold(b.call.x_BTD).double() for b in abl]
+    refs = [_replay(b, f) for b, f in zip(abl, fs, strict=True)]
     order = basis.Lambda_K[1:].argsort(descending=True) + 1
     grid = np.unique(np.round(np.geomspace(1, len(order), 12)).astype(int))
-    fvu = []
+    losses = []
     for r in grid:
         keep = torch.zeros(basis.k, dtype=torch.float64)
         keep[0], keep[order[:r]] = 1, 1
-        fvu.append(_fvu(_replay(b, (fhat * keep) @ basis.Cplus_KF) @ out.C_FK, ref))
-    return {"r": grid.tolist(), "fvu": fvu}
+        dys = [(_replay(b, (f @ basis.C_FK * keep) @ basis.Cplus_KF) - ref)[:, 1:]
+               for b, f, ref in zip(abl, fs, refs, strict=True)]  # fmt: skip
+        losses.append(loss(dys))
+    return {"r": grid.tolist(), "loss": losses}
 
 
-def _edges_needed(b: Batch, basis: NodeBasis, out: NodeBasis, E: Tensor) -> dict[str, Any]:
+def _edges_needed(abl: list[Batch], loss: DownstreamLoss, basis: NodeBasis, out: NodeBasis,
+                  E: Tensor, tol: float) -> dict[str, Any]:  # fmt: skip
     """Fewest kept edges (strongest first, constant nodes free, the rest ablated in the forward
-    pass: each output node sees only its kept inputs) for FVU ≤ ABLATION_TOL on the first call's
-    windows; bisection over the mass-curve grid of k (an upper bound at that resolution)."""
-    f = fold(b.call.x_BTD).double()
-    fhat = f @ basis.C_FK
-    ref = _replay(b, f) @ out.C_FK
+    pass: each output node sees only its kept inputs) for the downstream loss to rise by ≤ tol:
+    the block output moves by C⁺ᵀ(ĝ_abl − ĝ) in the kept downstream directions and the model runs
+    on. Bisection over the mass-curve grid of k (an upper bound at that resolution)."""
+    fs = [fold(b.call.x_BTD).double() for b in abl]
+    fhats = [f @ basis.C_FK for f in fs]
+    refs = [_replay(b, f) @ out.C_FK for b, f in zip(abl, fs, strict=True)]
     n_edges = (E.shape[0] - 1) * (E.shape[1] - 1)
     grid = mass_curve(E, points=40)["k"] or [n_edges]
 
-    def loss(i: int) -> float:
+    def at(i: int) -> float:
         if i >= len(grid):
             return 0.0
         keep = keep_mask(E, grid[i], True, True)
-        cols = [_replay(b, (fhat * keep[o].double()) @ basis.Cplus_KF) @ out.C_FK[:, o]
-                for o in range(out.k)]  # fmt: skip
-        return _fvu(torch.stack(cols, 1), ref)
+        dys = []
+        for b, fhat, ref in zip(abl, fhats, refs, strict=True):
+            cols = [_replay(b, (fhat * keep[o].double()) @ basis.Cplus_KF) @ out.C_FK[:, o]
+                    for o in range(out.k)]  # fmt: skip
+            dys.append(((torch.stack(cols, 1) - ref) @ out.Cplus_KF)[:, 1:])
+        return loss(dys)
 
-    i, seen = min_kept(loss, len(grid), ABLATION_TOL)
+    i, seen = min_kept(at, len(grid), tol)
     k = grid[i] if i < len(grid) else n_edges
     order = E[1:, 1:].flatten().sort(descending=True).values
     return {
-        "tol": ABLATION_TOL,
+        "tol": tol,
         "k": int(k),
         "fraction": k / n_edges,
         "losses": {str(grid[j]): v for j, v in sorted(seen.items()) if j < len(grid)},
@@ -351,9 +413,11 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
 
     model = model_of(target)
     rb = reading_block(model, target.hook)
-    batches = collect(model, target.hook, target.source, min(ctx.eval_tokens, MAX_TOKENS))
+    cfg = ctx.interaction or InteractionConfig()
+    batches = collect(model, target.hook, target.source, min(ctx.eval_tokens, cfg.moment_tokens),
+                      cfg.window_tokens)  # fmt: skip
     sae = target.sae.to(batches[0].call.x_BTD.device).eval()
-    res = analyse(batches, sae, ctx.seed)
+    res = analyse(batches, sae, ctx.seed, cfg)
     E = res.pop("_E")
     res = {"reads": rb.why, **res}
     figs = {}

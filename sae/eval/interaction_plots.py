@@ -72,11 +72,11 @@ def edge_mass(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
 
 
 def ablation(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
-    """Next-layer FVU against directions kept (by Λ) and against edges kept (edge ablation)."""
+    """Downstream loss against directions kept (by Λ) and against edges kept (edge ablation)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    floor = 1e-6  # FVU is exactly 0 with everything kept; drawn at the floor on the log axis
+    floor = 1e-6  # the loss is ~0 with everything kept (or below 0 by chance): drawn at the floor
     for name, c in res["curves"]["directions"].items():
-        axes[0].plot(c["r"], np.maximum(c["fvu"], floor), marker=".", label=LABELS[name])
+        axes[0].plot(c["r"], np.maximum(c["loss"], floor), marker=".", label=LABELS[name])
     for name, b in res["bases"].items():
         ks = sorted((int(k), max(v, floor)) for k, v in b["edges_needed"]["losses"].items())
         if ks:
@@ -86,7 +86,7 @@ def ablation(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xl)
-        ax.set_ylabel("FVU of the next layer")
+        ax.set_ylabel(res["loss"]["name"], fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(f"{title}\nablation curves", fontsize=9)
     plots.save(fig, path)
@@ -136,9 +136,16 @@ def markdown(r: dict, figs: dict[str, str]) -> str:
             else "."
         ),
         "",
+        f"Edges needed: fewest edges kept (the rest ablated) for the {r['loss']['name']} to stay "
+        f"≤ {_g(r['bases']['lib']['edges_needed']['tol'])} on the first "
+        f"{r['loss']['ablation_tokens']:,} input rows"
+        + (f" (clean CE {r['loss']['clean']:.3f} nats)." if r["loss"]["clean"] is not None else ".")
+        + f" Leiden at γ = {_g(r['bases']['lib']['leiden']['gamma'])} on log-normalised weights; "
+        "one cluster is the trivial partition (Q = 1 − γ): no modular structure at that resolution.",
+        "",
         "| basis | nodes | edges | Gini | Hoyer | N_eff/N | k_0.9 | k_0.9/N | k_0.99 | edges needed "
-        "(FVU ≤ tol) | Leiden Q | clusters | completeness err |",
-        "|---|" + "---|" * 12,
+        "| Leiden Q | clusters | clusters at γ = 0.5 / 1 / 2 | completeness err |",
+        "|---|" + "---|" * 13,
     ]
     rows = dict(r["bases"]) | ({"sae": r["sae"]} if "sae" in r else {})
     for name, b in rows.items():
@@ -148,6 +155,8 @@ def markdown(r: dict, figs: dict[str, str]) -> str:
             _g(s.get("n_eff_fraction")), _g(s.get("k_90")), _g(s.get("k_90_fraction")),
             _g(s.get("k_99")), f"{en['k']:,} ({en['fraction']:.3g})" if en else "—",
             _g(ld["modularity_q"]) if ld else "—", _g(ld["n_clusters"]) if ld else "—",
+            " / ".join(_g(b["leiden_sweep"][str(g)]["n_clusters"]) for g in (0.5, 1.0, 2.0))
+            if "leiden_sweep" in b else "—",
             _g(b["completeness_error"]),
         ]  # fmt: skip
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")

@@ -214,6 +214,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         batch_windows=cfg.batch_windows,
         out=out,
         llm=cfg.llm,
+        interaction=cfg.interaction,
     )
     t_start = time.perf_counter()
     targets = prepare(cfg, ctx)

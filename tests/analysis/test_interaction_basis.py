@@ -17,6 +17,7 @@ from sae.analysis.interaction_basis import (
     pca_basis,
 )
 from sae.analysis.interaction_jacobian import (
+    chain_bases,
     edge_sums,
     ig_rows,
     jacobian_second_moment,
@@ -196,3 +197,43 @@ def test_firing_redundancy_counts_units_firing_on_the_same_inputs():
     r = firing_redundancy(z > 0)
     assert r["units"] == 7 and r["distinct_patterns"] == 5 and r["redundancy_exact"] == 2
     assert r["redundancy_near"] == 3
+
+
+def _chain(act: str, seed: int):
+    g = _g(seed)
+    widths = [5, 7, 4, 3]
+    secs = [
+        mlp_section(
+            torch.randn(h, w, generator=g).double(),
+            torch.randn(h, generator=g).double(),
+            torch.randn(o, h, generator=g).double(),
+            torch.randn(o, generator=g).double(),
+            act=act,
+        )  # fmt: skip
+        for w, h, o in zip(widths[:-1], [9, 9, 9], widths[1:], strict=True)
+    ]
+    fs = [fold(torch.randn(300, 1, widths[0], generator=g).double() + 0.2)]
+    for s in secs:
+        fs.append(s(fs[-1]))
+    return secs, fs
+
+
+def test_lib_target_output_equals_next_layer_on_a_linear_chain_and_not_on_a_relu_one():
+    """Known answer for `target` (docs/methods.md#lib): on a chain of affine sections M′ towards
+    the output equals M′ towards the next layer's LIB coordinates (C^{l+1}C^{l+1 ᵀ} is layer
+    l+1's M′ on the data span), so Λ agrees to 1e-7 at every layer; on a ReLU chain the two
+    differ before the last hidden layer (by 0.18 of the largest Λ) and agree at it."""
+    secs, fs = _chain("identity", 4)
+    nl = chain_bases(secs, fs, target="next_layer", centre=False)
+    out = chain_bases(secs, fs, target="output", centre=False)
+    assert [b.k for b in nl] == [b.k for b in out]
+    for a, b in zip(nl[:-1], out[:-1], strict=True):
+        torch.testing.assert_close(b.Lambda_K, a.Lambda_K, rtol=1e-7, atol=1e-12)
+    secs, fs = _chain("relu", 5)
+    nl = chain_bases(secs, fs, target="next_layer", centre=True)
+    out = chain_bases(secs, fs, target="output", centre=True)
+    torch.testing.assert_close(out[2].Lambda_K, nl[2].Lambda_K, rtol=1e-10, atol=1e-12)
+    rel = (out[0].Lambda_K - nl[0].Lambda_K).abs().max() / nl[0].Lambda_K.max()
+    assert rel > 0.05  # measured 0.18
+    with pytest.raises(ValueError, match="target='input'"):
+        chain_bases(secs, fs, target="input")

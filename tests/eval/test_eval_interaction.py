@@ -102,3 +102,81 @@ def test_suite_refuses_file_activations_and_the_last_layer(tiny_models, text_fil
         cli_main([str(tmp_path / "last"), "--suite", "interaction", "--data.source", text_file,
                   "--out", str(tmp_path / "r2")])  # fmt: skip
     assert not (tmp_path / "r2").exists()
+
+
+def _batches(tiny_models, text_file, family: str, hook: str, tokens: int = 64):
+    from sae.activations.capture import load_model
+    from sae.activations.sources import LiveSource
+    from sae.config import DataConfig, ModelConfig, StoreConfig
+    from sae.eval.interaction import collect
+
+    mcfg = ModelConfig(name=tiny_models[family], hooks=[hook])
+    model, tok = load_model(mcfg)
+    src = LiveSource(mcfg, DataConfig(source=text_file, context_size=16, part="eval"),
+                     StoreConfig(), model=model, tokenizer=tok)  # fmt: skip
+    return model, collect(model, hook, src, tokens)
+
+
+def test_downstream_loss_is_the_lm_ce_for_causal_lms(tiny_models, text_file):
+    """Edges needed are scored by the model's own loss (issue 12): for a causal LM the clean
+    loss is the mean next-token CE that HF computes from labels=ids (1e-5), an unshifted block
+    output adds exactly 0, and a large shift of the reading block's output raises the CE."""
+    from sae.eval.interaction import DownstreamLoss
+
+    model, batches = _batches(tiny_models, text_file, "gpt2", "resid_post.0")
+    loss = DownstreamLoss(batches[:2])
+    assert loss.kind == "causal_lm" and "CE" in loss.name
+    ids = [b.ids_BT for b in batches[:2]]
+    with torch.no_grad():
+        hf = [float(model(input_ids=i, labels=i).loss) * i.shape[0] * (i.shape[1] - 1) for i in ids]
+    want = sum(hf) / sum(i.shape[0] * (i.shape[1] - 1) for i in ids)
+    assert abs(loss.clean_ce - want) < 1e-5
+    zeros = [torch.zeros(int(b.keep_BT.sum()), 32) for b in batches[:2]]
+    assert loss(zeros) == 0.0
+    g = torch.Generator().manual_seed(0)
+    # measured 0.0094: the random-weight model's logits are small, so CE moves little
+    assert loss([torch.randn(z.shape, generator=g) * 30 for z in zeros]) > 1e-3
+
+
+def test_downstream_loss_of_an_encoder_is_the_fvu_of_the_final_hidden_state(tiny_models, text_file):
+    """Encoders have no LM loss: the loss is the FVU of last_hidden_state over the kept rows.
+    Known answer: the BERT block that reads resid_post.1 is the last one, so its output is the
+    final hidden state and a shift dy gives exactly Σ‖dy‖² / Σ‖h − mean h‖² (1e-5 relative)."""
+    from sae.eval.interaction import DownstreamLoss
+
+    _, batches = _batches(tiny_models, text_file, "bert", "resid_post.1")
+    loss = DownstreamLoss(batches[:1])
+    assert loss.kind == "encoder" and loss.clean_ce is None and "final hidden" in loss.name
+    b = batches[0]
+    h = b.call.y_BTD[b.keep_BT].double()
+    dy = torch.randn(h.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = float(dy.pow(2).sum() / (h - h.mean(0)).pow(2).sum())
+    assert abs(loss([dy]) - want) < 1e-5 * want
+
+
+def test_interaction_options_reach_the_suite_and_bad_values_are_refused(
+    tiny_models, text_file, tmp_path
+):
+    """--interaction.* fields set the suite's budgets (window cut, downstream directions,
+    tolerance, Leiden γ appear in the report); a bad value is a one-line ConfigError naming the
+    field before any work (no report folder)."""
+    meta = {"model_name": tiny_models["gpt2"], "hook_name": "resid_post.0", "context_size": 16}
+    save(_sae(), tmp_path / "s", metadata=meta)
+    for bad, msg in ((["--interaction.tol", "0"], "interaction.tol=0.0 must be > 0"),
+                     (["--interaction.edge-tokens", "0"], "interaction.edge_tokens=0"),
+                     (["--interaction.sources", "-1"], "interaction.sources=-1")):  # fmt: skip
+        with pytest.raises(ConfigError, match=msg):
+            cli_main([str(tmp_path / "s"), "--suite", "interaction", "--data.source", text_file,
+                      "--out", str(tmp_path / "bad"), *bad])  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "rep"
+    cli_main([str(tmp_path / "s"), "--suite", "interaction", "--data.source", text_file,
+              "--eval-tokens", "48", "--out", str(out), "--interaction.window-tokens", "8",
+              "--interaction.out-directions", "6", "--interaction.tol", "0.05",
+              "--interaction.gamma", "2", "--interaction.edge-tokens", "16"])  # fmt: skip
+    r = json.loads((out / "report.json").read_text())["saes"][0]["results"]["interaction"]
+    assert r["window_tokens"] == 8 and r["downstream"]["directions"] == 6
+    lib = r["bases"]["lib"]
+    assert lib["edges_needed"]["tol"] == 0.05 and lib["leiden"]["gamma"] == 2.0
+    assert set(lib["leiden_sweep"]) == {"0.5", "1.0", "2.0"}
+    assert r["loss"]["kind"] == "causal_lm" and r["loss"]["clean"] > 0
