@@ -63,7 +63,8 @@ def _prepare(loc: CacheLocation, name: str, identity: dict, overwrite: bool) -> 
     if overwrite:
         return None
     if not loc.exists(name):
-        if loc.holds_anything() and not any(n.startswith("manifest") for n in loc.names()):
+        names = [n for n in loc.names() if not n.endswith(".tmp")]  # a write a kill cut short
+        if names and not any(n.startswith("manifest") for n in names):
             raise ConfigError(
                 f"out={loc.display!r} exists and is not an activation cache; choose another --out."
             )
@@ -136,9 +137,13 @@ def harvest(cfg: HarvestConfig, source: LiveSource | None = None) -> Path | str:
             "complete": False,
         }
         loc.makedirs()
+        # The manifest first: a folder holding only it is resumed; one holding only the config
+        # would be refused as "not an activation cache" after a kill between the two writes.
+        loc.write_json(name, manifest)
         if dist.is_main():
             loc.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        loc.write_json(name, manifest)
+    # This rank's shard, manifest or config writes that a kill cut short.
+    loc.remove_stale((prefix, name, *(["config.yaml"] if dist.is_main() else [])))
     if not manifest["complete"]:
         _fill(cfg, loc, name, prefix, manifest, source, limit)
     dist.barrier()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +92,31 @@ def test_interrupted_harvest_resumes_without_loss_or_duplication(
     want = json.loads((reference / "manifest.json").read_text())["shards"]
     got = json.loads((out / "manifest.json").read_text())["shards"]
     assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
+
+
+def test_a_harvest_killed_before_its_first_manifest_resumes(
+    tiny_models, text_file, tmp_path, monkeypatch
+):
+    """Pins two defects: config.yaml was written before the manifest, so a kill between the two
+    left a folder the next run refused ("not an activation cache"); and the temporary file of a
+    write that a kill cut short made the folder look foreign too, and was never removed."""
+    reference = harvest(_cfg(tiny_models, text_file, tmp_path / "ref", max_tokens=700))
+    cfg = _cfg(tiny_models, text_file, tmp_path / "cut", max_tokens=700)
+    real_write = cachefs_mod.atomic_write_json
+
+    def killed(path, obj):  # a SIGKILL inside the write: its temporary file stays behind
+        Path(path).with_name(f".{Path(path).name}.k1ll3d.tmp").write_text("{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cachefs_mod, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(cfg)
+    monkeypatch.setattr(cachefs_mod, "atomic_write_json", real_write)
+    out = harvest(cfg)
+    want = json.loads((reference / "manifest.json").read_text())["shards"]
+    got = json.loads((out / "manifest.json").read_text())["shards"]
+    assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
+    assert not list(out.glob(".*.tmp")) and (out / "config.yaml").is_file()
 
 
 def test_bad_caches_are_refused(tiny_models, text_file, tmp_path):
