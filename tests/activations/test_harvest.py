@@ -12,6 +12,7 @@ import sae.activations.cachefs as cachefs_mod
 from sae.activations.harvest import harvest
 from sae.activations.sources import CacheSource, LiveSource
 from sae.activations.store import ActivationStore
+from sae.activations.text import TokenWindows
 from sae.cli import main
 from sae.config import ConfigError, DataConfig, HarvestConfig, ModelConfig, StoreConfig
 
@@ -117,6 +118,48 @@ def test_a_harvest_killed_before_its_first_manifest_resumes(
     got = json.loads((out / "manifest.json").read_text())["shards"]
     assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
     assert not list(out.glob(".*.tmp")) and (out / "config.yaml").is_file()
+
+
+def test_a_resumed_harvest_seeks_instead_of_re_reading_the_text(
+    tiny_models, text_file, tmp_path, monkeypatch
+):
+    """Pins: a resumed harvest restarted the text stream from its first document and
+    re-tokenized everything before the cursor; each shard now records its end's text position
+    and a resume starts packing there, with shards identical to an uninterrupted harvest."""
+    reference = harvest(_cfg(tiny_models, text_file, tmp_path / "ref"))
+    want = json.loads((reference / "manifest.json").read_text())["shards"]
+    assert len(want) >= 5
+    cfg = _cfg(tiny_models, text_file, tmp_path / "resumed")
+    real_save, calls = cachefs_mod.atomic_save_safetensors, []
+
+    def crash_late(*args, **kwargs):  # interrupted while writing the last shard
+        calls.append(1)
+        if len(calls) == len(want):
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", crash_late)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(cfg)
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", real_save)
+    partial = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert partial["shards"][-1]["end_position"][0] > 0
+
+    real_lists, tokenized = TokenWindows._token_lists, []
+
+    def counting(self, docs):
+        for key, ids in real_lists(self, docs):
+            tokenized.append(key)
+            yield key, ids
+
+    monkeypatch.setattr(TokenWindows, "_token_lists", counting)
+    harvest(cfg)
+    resumed_docs = len(tokenized)
+    tokenized.clear()
+    harvest(_cfg(tiny_models, text_file, tmp_path / "fresh"))
+    assert resumed_docs < len(tokenized) / 3  # the text before the cursor was skipped unread
+    got = json.loads((tmp_path / "resumed" / "manifest.json").read_text())["shards"]
+    assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
 
 
 def test_bad_caches_are_refused(tiny_models, text_file, tmp_path):
