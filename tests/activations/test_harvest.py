@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -216,6 +217,39 @@ def test_cli_harvest_prints_path_last_and_errors_in_one_line(
     with pytest.raises(SystemExit):
         main(["harvest", str(yaml_path)])
     assert "unknown field 'modle'" in capsys.readouterr().err
+
+
+def test_cli_harvest_reports_a_full_disk_in_one_line_and_resumes(
+    tiny_models, text_file, tmp_path, monkeypatch, capsys
+):
+    """A full disk while writing a shard is one stderr line (exit 1) naming the shard, not the
+    temporary file the write failed on (pinned: it named `.shard_00001.safetensors.XXXX.tmp`);
+    the shards before it stay listed, and the same command then finishes the cache."""
+    out = tmp_path / "full"
+    args = ["harvest", "--model.name", tiny_models["llama"], "--model.hooks", "resid_post.1"]
+    args += ["--data.source", text_file, "--data.context-size", "16", "--shard-tokens", "300"]
+    args += ["--max-tokens", "900", "--quiet", "--out", str(out)]
+    real_save, calls = cachefs_mod.atomic_save_safetensors, []
+
+    def full_on_second(path, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            tmp = Path(path).with_name(f".{Path(path).name}.ab_12cd3.tmp")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+        return real_save(path, *a, **kw)
+
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", full_on_second)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1, err
+    assert "out of disk space (No space left on device writing " in err[0]
+    assert f"{out / 'shard_00001.safetensors'})" in err[0] and ".tmp" not in err[0]
+    assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 1
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", real_save)
+    main(args)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["n_tokens"] == 900
 
 
 def test_training_refuses_a_cache_from_another_model_or_hook(tiny_models, text_file, tmp_path):
