@@ -22,7 +22,7 @@ def _campaign_module():
 
 def _check(report: dict) -> None:
     failures = [f for part in report["train"].values() for f in part["failures"]]
-    for key in ("harvest", "corrupt", "disk_full"):
+    for key in ("harvest", "corrupt", "disk_full", "harvest_disk_full"):
         failures += report.get(key, {}).get("failures", [])
     assert not failures, failures
     assert report["kills"] >= 1 and report["survived"] == report["kills"], report
