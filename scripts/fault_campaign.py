@@ -18,6 +18,7 @@ newest checkpoint (truncated, bytes flipped, a file deleted), each followed by a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -76,8 +77,48 @@ def run(
     )
 
 
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every process (Linux /proc)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # exited meanwhile
+            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    return kids
+
+
+def _tree(pid: int) -> list[int]:
+    """Every descendant of `pid`."""
+    kids, tree, todo = _children(), [], [pid]
+    while todo:
+        found = kids.get(todo.pop(), [])
+        tree += found
+        todo += found
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid`'s process group and every descendant. torchrun starts its workers in
+    sessions of their own, so killing the launcher's group alone leaves them running (orphans
+    that keep writing to the run folder, or wait forever for the dead launcher's store). The
+    tree is frozen with SIGSTOP first so that nothing forks while it is being listed."""
+    for p in [pid, *_tree(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGSTOP)
+    pids = [pid, *_tree(pid)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
 def run_and_kill(cmd: list[str], cwd: Path, delay: float) -> tuple[bool, str]:
-    """Start `cmd`, SIGKILL its process group after `delay` seconds; (was it killed, output)."""
+    """Start `cmd`, SIGKILL it and all its descendants after `delay` seconds; (was it killed,
+    output)."""
     p = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -91,7 +132,7 @@ def run_and_kill(cmd: list[str], cwd: Path, delay: float) -> tuple[bool, str]:
         p.wait(timeout=delay)
         killed = False
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_tree(p.pid)
         killed = True
     out, _ = p.communicate()
     return killed, out
@@ -395,7 +436,7 @@ def _wait_for(cmd: list[str], work: Path, done: Callable[[], bool]) -> None:
     while time.time() < deadline and p.poll() is None and not done():
         time.sleep(0.05)
     if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_tree(p.pid)
     p.wait()
 
 
