@@ -13,6 +13,7 @@ work starts.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +77,13 @@ def _eval(argv: list[str]) -> str:
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError):
-        return f"{e.strerror} writing {e.filename}" if e.filename else str(e.strerror)
+        if not e.filename:
+            return str(e.strerror)
+        # An atomic write fails on its temporary `.NAME.XXXXXXXX.tmp` (sae/fsutil.py): name NAME.
+        name = Path(os.fsdecode(e.filename))
+        if m := re.fullmatch(r"\.(.+)\.[^.]+\.tmp", name.name):
+            name = name.with_name(m.group(1))
+        return f"{e.strerror} writing {name}"
     return str(e).splitlines()[0][:200]
 
 

@@ -18,6 +18,7 @@ newest checkpoint (truncated, bytes flipped, a file deleted), each followed by a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -76,8 +77,48 @@ def run(
     )
 
 
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every process (Linux /proc)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # exited meanwhile
+            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    return kids
+
+
+def _tree(pid: int) -> list[int]:
+    """Every descendant of `pid`."""
+    kids, tree, todo = _children(), [], [pid]
+    while todo:
+        found = kids.get(todo.pop(), [])
+        tree += found
+        todo += found
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid`'s process group and every descendant. torchrun starts its workers in
+    sessions of their own, so killing the launcher's group alone leaves them running (orphans
+    that keep writing to the run folder, or wait forever for the dead launcher's store). The
+    tree is frozen with SIGSTOP first so that nothing forks while it is being listed."""
+    for p in [pid, *_tree(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGSTOP)
+    pids = [pid, *_tree(pid)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
 def run_and_kill(cmd: list[str], cwd: Path, delay: float) -> tuple[bool, str]:
-    """Start `cmd`, SIGKILL its process group after `delay` seconds; (was it killed, output)."""
+    """Start `cmd`, SIGKILL it and all its descendants after `delay` seconds; (was it killed,
+    output)."""
     p = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -91,7 +132,7 @@ def run_and_kill(cmd: list[str], cwd: Path, delay: float) -> tuple[bool, str]:
         p.wait(timeout=delay)
         killed = False
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_tree(p.pid)
         killed = True
     out, _ = p.communicate()
     return killed, out
@@ -253,16 +294,20 @@ def kill_chains(scn: Scenario, work: Path, rng: random.Random, kills: int, log) 
         in_chain, resume = 0, []
         while in_chain < min(3, kills - delivered):
             delay = rng.uniform(0.05, 1.0) * t_full
+            t0 = time.perf_counter()
             killed, text = run_and_kill(
                 sae_cmd([*args, "--out", out, *resume], scn.nproc), work, delay
             )
-            resume = ["--resume"]
             if not killed:
+                if not resume:  # a whole run beat its kill: the machine's load dropped
+                    t_full = min(t_full, time.perf_counter() - t0)
                 break  # finished before the kill: the chain is complete
+            resume = ["--resume"]
             in_chain += 1
             log(f"  {scn.name}: kill {delivered + in_chain} at {delay:.1f}s")
         end = run(sae_cmd([*args, "--out", out, "--resume"], scn.nproc), work)
         ok = end.returncode == 0 and train_result(work / out) == want
+        log(f"  {scn.name}: chain {chains} ({in_chain} kills): {'same' if ok else 'DIFFERENT'}")
         if not ok:
             failures.append(f"chain {chains}: rc={end.returncode} {end.stderr.strip()[-300:]}")
         delivered += in_chain
@@ -270,12 +315,16 @@ def kill_chains(scn: Scenario, work: Path, rng: random.Random, kills: int, log) 
     return {"kills": delivered, "survived": survived, "failures": failures, "t_full_s": t_full}
 
 
-def harvest_chains(work: Path, rng: random.Random, kills: int, log) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
+def _harvest_args(work: Path) -> list[str]:
     model, text = tiny_model(work)
     args = ["harvest", "--model.name", model, "--model.hooks", "resid_post.1", "resid_post.2"]
     args += ["--data.source", text, "--data.context-size", "16", "--model.batch-windows", "4"]
-    args += ["--shard-tokens", "1000", "--quiet"]
+    return [*args, "--shard-tokens", "1000", "--quiet"]
+
+
+def harvest_chains(work: Path, rng: random.Random, kills: int, log) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    args = _harvest_args(work)
     ref, t_full = reference(args, work)
     want = harvest_result(ref)
     delivered = survived = chains = 0
@@ -283,16 +332,21 @@ def harvest_chains(work: Path, rng: random.Random, kills: int, log) -> dict:
     while delivered < kills:
         chains += 1
         out = f"cut{chains}"
+        shutil.rmtree(work / out, ignore_errors=True)  # a complete cache would just be kept
         in_chain = 0
         while in_chain < min(3, kills - delivered):
             delay = rng.uniform(0.05, 1.0) * t_full
+            t0 = time.perf_counter()
             killed, _ = run_and_kill(sae_cmd([*args, "--out", out]), work, delay)
             if not killed:
+                if in_chain == 0:  # a whole harvest beat its kill: the machine's load dropped
+                    t_full = min(t_full, time.perf_counter() - t0)
                 break
             in_chain += 1
             log(f"  harvest: kill {delivered + in_chain} at {delay:.1f}s")
         end = run(sae_cmd([*args, "--out", out]), work)
         ok = end.returncode == 0 and harvest_result(work / out) == want
+        log(f"  harvest: chain {chains} ({in_chain} kills): {'same' if ok else 'DIFFERENT'}")
         if not ok:
             failures.append(f"chain {chains}: rc={end.returncode} {end.stderr.strip()[-300:]}")
         delivered += in_chain
@@ -300,8 +354,76 @@ def harvest_chains(work: Path, rng: random.Random, kills: int, log) -> dict:
     return {"kills": delivered, "survived": survived, "failures": failures, "t_full_s": t_full}
 
 
-def _wait_for_checkpoints(cmd: list[str], work: Path, out: str, n: int) -> None:
-    """Run `cmd` until `out` holds n complete checkpoints, then SIGKILL it."""
+def _shards_intact(out: Path) -> bool:
+    """Every shard the manifest lists is on disk with the sha256 the manifest records."""
+    m = json.loads((out / "manifest.json").read_text())
+    return bool(m["shards"]) and all(
+        hashlib.sha256((out / s["file"]).read_bytes()).hexdigest() == s["sha256"]
+        for s in m["shards"]
+    )
+
+
+def harvest_disk_full_cases(work: Path, log, tmpfs: bool = True) -> dict:
+    """`sae harvest` runs out of space after some shards are written (RLIMIT_FSIZE below one
+    shard's size, and as root a tmpfs with room for two and a half shards): one line on stderr,
+    every listed shard intact, and rerunning the same command once space is back ends with
+    shards identical to the uninterrupted harvest."""
+    work.mkdir(parents=True, exist_ok=True)
+    args = _harvest_args(work)
+    ref = reference(args, work)[0]
+    want = harvest_result(ref)
+    shard_bytes = max(f.stat().st_size for f in ref.glob("shard_*.safetensors"))
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    modes = ["rlimit"] + (["tmpfs"] if tmpfs and _can_mount_tmpfs(mnt) else [])
+    results, failures = [], []
+    for mode in modes:
+        preexec = None
+        if mode == "tmpfs":
+            size = int(2.5 * shard_bytes) + 64 * 1024
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True
+            )
+            out = mnt / "run"
+        else:
+            out = work / "full-harvest"
+            shutil.rmtree(out, ignore_errors=True)
+            _wait_for(sae_cmd([*args, "--out", str(out)]), work, lambda o=out: _n_shards(o) >= 2)
+            limit = shard_bytes // 2
+
+            def preexec(limit=limit):
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        first = run(sae_cmd([*args, "--out", str(out)]), work, preexec=preexec)
+        err = first.stderr.strip().splitlines()
+        one_line = first.returncode == 1 and len(err) == 1 and "out of disk space" in err[0]
+        intact = _shards_intact(out)
+        if mode == "tmpfs":  # free space: grow the tmpfs
+            subprocess.run(["mount", "-o", f"remount,size={40 * size}", str(mnt)], check=True)
+        end = run(sae_cmd([*args, "--out", str(out)]), work)
+        same = end.returncode == 0 and harvest_result(out) == want
+        if mode == "tmpfs":
+            subprocess.run(["umount", str(mnt)], check=True)
+        ok = one_line and intact and same
+        results.append(ok)
+        log(f"  harvest disk full ({mode}): {'ok' if ok else 'FAILED'} [{err[-1] if err else ''}]")
+        if not ok:
+            failures.append(
+                f"{mode}: one_line={one_line} intact={intact} same={same} stderr={err[-3:]} "
+                f"end={end.stderr.strip()[-300:]}"
+            )
+    return {"cases": len(results), "ok": sum(results), "modes": modes, "failures": failures}
+
+
+def _n_shards(out: Path) -> int:
+    try:
+        return len(json.loads((out / "manifest.json").read_text())["shards"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _wait_for(cmd: list[str], work: Path, done: Callable[[], bool]) -> None:
+    """Run `cmd` until `done()`, then SIGKILL it."""
     p = subprocess.Popen(
         cmd,
         cwd=work,
@@ -311,14 +433,20 @@ def _wait_for_checkpoints(cmd: list[str], work: Path, out: str, n: int) -> None:
         start_new_session=True,
     )
     deadline = time.time() + 600
-    while time.time() < deadline and p.poll() is None:
-        folders = [d for d in (work / out).glob("[0-9]*") if (d / "manifest.json").exists()]
-        if len(folders) >= n:
-            break
+    while time.time() < deadline and p.poll() is None and not done():
         time.sleep(0.05)
     if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_tree(p.pid)
     p.wait()
+
+
+def _wait_for_checkpoints(cmd: list[str], work: Path, out: str, n: int) -> None:
+    """Run `cmd` until `out` holds n complete checkpoints, then SIGKILL it."""
+
+    def enough() -> bool:
+        return sum((d / "manifest.json").exists() for d in (work / out).glob("[0-9]*")) >= n
+
+    _wait_for(cmd, work, enough)
 
 
 def _truncate(p: Path) -> None:
@@ -458,6 +586,8 @@ def campaign(work: Path, seed: int, quick: bool, only: list[str] | None, log=pri
         report["corrupt"] = corrupt_cases(work / "matrix", log, kinds)
     if want("disk-full"):
         report["disk_full"] = disk_full_cases(work / "matrix", log, tmpfs=not quick)
+    if want("harvest-disk-full") and not quick:
+        report["harvest_disk_full"] = harvest_disk_full_cases(work / "harvest", log)
     parts = list(report["train"].values()) + ([report["harvest"]] if "harvest" in report else [])
     report["kills"] = sum(p["kills"] for p in parts)
     report["survived"] = sum(p["survived"] for p in parts)
@@ -468,7 +598,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="the default-suite subset")
-    ap.add_argument("--only", nargs="*", help="scenario names (matrix-topk, harvest, corrupt, ...)")
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        help="parts to run: matrix-topk, matrix-jumprelu, matrix-sweep, live-topk, torchrun-2, "
+        "harvest, corrupt, disk-full, harvest-disk-full (default: all)",
+    )
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the report here")
     a = ap.parse_args()
@@ -486,6 +621,7 @@ def main() -> None:
             report.get("harvest"),
             report.get("corrupt"),
             report.get("disk_full"),
+            report.get("harvest_disk_full"),
         ]
         if p and p["failures"]
     ]
@@ -493,7 +629,9 @@ def main() -> None:
         f"kills survived and resumed bit-identically: {report['survived']}/{report['kills']}; "
         f"corrupt checkpoints caught: {report.get('corrupt', {}).get('caught')}/"
         f"{report.get('corrupt', {}).get('cases')}; disk full handled: "
-        f"{report.get('disk_full', {}).get('ok')}/{report.get('disk_full', {}).get('cases')}"
+        f"{report.get('disk_full', {}).get('ok')}/{report.get('disk_full', {}).get('cases')}; "
+        f"harvest disk full handled: {report.get('harvest_disk_full', {}).get('ok')}/"
+        f"{report.get('harvest_disk_full', {}).get('cases')}"
     )
     if not a.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -69,10 +69,14 @@ class CacheLocation:
             return (self.local / name).is_file()
         return self.fs.isfile(self._path(name))
 
-    def holds_anything(self) -> bool:
-        if self.local is not None:
-            return self.local.exists() and any(self.local.iterdir())
-        return self.fs.exists(self.root) and bool(self.fs.ls(self.root, detail=False))
+    def remove_stale(self, names: tuple[str, ...]) -> None:
+        """Delete the temporary files (`.<name>.*.tmp`, sae/fsutil.py) of local writes to files
+        whose names start with one of `names` that a kill cut short; an object store has none."""
+        if self.local is None or not self.local.is_dir():
+            return
+        for p in self.local.glob(".*.tmp"):
+            if p.name[1:].startswith(names):
+                p.unlink(missing_ok=True)
 
     def names(self) -> list[str]:
         if self.local is not None:

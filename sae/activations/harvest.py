@@ -10,7 +10,9 @@ Layout: `manifest.json` plus fixed-size shards `shard_00000.safetensors`, each h
 manifest records model, hooks, widths, dtype, token count, data hash, and every shard's sha256
 and end position. Shards and the manifest are written atomically (one object each on an object
 store), and the manifest is updated after every shard, so an interrupted harvest resumes at the
-last complete shard: no token is lost or written twice.
+last complete shard: no token is lost or written twice. Each shard entry also records the text
+position (document, offset) where the next shard starts, so a resume seeks there instead of
+re-reading and re-tokenizing the text before it.
 
 Under torchrun every rank harvests its own windows into the same folder (`shard_r001_00000...`,
 with its own `manifest.rank001.json` to resume from); once all are done, rank 0 writes
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from sae import dist
 from sae.activations.cachefs import CacheLocation
 from sae.activations.sources import LiveSource
-from sae.activations.store import fixed_chunks
+from sae.activations.store import fixed_chunks, source_position, source_seek
 from sae.cliconfig import to_dict
 from sae.config import ConfigError, HarvestConfig
 from sae.fsutil import sha256_json
@@ -63,7 +65,8 @@ def _prepare(loc: CacheLocation, name: str, identity: dict, overwrite: bool) -> 
     if overwrite:
         return None
     if not loc.exists(name):
-        if loc.holds_anything() and not any(n.startswith("manifest") for n in loc.names()):
+        names = [n for n in loc.names() if not n.endswith(".tmp")]  # a write a kill cut short
+        if names and not any(n.startswith("manifest") for n in names):
             raise ConfigError(
                 f"out={loc.display!r} exists and is not an activation cache; choose another --out."
             )
@@ -136,9 +139,13 @@ def harvest(cfg: HarvestConfig, source: LiveSource | None = None) -> Path | str:
             "complete": False,
         }
         loc.makedirs()
+        # The manifest first: a folder holding only it is resumed; one holding only the config
+        # would be refused as "not an activation cache" after a kill between the two writes.
+        loc.write_json(name, manifest)
         if dist.is_main():
             loc.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        loc.write_json(name, manifest)
+    # This rank's shard, manifest or config writes that a kill cut short.
+    loc.remove_stale((prefix, name, *(["config.yaml"] if dist.is_main() else [])))
     if not manifest["complete"]:
         _fill(cfg, loc, name, prefix, manifest, source, limit)
     dist.barrier()
@@ -152,6 +159,8 @@ def _fill(cfg: HarvestConfig, loc, name, prefix, manifest, source, limit) -> Non
     dtype = getattr(torch, cfg.dtype)
     shards = manifest["shards"]
     cursor, skip = (shards[-1]["end_cursor"], shards[-1]["end_skip"]) if shards else (0, 0)
+    if shards:  # start packing at the saved text position instead of re-reading the text
+        source_seek(source, cursor, shards[-1].get("end_position"))
     done = manifest["n_tokens"]
     bar = tqdm(
         total=limit,
@@ -172,6 +181,7 @@ def _fill(cfg: HarvestConfig, loc, name, prefix, manifest, source, limit) -> Non
         file = f"{prefix}{chunk.index:05d}.safetensors"
         shards.append({"file": file, "n_tokens": n, "sha256": loc.write_tensors(file, tensors)})
         shards[-1]["end_cursor"], shards[-1]["end_skip"] = chunk.end
+        shards[-1]["end_position"] = source_position(source, chunk.end[0])
         done += n
         manifest["n_tokens"] = done
         bar.update(n)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import sae.activations.cachefs as cachefs_mod
 from sae.activations.harvest import harvest
 from sae.activations.sources import CacheSource, LiveSource
 from sae.activations.store import ActivationStore
+from sae.activations.text import TokenWindows
 from sae.cli import main
 from sae.config import ConfigError, DataConfig, HarvestConfig, ModelConfig, StoreConfig
 
@@ -93,6 +96,73 @@ def test_interrupted_harvest_resumes_without_loss_or_duplication(
     assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
 
 
+def test_a_harvest_killed_before_its_first_manifest_resumes(
+    tiny_models, text_file, tmp_path, monkeypatch
+):
+    """Pins two defects: config.yaml was written before the manifest, so a kill between the two
+    left a folder the next run refused ("not an activation cache"); and the temporary file of a
+    write that a kill cut short made the folder look foreign too, and was never removed."""
+    reference = harvest(_cfg(tiny_models, text_file, tmp_path / "ref", max_tokens=700))
+    cfg = _cfg(tiny_models, text_file, tmp_path / "cut", max_tokens=700)
+    real_write = cachefs_mod.atomic_write_json
+
+    def killed(path, obj):  # a SIGKILL inside the write: its temporary file stays behind
+        Path(path).with_name(f".{Path(path).name}.k1ll3d.tmp").write_text("{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cachefs_mod, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(cfg)
+    monkeypatch.setattr(cachefs_mod, "atomic_write_json", real_write)
+    out = harvest(cfg)
+    want = json.loads((reference / "manifest.json").read_text())["shards"]
+    got = json.loads((out / "manifest.json").read_text())["shards"]
+    assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
+    assert not list(out.glob(".*.tmp")) and (out / "config.yaml").is_file()
+
+
+def test_a_resumed_harvest_seeks_instead_of_re_reading_the_text(
+    tiny_models, text_file, tmp_path, monkeypatch
+):
+    """Pins: a resumed harvest restarted the text stream from its first document and
+    re-tokenized everything before the cursor; each shard now records its end's text position
+    and a resume starts packing there, with shards identical to an uninterrupted harvest."""
+    reference = harvest(_cfg(tiny_models, text_file, tmp_path / "ref"))
+    want = json.loads((reference / "manifest.json").read_text())["shards"]
+    assert len(want) >= 5
+    cfg = _cfg(tiny_models, text_file, tmp_path / "resumed")
+    real_save, calls = cachefs_mod.atomic_save_safetensors, []
+
+    def crash_late(*args, **kwargs):  # interrupted while writing the last shard
+        calls.append(1)
+        if len(calls) == len(want):
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", crash_late)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(cfg)
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", real_save)
+    partial = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert partial["shards"][-1]["end_position"][0] > 0
+
+    real_lists, tokenized = TokenWindows._token_lists, []
+
+    def counting(self, docs):
+        for key, ids in real_lists(self, docs):
+            tokenized.append(key)
+            yield key, ids
+
+    monkeypatch.setattr(TokenWindows, "_token_lists", counting)
+    harvest(cfg)
+    resumed_docs = len(tokenized)
+    tokenized.clear()
+    harvest(_cfg(tiny_models, text_file, tmp_path / "fresh"))
+    assert resumed_docs < len(tokenized) / 3  # the text before the cursor was skipped unread
+    got = json.loads((tmp_path / "resumed" / "manifest.json").read_text())["shards"]
+    assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
+
+
 def test_bad_caches_are_refused(tiny_models, text_file, tmp_path):
     cfg = _cfg(tiny_models, text_file, tmp_path / "c", max_tokens=700)
     out = harvest(cfg)
@@ -147,6 +217,39 @@ def test_cli_harvest_prints_path_last_and_errors_in_one_line(
     with pytest.raises(SystemExit):
         main(["harvest", str(yaml_path)])
     assert "unknown field 'modle'" in capsys.readouterr().err
+
+
+def test_cli_harvest_reports_a_full_disk_in_one_line_and_resumes(
+    tiny_models, text_file, tmp_path, monkeypatch, capsys
+):
+    """A full disk while writing a shard is one stderr line (exit 1) naming the shard, not the
+    temporary file the write failed on (pinned: it named `.shard_00001.safetensors.XXXX.tmp`);
+    the shards before it stay listed, and the same command then finishes the cache."""
+    out = tmp_path / "full"
+    args = ["harvest", "--model.name", tiny_models["llama"], "--model.hooks", "resid_post.1"]
+    args += ["--data.source", text_file, "--data.context-size", "16", "--shard-tokens", "300"]
+    args += ["--max-tokens", "900", "--quiet", "--out", str(out)]
+    real_save, calls = cachefs_mod.atomic_save_safetensors, []
+
+    def full_on_second(path, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            tmp = Path(path).with_name(f".{Path(path).name}.ab_12cd3.tmp")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+        return real_save(path, *a, **kw)
+
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", full_on_second)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1, err
+    assert "out of disk space (No space left on device writing " in err[0]
+    assert f"{out / 'shard_00001.safetensors'})" in err[0] and ".tmp" not in err[0]
+    assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 1
+    monkeypatch.setattr(cachefs_mod, "atomic_save_safetensors", real_save)
+    main(args)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["n_tokens"] == 900
 
 
 def test_training_refuses_a_cache_from_another_model_or_hook(tiny_models, text_file, tmp_path):

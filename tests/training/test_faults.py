@@ -4,6 +4,8 @@ the whole campaign marked slow. Pins "kill it at any moment, resume, get the sam
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -22,12 +24,41 @@ def _campaign_module():
 
 def _check(report: dict) -> None:
     failures = [f for part in report["train"].values() for f in part["failures"]]
-    for key in ("harvest", "corrupt", "disk_full"):
+    for key in ("harvest", "corrupt", "disk_full", "harvest_disk_full"):
         failures += report.get(key, {}).get("failures", [])
     assert not failures, failures
     assert report["kills"] >= 1 and report["survived"] == report["kills"], report
     assert report["corrupt"]["caught"] == report["corrupt"]["cases"], report
     assert report["disk_full"]["ok"] == report["disk_full"]["cases"], report
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie is dead
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_kill_reaches_workers_in_sessions_of_their_own(tmp_path):
+    """Pins: the campaign killed only the launcher's process group, but torchrun starts its
+    workers in new sessions, so they lived on as orphans (waiting forever for the dead launcher,
+    or writing to the run folder beside the resumed run) and the torchrun scenario hung."""
+    launcher = (
+        "import subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+        "    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(c.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    killed, out = _campaign_module().run_and_kill([sys.executable, "-c", launcher], tmp_path, 5)
+    worker = int(out.split()[0])
+    try:
+        assert killed and not _alive(worker)
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 def test_quick_fault_campaign(tmp_path):
