@@ -151,7 +151,7 @@ def train_or_load(args) -> tuple[ModAdd, dict]:
                             fused=dev.type == "cpu")  # fmt: skip
     state_path, start, spent, cpu_spent = folder / "train_state.pt", 0, 0.0, 0.0
     if state_path.is_file():  # resume an interrupted run
-        st = torch.load(state_path, map_location=dev)
+        st = torch.load(state_path, map_location=dev, weights_only=True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         start, spent, cpu_spent = st["epoch"], st["seconds"], st.get("cpu_seconds", 0.0)
