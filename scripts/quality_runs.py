@@ -89,36 +89,32 @@ for item in a.patch:
 
             torch.optim.Adam = A
 
+common = dict(
+    total_tokens=a.tokens,
+    eval_tokens=a.eval_tokens,
+    lr=a.lr,
+    seed=a.seed,
+    dead_tokens=a.dead,
+    out=a.out,
+    quiet=True,
+    checkpoint_every=0,
+)
 if a.kind == "syn":
     syn = SyntheticConfig(d_in=256, n_features=2048, mean_active=8.0, prob_decay=1.0, seed=0)
     tc = TrainConfig(
         activations="synthetic",
         synthetic=syn,
-        total_tokens=a.tokens,
-        eval_tokens=a.eval_tokens,
         store=StoreConfig(batch_size=a.batch, buffer_tokens=65536, normalize=True),
         sae=SAEConfig(d_in=None, architecture="topk", d_sae=a.d_sae or 2048, k=a.k or 8, **sae_kw),
-        lr=a.lr,
-        seed=a.seed,
-        dead_tokens=a.dead,
-        out=a.out,
-        quiet=True,
-        checkpoint_every=0,
+        **common,
     )
 else:
     tc = TrainConfig(
         activations=f"{a.bench}/train.npy",
         eval_activations=f"{a.bench}/eval.npy",
-        total_tokens=a.tokens,
-        eval_tokens=a.eval_tokens,
         store=StoreConfig(batch_size=a.batch, normalize=True),
         sae=SAEConfig(d_in=None, architecture="topk", d_sae=a.d_sae or 3072, k=a.k or 32, **sae_kw),
-        lr=a.lr,
-        seed=a.seed,
-        dead_tokens=a.dead,
-        out=a.out,
-        quiet=True,
-        checkpoint_every=0,
+        **common,
     )
 shutil.rmtree(a.out, ignore_errors=True)
 T.CHECKPOINT_SECONDS = 10**9
