@@ -114,6 +114,21 @@ def kill_tree(pid: int) -> None:
     for p in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: a killed process can still be listed as running (or
+    # stopped) for a moment. Wait until each is gone or a zombie, so that the resume that follows
+    # never overlaps a dying worker.
+    deadline = time.monotonic() + 30
+    while any(not _dead(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _dead(pid: int) -> bool:
+    """Has `pid` exited (gone, or a zombie not yet reaped)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def run_and_kill(cmd: list[str], cwd: Path, delay: float) -> tuple[bool, str]:
