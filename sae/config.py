@@ -265,8 +265,10 @@ class TrainConfig:
     see BENCHMARKS.md)."""
     seed: int = 0
     """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
-    dead_tokens: int = 250_000
-    """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %)."""
+    dead_tokens: int | None = None
+    """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %); None:
+    a 25th of the run's training tokens, at least one batch and at most 10M (Gao et al.'s
+    window; `training.members.dead_window`, BENCHMARKS.md 'encoder init scale')."""
     checkpoint_every: int = 1_000_000_000
     """tokens between checkpoints (0: by time only); a checkpoint is also written every
     CHECKPOINT_SECONDS of wall time (whichever comes first), at the end, and on SIGINT/SIGTERM."""
@@ -291,7 +293,7 @@ class TrainConfig:
         positive = {
             "eval_tokens": self.eval_tokens >= 0,
             "epochs": self.epochs >= 1,
-            "dead_tokens": self.dead_tokens > 0,
+            "dead_tokens": self.dead_tokens is None or self.dead_tokens > 0,
             "log_every": self.log_every > 0,
             "checkpoint_every": self.checkpoint_every >= 0,
         }

@@ -10,6 +10,9 @@ scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 b
 NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
 `init_scale=c` (W_enc = c W_dec^T after the data init) or `freeze_benc=1`.
+`sparsify`: EleutherAI sparsify's SparseCoder on the same `mini` rows and held-out rows, or
+(`--on syn`) on the same synthetic generator (`--peer-opt signum|adam`, `--raw`): the side-by-side
+figures.
 """
 
 import argparse
@@ -31,19 +34,29 @@ from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 from sae.config import SAEConfig, StoreConfig, TrainConfig
 
 p = argparse.ArgumentParser()
-p.add_argument("kind", choices=["syn", "mini"])
+p.add_argument("kind", choices=["syn", "mini", "sparsify"])
 p.add_argument("--tokens", type=int, default=500_000)
 p.add_argument("--batch", type=int, default=4096)
 p.add_argument("--d-sae", type=int, default=None)
 p.add_argument("--k", type=int, default=None)
 p.add_argument("--lr", type=float, default=None)
 p.add_argument("--seed", type=int, default=0)
-p.add_argument("--dead", type=int, default=250_000)
+p.add_argument("--dead", type=int, default=None, help="dead_tokens (default: the trainer's)")
 p.add_argument("--eval-tokens", type=int, default=65536)
 p.add_argument("--out", default="/tmp/s4q/run")
 p.add_argument("--tag", default="")
 p.add_argument("--bench", default="/work/bench")
+p.add_argument("--train", default="train.npy", help="`mini`: training rows in --bench")
+p.add_argument("--eval", default="eval.npy", help="`mini`: held-out rows in --bench")
 p.add_argument("--log", default=None, help="append the JSON line to this file")
+p.add_argument(
+    "--peer-opt",
+    choices=["signum", "adam"],
+    default="signum",
+    help="`sparsify`: its Trainer's default (schedule-free sign descent) or its Adam",
+)
+p.add_argument("--raw", action="store_true", help="`sparsify`: no unit-norm input scaling")
+p.add_argument("--on", choices=["mini", "syn"], default="mini", help="`sparsify`: which data")
 p.add_argument("patch", nargs="*")
 a = p.parse_intermixed_args()
 
@@ -88,6 +101,93 @@ for item in a.patch:
                     super().__init__(*args, **kw)
 
             torch.optim.Adam = A
+SYN = SyntheticConfig(d_in=256, n_features=2048, mean_active=8.0, prob_decay=1.0, seed=0)
+
+
+def sparsify_run(a) -> dict:
+    """EleutherAI sparsify's SparseCoder on the `mini` rows: batches of consecutive rows in a
+    seeded random order, its default LR for the optimizer, AuxK at 1/32 with Adam (its Trainer
+    adds none with sign descent), decoder gradient projected as its Trainer does; held-out FVU
+    over the first --eval-tokens rows of the held-out file, as ours (variance about the mean)."""
+    import numpy as np
+    from schedulefree import ScheduleFreeWrapper
+    from sparsify import SparseCoder, SparseCoderConfig
+    from sparsify.sign_sgd import SignSGD
+
+    B = a.batch
+    if a.on == "syn":  # the generator's stream; held-out rows from batch indices far beyond it
+        data = SyntheticData(SYN)
+        S, K = a.d_sae or 2048, a.k or 8
+        held = torch.cat(
+            [data.sample(10**7 + j, 4096).x_BD for j in range(-(-a.eval_tokens // 4096))]
+        )
+        batch_at = lambda step: data.sample(step, B).x_BD  # noqa: E731
+        d_in = SYN.d_in
+    else:
+        acts = np.load(f"{a.bench}/{a.train}", mmap_mode="r")
+        held = np.load(f"{a.bench}/{a.eval}", mmap_mode="r")[: a.eval_tokens]
+        held = torch.from_numpy(held.copy())
+        S, K = a.d_sae or 3072, a.k or 32
+        order = np.random.default_rng(a.seed).permutation(len(acts) // B)
+
+        def batch_at(step):
+            i = order[step % len(order)] * B
+            return torch.from_numpy(np.ascontiguousarray(acts[i : i + B]))
+
+        d_in = acts.shape[1]
+    torch.manual_seed(a.seed)
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=S, k=K))
+    if a.peer_opt == "signum":
+        lr = a.lr or 5e-3 / (S / 2**14) ** 0.5
+        opt = ScheduleFreeWrapper(SignSGD(sae.parameters(), lr=lr), momentum=0.95)
+        opt.train()
+    else:
+        lr = a.lr or 2e-4 / (S / 2**14) ** 0.5
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    since = torch.zeros(S, dtype=torch.long)
+    scale, t0 = None, time.time()
+    for step in range(a.tokens // B):
+        x = batch_at(step)
+        if scale is None:
+            scale = 1.0 if a.raw else float(x.pow(2).sum(-1).mean().rsqrt())
+            sae.b_dec.data = (x * scale).mean(0)
+        out = sae(x * scale, dead_mask=since > (a.dead or 10_000_000))
+        loss = out.fvu + (out.auxk_loss / 32 if a.peer_opt == "adam" else 0)
+        loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        if a.peer_opt == "adam":
+            sae.set_decoder_norm_to_unit_norm()
+        since += B
+        since[out.latent_indices.flatten()] = 0
+    if a.peer_opt == "signum":
+        opt.eval()  # the schedule-free average, the weights it evaluates
+    err, fired, e = 0.0, torch.zeros(S, dtype=torch.bool), held * scale
+    with torch.no_grad():
+        for j in range(0, len(e), 4096):
+            o = sae(e[j : j + 4096])
+            err += float((o.sae_out - e[j : j + 4096]).double().pow(2).sum())
+            fired[o.latent_indices.flatten()] = True
+        var = float((e.double() - e.double().mean(0)).pow(2).sum())
+    res = {}
+    if a.on == "syn":
+        m = compare_dictionaries(data.dictionary_ND, sae.W_dec.detach().float())
+        res = {"mmcs": round(float(m.mmcs), 4), "rec90": round(float(m.recovery_90), 4)}
+    return res | {
+        "kind": "sparsify",
+        "on": a.on,
+        "opt": a.peer_opt,
+        "raw": a.raw,
+        "tokens": a.tokens,
+        "batch": B,
+        "lr": lr,
+        "seed": a.seed,
+        "fvu": round(err / var, 4),
+        "dead_pct": round(100 * (1 - fired.float().mean().item()), 2),
+        "wall": round(time.time() - t0, 1),
+    }
+
 
 common = dict(
     total_tokens=a.tokens,
@@ -100,7 +200,7 @@ common = dict(
     checkpoint_every=0,
 )
 if a.kind == "syn":
-    syn = SyntheticConfig(d_in=256, n_features=2048, mean_active=8.0, prob_decay=1.0, seed=0)
+    syn = SYN
     tc = TrainConfig(
         activations="synthetic",
         synthetic=syn,
@@ -110,12 +210,19 @@ if a.kind == "syn":
     )
 else:
     tc = TrainConfig(
-        activations=f"{a.bench}/train.npy",
-        eval_activations=f"{a.bench}/eval.npy",
+        activations=f"{a.bench}/{a.train}",
+        eval_activations=f"{a.bench}/{a.eval}",
         store=StoreConfig(batch_size=a.batch, normalize=True),
         sae=SAEConfig(d_in=None, architecture="topk", d_sae=a.d_sae or 3072, k=a.k or 32, **sae_kw),
         **common,
     )
+if a.kind == "sparsify":
+    res = sparsify_run(a)
+    print(json.dumps(res), flush=True)
+    if a.log:
+        with open(a.log, "a") as f:
+            f.write(json.dumps(res) + "\n")
+    raise SystemExit(0)
 shutil.rmtree(a.out, ignore_errors=True)
 T.CHECKPOINT_SECONDS = 10**9
 t0 = time.time()

@@ -116,6 +116,23 @@ def default_lr(d_sae: int, batch_tokens: int) -> float:
     return 1.2e-3 * math.sqrt(batch_tokens / 1024) / math.sqrt(d_sae / 2**14)
 
 
+DEAD_WINDOW_FRACTION = 1 / 25
+"""The default dead window as a fraction of the run. A fixed window of 250k tokens left half of
+a 500k-token run's dead latents without AuxK's gradient; a 25th of the run revives them in
+time (BENCHMARKS.md, 'encoder init scale')."""
+DEAD_WINDOW_MAX = 10_000_000
+"""Gao et al. 2024 (§A.2) call a latent dead after 10M tokens without firing."""
+
+
+def dead_window(tcfg: TrainConfig, run_tokens: int) -> int:
+    """Tokens without firing after which a latent counts as dead: `dead_tokens`, or by default
+    a 25th of the run's `run_tokens`, at least one (all-rank) batch and at most 10M."""
+    if tcfg.dead_tokens is not None:
+        return tcfg.dead_tokens
+    batch = tcfg.store.batch_size * dist.world_size()
+    return int(min(DEAD_WINDOW_MAX, max(batch, run_tokens * DEAD_WINDOW_FRACTION)))
+
+
 def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[Member]:
     members = []
     world = dist.world_size()

@@ -44,6 +44,7 @@ from sae.training.heldout import heldout_store, score_members
 from sae.training.members import (
     Member,
     build_members,
+    dead_window,
     loss_fn,
     rows_per_epoch,
     run_metadata,
@@ -83,6 +84,7 @@ class Trainer:
         else:
             steps = rows_per_epoch(self.source, tcfg) * tcfg.epochs // B
             self.total_steps = max(1, dist.min_over_ranks(steps))
+        self.dead_tokens = dead_window(tcfg, self.total_steps * B * world)
         self.step, self.tokens, self.epoch = 0, 0, 0
         self.stream = [0, 0.0]  # this rank's rows read and the sum of their first column
         self.scale: dict[str, float] | None = None  # hook -> factor; None until the first batch
@@ -166,7 +168,7 @@ class Trainer:
         y = batch[m.target].to(self.device, non_blocking=True) if m.target else None
         for group in m.opt.param_groups:
             group["lr"] = m.lr * lr_mult
-        dead = m.tokens_since_fired >= self.tcfg.dead_tokens
+        dead = m.tokens_since_fired >= self.dead_tokens
         ok = torch.tensor(False)
         if len(x) >= 2:  # the FVU needs two rows: a one-row last batch is skipped
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
@@ -257,7 +259,7 @@ class Trainer:
         tcfg = self.tcfg
         store, where = heldout_store(tcfg, self.source)
         results = score_members(
-            self.members, store, where, self.scale or {}, tcfg.eval_tokens, tcfg.dead_tokens,
+            self.members, store, where, self.scale or {}, tcfg.eval_tokens, self.dead_tokens,
             self.device,
         )  # fmt: skip
         finals = [self.run / "final" / m.name for m in self.members]
