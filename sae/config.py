@@ -267,7 +267,7 @@ class TrainConfig:
     """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
     dead_tokens: int | None = None
     """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %); None:
-    a 50th of the run's training tokens, at least one batch and at most 10M (Gao et al.'s
+    a 100th of the run's training tokens, at least one batch and at most 10M (Gao et al.'s
     window; `training.members.dead_window`, BENCHMARKS.md 'encoder init scale')."""
     checkpoint_every: int = 1_000_000_000
     """tokens between checkpoints (0: by time only); a checkpoint is also written every

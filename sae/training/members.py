@@ -116,17 +116,18 @@ def default_lr(d_sae: int, batch_tokens: int) -> float:
     return 1.2e-3 * math.sqrt(batch_tokens / 1024) / math.sqrt(d_sae / 2**14)
 
 
-DEAD_WINDOW_FRACTION = 1 / 50
+DEAD_WINDOW_FRACTION = 1 / 100
 """The default dead window as a fraction of the run. A fixed window of 250k tokens left half of
-a 500k-token run's dead latents without AuxK's gradient; a 50th of the run revives them in
-time (a 25th left twice the held-out dead latents: BENCHMARKS.md, 'encoder init scale')."""
+a 500k-token run's dead latents without AuxK's gradient; a 100th of the run revives them in
+time (a 25th left five times the held-out dead latents in the built-in run, a 50th 2.6 times:
+BENCHMARKS.md, 'encoder init scale')."""
 DEAD_WINDOW_MAX = 10_000_000
 """Gao et al. 2024 (§A.2) call a latent dead after 10M tokens without firing."""
 
 
 def dead_window(tcfg: TrainConfig, run_tokens: int) -> int:
     """Tokens without firing after which a latent counts as dead: `dead_tokens`, or by default
-    a 50th of the run's `run_tokens`, at least one (all-rank) batch and at most 10M."""
+    a 100th of the run's `run_tokens`, at least one (all-rank) batch and at most 10M."""
     if tcfg.dead_tokens is not None:
         return tcfg.dead_tokens
     batch = tcfg.store.batch_size * dist.world_size()
