@@ -470,8 +470,9 @@ class SAE(nn.Module):
         # The least-squares scale: the factor c minimising |c * recon - (t - center)|^2, so the
         # first reconstruction explains as much of the sample as it can. The codes are linear in
         # c (b_enc = 0; TopK's selection does not depend on it), so scaling W_enc scales them.
-        denom = recon.double().pow(2).sum()
-        c = float((recon.double() * (t - center).double()).sum() / denom) if denom > 0 else 0.0
+        r = recon.double()
+        denom = r.pow(2).sum()
+        c = float((r * (t - center).double()).sum() / denom) if denom > 0 else 0.0
         if c > 0:
             self.W_enc.mul_(c)
 

@@ -101,6 +101,16 @@ for item in a.patch:
                     super().__init__(*args, **kw)
 
             torch.optim.Adam = A
+
+
+def emit(res: dict) -> None:
+    """Print the run's JSON line and append it to --log."""
+    print(json.dumps(res), flush=True)
+    if a.log:
+        with open(a.log, "a") as f:
+            f.write(json.dumps(res) + "\n")
+
+
 SYN = SyntheticConfig(d_in=256, n_features=2048, mean_active=8.0, prob_decay=1.0, seed=0)
 
 
@@ -217,11 +227,7 @@ else:
         **common,
     )
 if a.kind == "sparsify":
-    res = sparsify_run(a)
-    print(json.dumps(res), flush=True)
-    if a.log:
-        with open(a.log, "a") as f:
-            f.write(json.dumps(res) + "\n")
+    emit(sparsify_run(a))
     raise SystemExit(0)
 shutil.rmtree(a.out, ignore_errors=True)
 T.CHECKPOINT_SECONDS = 10**9
@@ -248,7 +254,4 @@ if a.kind == "syn":
     res["rec90"] = round(float(m.recovery_90), 4)
 res["wall"] = round(time.time() - t0, 1)
 res["rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-print(json.dumps(res), flush=True)
-if a.log:
-    with open(a.log, "a") as f:
-        f.write(json.dumps(res) + "\n")
+emit(res)
