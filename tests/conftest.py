@@ -71,6 +71,12 @@ def _build(family: str, path: str) -> None:
     tok.save_pretrained(path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """The built-in corpus cache goes to a folder of this test session, not the user's home."""
+    os.environ["SAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("sae_cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """family -> folder of a tiny random-weight model saved with save_pretrained."""

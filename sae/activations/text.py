@@ -12,8 +12,12 @@ evaluation, and the windows of each part are dealt to ranks round-robin.
 from __future__ import annotations
 
 import ast
+import bisect
+import hashlib
 import itertools
+import json
 import os
+import sys
 import sysconfig
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -45,10 +49,88 @@ def builtin_documents() -> Iterator[str]:
 _PER_FILE = 1 << 20
 """builtin document keys are file number * _PER_FILE + docstring number within the file."""
 
+_BUILTIN_CACHE_VERSION = 1
+"""Bump when the extraction below changes what it yields, so old cache files are not read."""
+
+_builtin_memo: list[tuple[int, str]] | None = None
+"""The whole corpus once a process has read it (about 2 MB): later passes parse nothing."""
+
+
+def _builtin_files() -> tuple[str, list[Path]]:
+    """The stdlib folder and its .py files in corpus order (a sorted walk without tests)."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    files = []
+    for root, dirs, names in os.walk(stdlib):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_STDLIB_DIRS)
+        files += [Path(root, n) for n in sorted(names) if n.endswith(".py")]
+    return stdlib, files
+
+
+def builtin_cache_file() -> Path:
+    """Where the extracted corpus is kept between runs: `$SAE_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/sae` or `~/.cache/sae`; the name hashes the Python version and every source
+    file's path, size and mtime, so an upgraded or edited stdlib is parsed afresh."""
+    stdlib, files = _builtin_files()
+    stats = [(str(f.relative_to(stdlib)), *_size_mtime(f)) for f in files]
+    key = json.dumps([_BUILTIN_CACHE_VERSION, sys.version, stdlib, stats])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    root = os.environ.get("SAE_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "sae"
+    )
+    return Path(root, f"builtin-docs-{digest}.json")
+
+
+def _size_mtime(f: Path) -> tuple[int, int]:
+    st = f.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _load_builtin() -> list[tuple[int, str]] | None:
+    """The corpus from this process's memo or the disk cache; None when neither has it."""
+    global _builtin_memo
+    if _builtin_memo is None:
+        try:
+            docs = json.loads(builtin_cache_file().read_text(encoding="utf-8"))
+            _builtin_memo = [(int(k), str(d)) for k, d in docs]
+        except (OSError, ValueError, TypeError):  # absent, unreadable or damaged: parse again
+            return None
+    return _builtin_memo
+
+
+def _save_builtin(docs: list[tuple[int, str]]) -> None:
+    global _builtin_memo
+    _builtin_memo = docs
+    path = builtin_cache_file()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:  # a cache only: a read-only home costs the parse, never the run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(docs), encoding="utf-8")
+        os.replace(tmp, path)  # whole or absent, even with several writers
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
 
 def keyed_builtin_documents(start: int = 0) -> Iterator[tuple[int, str]]:
-    """(key, document) of the built-in corpus from key `start` on; files before the one holding
-    `start` are skipped without being parsed."""
+    """(key, document) of the built-in corpus from key `start` on.
+
+    The first full pass parses the stdlib with `ast` (about 8 s on a 2-core VM) and keeps the
+    result in memory and in `builtin_cache_file()`; every later read, in this process or the
+    next, is a lookup. Without a cache, files before the one holding `start` are skipped
+    unparsed."""
+    docs = _load_builtin()
+    if docs is not None:
+        yield from docs[bisect.bisect_left(docs, start, key=lambda kd: kd[0]) :]
+        return
+    kept: list[tuple[int, str]] | None = [] if start == 0 else None
+    for key, doc in _parse_builtin(start):
+        if kept is not None:
+            kept.append((key, doc))
+        yield key, doc
+    if kept is not None:  # read to the end: keep it for later passes and runs
+        _save_builtin(kept)
+
+
+def _parse_builtin(start: int) -> Iterator[tuple[int, str]]:
     from pydoc_data.topics import topics
 
     first_file = start // _PER_FILE
@@ -56,31 +138,22 @@ def keyed_builtin_documents(start: int = 0) -> Iterator[tuple[int, str]]:
         for j, key in enumerate(sorted(topics)):
             if j >= start:
                 yield j, topics[key]
-    stdlib = sysconfig.get_paths()["stdlib"]
-    n = 0
-    for root, dirs, files in os.walk(stdlib):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_STDLIB_DIRS)
-        for name in sorted(files):
-            if not name.endswith(".py"):
-                continue
-            n += 1
-            if n < first_file:
-                continue
-            try:
-                tree = ast.parse(Path(root, name).read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            j = 0
-            for node in ast.walk(tree):
-                if isinstance(
-                    node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
-                ):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        key = n * _PER_FILE + j
-                        j += 1
-                        if key >= start:
-                            yield key, doc
+    for n, path in enumerate(_builtin_files()[1], start=1):
+        if n < first_file:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        j = 0
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node)
+                if doc:
+                    key = n * _PER_FILE + j
+                    j += 1
+                    if key >= start:
+                        yield key, doc
 
 
 def _first_line(e: Exception) -> str:

@@ -43,6 +43,51 @@ def test_builtin_corpus_is_python_docs_and_deterministic():
     assert a[:50] == list(itertools.islice(builtin_documents(), 50))
 
 
+def test_builtin_corpus_is_cached_whole_and_only_whole(tmp_path, monkeypatch):
+    """The parsed corpus is written to the cache only after a full pass, read back equal (from
+    any start key) without parsing, and a damaged cache file is parsed again and replaced; the
+    file's name changes when a source file changes (stale corpora are never read)."""
+    from sae.activations import text as T
+
+    stdlib, files = T._builtin_files()
+    monkeypatch.setattr(T, "_builtin_files", lambda: (stdlib, files[:6]))  # a small corpus
+    monkeypatch.setenv("SAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(T, "_builtin_memo", None)
+    cache = T.builtin_cache_file()
+
+    list(itertools.islice(T.keyed_builtin_documents(), 3))
+    assert not cache.exists()  # a partial read writes nothing
+    parsed = list(T.keyed_builtin_documents())
+    assert cache.exists() and len(parsed) > 100
+    assert list(tmp_path.iterdir()) == [cache]  # no temporary file left behind
+
+    def no_parse(start):
+        raise AssertionError("parsed although the cache holds the corpus")
+
+    parse = T._parse_builtin
+    monkeypatch.setattr(T, "_parse_builtin", no_parse)
+    monkeypatch.setattr(T, "_builtin_memo", None)  # a new process: only the disk has it
+    assert list(T.keyed_builtin_documents()) == parsed
+    key = parsed[len(parsed) // 2][0]
+    assert list(T.keyed_builtin_documents(key)) == [kd for kd in parsed if kd[0] >= key]
+
+    cache.write_text('[[0, "trunc', encoding="utf-8")
+    monkeypatch.setattr(T, "_parse_builtin", parse)
+    monkeypatch.setattr(T, "_builtin_memo", None)
+    assert list(T.keyed_builtin_documents()) == parsed
+    assert json.loads(cache.read_text(encoding="utf-8")) == [list(kd) for kd in parsed]
+
+    copy = tmp_path / "src"
+    copy.mkdir()
+    mine = [copy / f.name for f in files[:2]]
+    for src, dst in zip(files[:2], mine, strict=True):
+        dst.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(T, "_builtin_files", lambda: (str(copy), mine))
+    before = T.builtin_cache_file()
+    mine[1].write_text(mine[1].read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    assert T.builtin_cache_file() != before
+
+
 def _tokenizer():
     from transformers import AutoTokenizer
 
