@@ -8,6 +8,8 @@ cursor is all the store and the harvester need to resume a stream exactly.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -27,7 +29,12 @@ _POSITIONS_KEPT = 4096
 _SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 MEMO_BYTES = 2 * 2**30
-"""Largest first pass (rows + per-row metadata) a live source keeps in memory for later passes."""
+"""Largest part of a first pass (rows + per-row metadata) a training run's live source keeps in
+memory for later passes; the rest goes to a temporary file (`MEMO_DISK_SHARE`)."""
+MEMO_DISK_SHARE = 0.5
+"""Largest share of the temporary folder's free space (divided among the ranks) that a first
+pass spills to once it outgrows `MEMO_BYTES`; a pass larger than that is not kept, and later
+passes run the model again. Half, so that checkpoints and other programs keep room."""
 
 
 class Piece(NamedTuple):
@@ -37,6 +44,52 @@ class Piece(NamedTuple):
     """hook name -> activations [n, d]."""
     meta: dict[str, torch.Tensor]
     """per-row token id, window index and position (live and cache sources; empty otherwise)."""
+
+
+class _Spilled(NamedTuple):
+    cursor: int
+    layout: list[tuple[str, str, np.dtype, tuple[int, ...], int]]
+    """(group, name, dtype, shape, byte offset) of each tensor of the piece in the pass file."""
+
+
+class _PassFile:
+    """Pieces of one pass appended to an unnamed temporary file: the OS deletes it when the last
+    handle closes or the process ends, even on SIGKILL, so no run leaves one behind. Rows are
+    stored as yielded (float32), so a replayed pass is bit-identical to recomputing it."""
+
+    def __init__(self, share: float):
+        self.file = tempfile.TemporaryFile(prefix="sae-pass-")
+        st = os.fstatvfs(self.file.fileno())
+        self.budget = int(st.f_bavail * st.f_frsize * share)
+        self.size = 0
+
+    def put(self, piece: Piece) -> _Spilled | None:
+        """Append the piece; None when it would pass the budget or the disk refuses it."""
+        arrays = [("rows", h, v.contiguous().numpy()) for h, v in piece.rows.items()]
+        arrays += [("meta", k, v.contiguous().numpy()) for k, v in piece.meta.items()]
+        if self.size + sum(a.nbytes for _, _, a in arrays) > self.budget:
+            return None
+        layout = []
+        try:
+            self.file.seek(self.size)
+            for group, name, a in arrays:
+                self.file.write(a.tobytes())
+                layout.append((group, name, a.dtype, a.shape, self.size))
+                self.size += a.nbytes
+            self.file.flush()
+        except OSError:  # disk full or gone: this pass is not kept
+            return None
+        return _Spilled(piece.cursor, layout)
+
+    def get(self, spilled: _Spilled) -> Piece:
+        parts: dict[str, dict[str, torch.Tensor]] = {"rows": {}, "meta": {}}
+        for group, name, dtype, shape, offset in spilled.layout:
+            a = np.empty(shape, dtype)
+            if a.nbytes:
+                self.file.seek(offset)
+                self.file.readinto(a)
+            parts[group][name] = torch.from_numpy(a)
+        return Piece(spilled.cursor, parts["rows"], parts["meta"])
 
 
 class ActivationSource(Protocol):
@@ -60,7 +113,8 @@ class LiveSource:
         world_size: int = 1,
         model=None,
         tokenizer=None,
-        memo_bytes: int = MEMO_BYTES,
+        memo_bytes: int = 0,
+        memo_disk_share: float = 0.0,
     ):
         from sae.activations.capture import ActivationCapture, load_model, max_positions
         from sae.activations.text import TokenWindows
@@ -83,11 +137,13 @@ class LiveSource:
         probe = self.capture(torch.full((1, 2), self.bos_id or 0, dtype=torch.long))
         self.d = {h: int(v.shape[-1]) for h, v in probe.items()}
         # Multi-pass runs: the first full pass keeps its pieces (as yielded, float32, so a later
-        # pass is bit-identical to recomputing it) while they fit in `memo_bytes`; later passes
-        # read them instead of running the model again. 0 turns it off.
-        self.memo_bytes = memo_bytes
-        self._memo: list[Piece] | None = None
+        # pass is bit-identical to recomputing it) in memory up to `memo_bytes`, then in a
+        # temporary file up to `memo_disk_share` of its free space; later passes read them
+        # instead of running the model again. Zeros (single-pass readers) keep nothing.
+        self.memo_bytes, self.memo_disk_share = memo_bytes, memo_disk_share / world_size
+        self._memo: list[Piece | _Spilled] | None = None
         self._memo_at: dict[int, int] = {}
+        self._pass_file: _PassFile | None = None
 
     def keep_mask(self, tokens_BT: torch.Tensor) -> torch.Tensor:
         """True for rows that enter the stream: BOS/position 0 and special tokens are dropped."""
@@ -117,24 +173,36 @@ class LiveSource:
 
     def pieces(self, cursor: int = 0) -> Iterator[Piece]:
         if self._memo is not None and cursor in self._memo_at:
-            yield from self._memo[self._memo_at[cursor] :]
+            for entry in self._memo[self._memo_at[cursor] :]:
+                yield self._pass_file.get(entry) if isinstance(entry, _Spilled) else entry
             return
-        if self._memo is not None or cursor != 0 or self.memo_bytes <= 0:
+        if (
+            self._memo is not None
+            or cursor != 0
+            or (self.memo_bytes, self.memo_disk_share) == (0, 0)
+        ):
             yield from self._forward_pieces(cursor)
             return
-        kept: list[Piece] | None = []
-        used = 0
+        kept: list[Piece | _Spilled] | None = []
+        used, spill = 0, None
         for piece in self._forward_pieces(0):
             if kept is not None:
-                used += sum(v.numel() * v.element_size() for v in piece.rows.values())
-                used += sum(v.numel() * v.element_size() for v in piece.meta.values())
-                if used <= self.memo_bytes:
+                size = sum(v.numel() * v.element_size() for v in piece.rows.values())
+                size += sum(v.numel() * v.element_size() for v in piece.meta.values())
+                if spill is None and used + size <= self.memo_bytes:
                     kept.append(piece)
+                    used += size
                 else:
-                    kept = None
+                    if spill is None and self.memo_disk_share > 0:
+                        spill = _PassFile(self.memo_disk_share)
+                    entry = spill.put(piece) if spill is not None else None
+                    if entry is None:  # too large to keep: later passes run the model
+                        kept = spill = None
+                    else:
+                        kept.append(entry)
             yield piece
         if kept is not None:  # the pass ran to its end: later passes replay it
-            self._memo = kept
+            self._memo, self._pass_file = kept, spill
             self._memo_at = {p.cursor: i for i, p in enumerate(kept)}
 
     def _forward_pieces(self, cursor: int) -> Iterator[Piece]:
@@ -168,9 +236,7 @@ class LiveSource:
         """The held-out windows (`data.part='eval'`) through the same, already loaded model."""
         data = dataclasses.replace(self.data_cfg, part="eval")
         model, tokenizer = self.capture.model, self.windows.tokenizer
-        return LiveSource(
-            self.model_cfg, data, store_cfg, rank, world_size, model, tokenizer, memo_bytes=0
-        )  # read once: nothing to memoise
+        return LiveSource(self.model_cfg, data, store_cfg, rank, world_size, model, tokenizer)
 
     def count_rows(self) -> int:
         """Rows one pass yields (tokenizing only, no forward pass)."""
@@ -408,14 +474,17 @@ def open_source(
     store_cfg: StoreConfig,
     rank: int = 0,
     world_size: int = 1,
+    passes: bool = False,
 ) -> ActivationSource:
-    """A cache folder or matrix file when `activations` is given, else live model activations."""
+    """A cache folder or matrix file when `activations` is given, else live model activations;
+    `passes`: the reader may take several passes, so a live source keeps its first one."""
     if activations == "synthetic":
         raise ConfigError(
             "the synthetic source is opened by the trainer from its `synthetic` section."
         )
     if activations is None:
-        return LiveSource(model_cfg, data_cfg, store_cfg, rank, world_size)
+        keep = (MEMO_BYTES, MEMO_DISK_SHARE) if passes else (0, 0.0)
+        return LiveSource(model_cfg, data_cfg, store_cfg, rank, world_size, None, None, *keep)
     path = Path(activations)
     if "://" in activations or path.is_dir():  # a cache folder or any fsspec URL
         return CacheSource(activations if "://" in activations else path, None, rank, world_size)

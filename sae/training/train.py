@@ -71,7 +71,7 @@ class Trainer:
             self.source = SyntheticSource(tcfg.synthetic, tcfg.total_tokens, False, rank, world)
         else:
             self.source = open_source(
-                tcfg.activations, model_cfg, tcfg.data, tcfg.store, rank, world
+                tcfg.activations, model_cfg, tcfg.data, tcfg.store, rank, world, passes=True
             )
         if isinstance(self.source, CacheSource):
             self.source.check_matches(tcfg.model.name, hooks)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from sae.activations.sources import MATRIX_HOOK, LiveSource, MatrixSource
+from sae.activations.sources import MATRIX_HOOK, LiveSource, MatrixSource, open_source
 from sae.activations.store import ActivationStore
 from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
 
@@ -141,33 +142,64 @@ def test_live_store_masks_special_tokens_and_resumes_exactly(tiny_models, text_f
         assert torch.equal(a, b)
 
 
-def test_live_source_second_pass_replays_the_first_without_the_model(tiny_models, text_file):
+def test_live_source_second_pass_replays_the_first_without_the_model(
+    tiny_models, text_file, monkeypatch
+):
     """Pins the multi-pass memo: after one full pass, a second pass (and a restart from any
-    piece's cursor) yields bit-identical pieces without running the model; a memo budget too
-    small for the pass keeps nothing and recomputes."""
+    piece's cursor) yields bit-identical pieces without running the model, whether the pass was
+    kept in memory, spilled to the temporary file once memory ran out, or both; a pass too large
+    for both keeps nothing and recomputes; single-pass readers keep nothing."""
+    from sae.activations import sources
+
     model_cfg = ModelConfig(name=tiny_models["gpt2"], hooks=["resid_post.1"], batch_windows=4)
     data_cfg = DataConfig(source=text_file, context_size=16)
     cfg = StoreConfig(buffer_tokens=512, batch_size=100)
-    src = LiveSource(model_cfg, data_cfg, cfg)
+    src = open_source(None, model_cfg, data_cfg, cfg, passes=True)
     first = list(src.pieces())
-    assert src.memoized
+    assert src.memoized and src._pass_file is None  # all of it fits in memory
+    model, tokenizer = src.capture.model, src.windows.tokenizer
     calls = []
-    src.capture.model.register_forward_hook(lambda *a: calls.append(1))
-    again = list(src.pieces())
-    mid = list(src.pieces(first[3].cursor))
-    assert calls == []
-    for a, b in zip(first, again, strict=True):
-        assert a.cursor == b.cursor and torch.equal(a.rows["resid_post.1"], b.rows["resid_post.1"])
-    assert [p.cursor for p in mid] == [p.cursor for p in first[3:]]
-    small = LiveSource(
-        model_cfg,
-        data_cfg,
-        cfg,
-        model=src.capture.model,
-        tokenizer=src.windows.tokenizer,
-        memo_bytes=1000,
+    model.register_forward_hook(lambda *a: calls.append(1))
+
+    def same(a, b):
+        return (
+            a.cursor == b.cursor
+            and a.rows.keys() == b.rows.keys()
+            and all(torch.equal(a.rows[h], b.rows[h]) for h in a.rows)
+            and a.meta.keys() == b.meta.keys()
+            and all(torch.equal(a.meta[k], b.meta[k]) for k in a.meta)
+        )
+
+    def live(memo_bytes, share):
+        return LiveSource(model_cfg, data_cfg, cfg, 0, 1, model, tokenizer, memo_bytes, share)
+
+    one = sum(
+        v.numel() * v.element_size() for v in [*first[0].rows.values(), *first[0].meta.values()]
     )
-    assert len(list(small.pieces())) == len(first) and not small.memoized
+    for memo in (src, live(0, 0.5), live(3 * one, 0.5)):  # memory / disk / both
+        if memo is not src:
+            assert all(same(a, b) for a, b in zip(memo.pieces(), first, strict=True))
+            assert memo.memoized and memo._pass_file is not None
+            assert os.fstat(memo._pass_file.file.fileno()).st_nlink == 0  # no name on disk
+        calls.clear()
+        again = list(memo.pieces())
+        mid = list(memo.pieces(first[3].cursor))
+        assert calls == []
+        assert all(same(a, b) for a, b in zip(again, first, strict=True))
+        assert all(same(a, b) for a, b in zip(mid, first[3:], strict=True))
+
+    budget = sources._PassFile.__init__
+
+    def small_disk(self, share):
+        budget(self, share)
+        self.budget = 2 * one  # a disk with room for two pieces only
+
+    for reader in (live(1000, 0.0), live(0, 0.0), open_source(None, model_cfg, data_cfg, cfg)):
+        assert len(list(reader.pieces())) == len(first) and not reader.memoized
+    monkeypatch.setattr(sources._PassFile, "__init__", small_disk)
+    full = live(0, 0.5)
+    assert len(list(full.pieces())) == len(first) and not full.memoized
+    assert full._pass_file is None
 
 
 def test_store_announces_every_chunk_read(tmp_path):
