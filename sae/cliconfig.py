@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import io
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -70,6 +71,9 @@ REMOVED: dict[type, dict[str, tuple[str, Any]]] = {
 }
 """Per command config: removed dotted field -> (constant in sae/config.py, its value). A YAML
 file that sets one to that very value still loads (config.yaml of older runs)."""
+EARLIER: dict[str, tuple[Any, ...]] = {"adam_beta2": (0.999,)}
+"""Removed fields' earlier fixed values, which older runs' config.yaml hold: they still load,
+with a note that the constant changed."""
 
 
 def _removed(root: type, dotted: str, value: Any = ...) -> bool:
@@ -78,6 +82,13 @@ def _removed(root: type, dotted: str, value: Any = ...) -> bool:
         return False
     const, fixed = REMOVED[root][dotted]
     if value == fixed:
+        return True
+    if value in EARLIER.get(dotted, ()):
+        print(
+            f"note: {dotted}={value!r} (an older run's value) is ignored; it is now fixed at "
+            f"{fixed!r} ({const} in sae/config.py).",
+            file=sys.stderr,
+        )
         return True
     raise ConfigError(
         f"{dotted} can no longer be set: it is now fixed at {fixed!r} ({const} in sae/config.py)."

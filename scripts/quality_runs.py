@@ -9,7 +9,9 @@ features recovered at cos > 0.9. `mini`: `--activations /work/bench/train.npy` (
 scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 by default.
 NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
-`init_scale=c` (W_enc = c W_dec^T after the data init) or `freeze_benc=1`.
+`init_scale=c` (W_enc = c W_dec^T after the data init), `freeze_benc=1`, or `bf16_encoder=1`
+(inputs, weights and output of the encoder GEMM rounded to bfloat16 as `--autocast` rounds them,
+the product in float32: autocast's numerics on a CPU whose bf16 GEMM is too slow to run it).
 `sparsify`: EleutherAI sparsify's SparseCoder on the same `mini` rows and held-out rows, or
 (`--on syn`) on the same synthetic generator (`--peer-opt signum|adam`, `--raw`): the side-by-side
 figures.
@@ -78,6 +80,17 @@ for item in a.patch:
                 self.W_enc.copy_(self.W_dec.T * _c)
 
         S.SAE.init_from_data = init
+    elif name == "bf16_encoder":  # the numerics of --autocast's bf16 encoder GEMM, at fp32 speed
+        import sae.losses as L
+
+        def bf16_pre(x_BD, W_enc_DS, b_enc_S, b_dec_D, _o=L.encoder_pre):
+            def r(t):
+                return t.bfloat16().float()
+
+            xc_BD = x_BD if b_dec_D is None else x_BD - b_dec_D
+            return r(_o(r(xc_BD), r(W_enc_DS), r(b_enc_S), None))
+
+        L.encoder_pre = bf16_pre
     elif name == "freeze_benc":
         ob = T.build_members
 

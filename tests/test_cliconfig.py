@@ -38,7 +38,7 @@ def test_every_train_config_file_still_loads():
         load_yaml(cls, path)
 
 
-def test_removed_field_is_one_line_in_yaml_and_as_a_flag(tmp_path):
+def test_removed_field_is_one_line_in_yaml_and_as_a_flag(tmp_path, capsys):
     """A knob that became a constant names its fixed value; an older run's config.yaml that
     holds exactly that value still loads."""
     bad = tmp_path / "bad.yaml"
@@ -54,6 +54,13 @@ def test_removed_field_is_one_line_in_yaml_and_as_a_flag(tmp_path):
     old = tmp_path / "old.yaml"
     old.write_text(yaml.safe_dump({"grad_clip": 1.0, "adam_beta2": 0.999, "keep_checkpoints": 2}))
     assert load_yaml(TrainConfig, old) == TrainConfig()
+    # 0.999 was the fixed β2 before it became 0.99: older runs' config.yaml loads, with a note.
+    assert "adam_beta2=0.999 (an older run's value) is ignored" in capsys.readouterr().err
+    old.write_text(yaml.safe_dump({"adam_beta2": 0.9}))
+    with pytest.raises(
+        ConfigError, match=r"adam_beta2 can no longer be set: it is now fixed at 0.99"
+    ):
+        load_yaml(TrainConfig, old)
 
 
 def test_yaml_only_field_flag_is_refused_but_yaml_sets_it(tmp_path):
