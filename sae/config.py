@@ -49,7 +49,8 @@ ADAM_BETAS = (0.9, 0.99)
 few hundred steps and still holds its large first gradients, shrinking every later step.
 Measured in BENCHMARKS.md ("Adam's β2"): equal or lower held-out FVU at 120-1000 steps (the
 built-in run 0.0998 vs 0.1014), fewer dead latents except at 2M tokens (4.5% vs 3.9%), synthetic
-MMCS 0.947 vs 0.944 (mean of three seeds). Language-model pre-training uses as short a memory (GPT-3: 0.95; Brown et al. 2020, §B)."""
+MMCS 0.947 vs 0.944 (mean of three seeds). Language-model pre-training uses as short a memory
+(GPT-3: 0.95; Brown et al. 2020, §B)."""
 GRAD_CLIP = 1.0
 """Largest global gradient norm per step (Anthropic April 2024 clip at 1)."""
 B_DEC_INIT: Literal["mean", "geometric_median"] = "geometric_median"

@@ -41,6 +41,12 @@ p.add_argument("--tokens", type=int, default=500_000)
 p.add_argument("--batch", type=int, default=4096)
 p.add_argument("--d-sae", type=int, default=None)
 p.add_argument("--k", type=int, default=None)
+p.add_argument(
+    "--arch",
+    default="topk",
+    choices=["topk", "batchtopk", "matryoshka", "relu", "jumprelu"],
+    help="ours only",
+)
 p.add_argument("--lr", type=float, default=None)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--dead", type=int, default=None, help="dead_tokens (default: the trainer's)")
@@ -228,7 +234,7 @@ if a.kind == "syn":
         activations="synthetic",
         synthetic=syn,
         store=StoreConfig(batch_size=a.batch, buffer_tokens=65536, normalize=True),
-        sae=SAEConfig(d_in=None, architecture="topk", d_sae=a.d_sae or 2048, k=a.k or 8, **sae_kw),
+        sae=SAEConfig(d_in=None, architecture=a.arch, d_sae=a.d_sae or 2048, k=a.k or 8, **sae_kw),
         **common,
     )
 else:
@@ -236,7 +242,7 @@ else:
         activations=f"{a.bench}/{a.train}",
         eval_activations=f"{a.bench}/{a.eval}",
         store=StoreConfig(batch_size=a.batch, normalize=True),
-        sae=SAEConfig(d_in=None, architecture="topk", d_sae=a.d_sae or 3072, k=a.k or 32, **sae_kw),
+        sae=SAEConfig(d_in=None, architecture=a.arch, d_sae=a.d_sae or 3072, k=a.k or 32, **sae_kw),
         **common,
     )
 if a.kind == "sparsify":
@@ -251,6 +257,7 @@ with contextlib.redirect_stdout(io.StringIO()):
 res = {
     "tag": a.tag,
     "kind": a.kind,
+    "arch": a.arch,
     "tokens": a.tokens,
     "batch": a.batch,
     "lr": tr.members[0].lr,
@@ -260,6 +267,7 @@ res = {
 summ = json.load(open(finals[0] / "train_summary.json"))
 res["fvu"] = round(summ["fvu"], 4)
 res["dead_pct"] = summ.get("dead_pct")
+res["l0"] = round(summ["l0"], 2)
 if a.kind == "syn":
     true = SyntheticData(syn).dictionary_ND
     m = compare_dictionaries(true, tr.members[0].sae.W_dec.detach().float())
