@@ -21,7 +21,8 @@ from torch import Tensor
 from sae.sae import SAE, SparseCodes, TrainOutput
 from sae.sparse import BagDecode, SelectedPre, encoder_pre
 
-# Momentum of the running BatchTopK threshold estimate (as SAELens's topk_threshold_lr).
+# Least per-step rate of the running BatchTopK threshold estimate (SAELens's topk_threshold_lr);
+# the trainer uses a faster one in short runs (sae/training/members.py, threshold_rate).
 THRESHOLD_EMA = 0.01
 
 
@@ -106,15 +107,16 @@ def batch_topk(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def update_threshold(sae: SAE, vals: Tensor) -> None:
+def update_threshold(sae: SAE, vals: Tensor, rate: float = THRESHOLD_EMA) -> None:
     """Running estimate of the smallest kept activation, used as a JumpReLU threshold at
-    inference (Bussmann et al. 2024 §3). The first batch sets it; later ones move it by EMA."""
+    inference (Bussmann et al. 2024 §3). The first batch sets it; later ones move it by an EMA
+    of this rate."""
     pos = vals[vals > 0]
     if pos.numel() == 0:
         return
     m = pos.min().to(sae.threshold.dtype)
     if sae.has_learned_threshold:
-        sae.threshold.mul_(1 - THRESHOLD_EMA).add_(THRESHOLD_EMA * m)
+        sae.threshold.mul_(1 - rate).add_(rate * m)
     else:
         sae.threshold.fill_(m)
 
@@ -125,9 +127,11 @@ def training_forward(
     target_BO: Float[Tensor, "B d_out"] | None = None,
     dead_mask_S: Tensor | None = None,
     sparsity_scale: float = 1.0,
+    threshold_rate: float = THRESHOLD_EMA,
 ) -> TrainOutput:
     """Loss of one batch; see `TrainOutput` for each field. Updates the BatchTopK threshold
-    estimate and clamps the JumpReLU threshold at zero as side effects."""
+    estimate (an EMA of `threshold_rate`) and clamps the JumpReLU threshold at zero as side
+    effects."""
     cfg = sae.cfg
     arch = cfg.architecture
     if arch == "gated":
@@ -156,7 +160,9 @@ def training_forward(
         pre_BS = sae.pre_activations(x_BD)
         x_hat_BO, sparsity, codes = _dense_forward(sae, pre_BS, base_BO, var, sparsity_scale)
     else:  # TopK family: the sparse step of sae/sparse.py
-        x_hat_BO, aux, codes, inner = _sparse_forward(sae, x_BD, t_BO, base_BO, var, dead_mask_S)
+        x_hat_BO, aux, codes, inner = _sparse_forward(
+            sae, x_BD, t_BO, base_BO, var, dead_mask_S, threshold_rate
+        )
 
     mse = fvu(x_hat_BO.float(), t_BO.float(), var)
     loss = mse + sparsity + aux + sum(inner, torch.zeros_like(mse))
@@ -188,7 +194,13 @@ def _dense_forward(sae: SAE, pre_BS: Tensor, base_BO: Tensor, var: Tensor, spars
 
 
 def _sparse_forward(
-    sae: SAE, x_BD: Tensor, t_BO: Tensor, base_BO: Tensor, var: Tensor, dead_mask_S: Tensor | None
+    sae: SAE,
+    x_BD: Tensor,
+    t_BO: Tensor,
+    base_BO: Tensor,
+    var: Tensor,
+    dead_mask_S: Tensor | None,
+    threshold_rate: float,
 ):
     """TopK family. The encoder GEMM runs outside the graph; latents are selected (per row for
     topk, over the batch for batchtopk/matryoshka, plus AuxK's dead latents) and only the
@@ -223,7 +235,7 @@ def _sparse_forward(
             x_m = BagDecode.apply(idx_BM, vals_m, sae.W_dec) + base_BO
             inner.append(fvu(x_m.float(), t_BO.float(), var))
     if cfg.architecture != "topk" and sae.training:
-        update_threshold(sae, vals_BM.detach())
+        update_threshold(sae, vals_BM.detach(), threshold_rate)
     aux = var.new_zeros(())
     if aux_idx is not None:
         # AuxK (Gao et al. 2024 §A.2): the top aux_k dead latents reconstruct the main model's

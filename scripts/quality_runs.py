@@ -108,7 +108,9 @@ for item in a.patch:
 
         T.build_members = bm
     else:
-        for mod in (M, T):
+        import sae.losses as L
+
+        for mod in (M, T, L):
             if hasattr(mod, name):
                 setattr(mod, name, v)
         if name == "ADAM_EPS":

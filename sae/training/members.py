@@ -22,7 +22,7 @@ from sae.config import (
     TrainConfig,
 )
 from sae.io import save as save_sae
-from sae.losses import training_forward
+from sae.losses import THRESHOLD_EMA, training_forward
 from sae.sae import SAE, TrainOutput
 from sae.training.checkpoint import load_optimizer_tensors, optimizer_tensors
 
@@ -172,10 +172,22 @@ def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[M
     return members
 
 
-def loss_fn(sae: SAE, compile: bool):
+def loss_fn(sae: SAE, compile: bool, threshold_rate: float = THRESHOLD_EMA):
     """The SAE's training loss as a function of the batch, compiled per SAE under --compile."""
-    fn = lambda x, y, dead, sparsity: training_forward(sae, x, y, dead, sparsity)  # noqa: E731
+
+    def fn(x, y, dead, sparsity):
+        return training_forward(sae, x, y, dead, sparsity, threshold_rate)
+
     return torch.compile(fn) if compile else fn
+
+
+def threshold_rate(total_steps: int) -> float:
+    """Per-step EMA rate of the BatchTopK/Matryoshka inference threshold: SAELens's 0.01, or
+    faster in a short run, so that its time constant is at most the LR-decay phase (the last
+    LR_DECAY of the steps) and the estimate describes the final weights. At 0.01 a 122-step run
+    kept 29% of its first batch's value, and held-out L0 came out at 21.7 for k 32 (BENCHMARKS.md,
+    "BatchTopK threshold")."""
+    return max(THRESHOLD_EMA, 1.0 / max(1.0, LR_DECAY * total_steps))
 
 
 def schedule(step: int, total_steps: int) -> tuple[float, float]:

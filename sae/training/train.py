@@ -49,6 +49,7 @@ from sae.training.members import (
     rows_per_epoch,
     run_metadata,
     schedule,
+    threshold_rate,
 )
 from sae.training.runlog import RunLog, print_summary
 
@@ -77,7 +78,6 @@ class Trainer:
             self.source.check_matches(tcfg.model.name, hooks)
         torch.manual_seed(tcfg.seed)
         self.members = build_members(tcfg, self.source, self.device)
-        self._forward = {m.name: loss_fn(m.sae, tcfg.compile) for m in self.members}
         B = tcfg.store.batch_size
         if tcfg.total_tokens is not None:
             self.total_steps = max(1, tcfg.total_tokens // (B * world))
@@ -85,6 +85,8 @@ class Trainer:
             steps = rows_per_epoch(self.source, tcfg) * tcfg.epochs // B
             self.total_steps = max(1, dist.min_over_ranks(steps))
         self.dead_tokens = dead_window(tcfg, self.total_steps * B * world)
+        rate = threshold_rate(self.total_steps)
+        self._forward = {m.name: loss_fn(m.sae, tcfg.compile, rate) for m in self.members}
         self.step, self.tokens, self.epoch = 0, 0, 0
         self.stream = [0, 0.0]  # this rank's rows read and the sum of their first column
         self.scale: dict[str, float] | None = None  # hook -> factor; None until the first batch

@@ -249,3 +249,34 @@ def test_default_dead_window_is_a_100th_of_the_run(tmp_path):
     assert tr.dead_tokens == 1024  # 4 batches of 256: a 100th of 400 steps
     with pytest.raises(ConfigError, match="dead_tokens=0"):
         TrainConfig(dead_tokens=0)
+
+
+def test_short_batchtopk_run_leaves_a_threshold_that_keeps_about_k(tmp_path, monkeypatch):
+    """Pins: the BatchTopK inference threshold was an EMA of rate 0.01 whatever the run's
+    length, so a 122-step run kept 29% of its first batch's value and held-out L0 came out at
+    21.7 for k 32. The rate is now fast enough that its time constant fits in the LR-decay
+    phase: after a 60-step run on planted features, held-out L0 is within 3% of k, where the
+    fixed rate misses by more than 5%."""
+    assert members.threshold_rate(122) == pytest.approx(1 / (0.2 * 122))
+    assert members.threshold_rate(10**6) == 0.01
+    x = np.load(_planted(tmp_path, n=16_096, k=3))
+    np.save(tmp_path / "train.npy", x[:12_000])
+    np.save(tmp_path / "held.npy", x[12_000:])  # the same dictionary, other draws
+
+    def held_out_l0(out, rate=None):
+        if rate is not None:
+            monkeypatch.setattr("sae.training.train.threshold_rate", lambda steps: rate)
+        arch = SAEConfig(d_in=None, architecture="batchtopk", d_sae=64, k=3)
+        tc = _cfg(
+            tmp_path,
+            str(tmp_path / "train.npy"),
+            out=out,
+            sae=arch,
+            total_tokens=60 * 256,
+            eval_activations=str(tmp_path / "held.npy"),
+        )
+        folder = train(tc)[0]
+        return json.loads((folder / "train_summary.json").read_text())["l0"]
+
+    now, fixed = held_out_l0("now"), held_out_l0("fixed", 0.01)
+    assert abs(now / 3 - 1) < 0.03 and abs(fixed / 3 - 1) > 0.05  # 2.97 and 2.81 when written
