@@ -188,10 +188,10 @@ def test_live_source_second_pass_replays_the_first_without_the_model(
         assert all(same(a, b) for a, b in zip(again, first, strict=True))
         assert all(same(a, b) for a, b in zip(mid, first[3:], strict=True))
 
-    budget = sources._PassFile.__init__
+    open_pass_file = sources._PassFile.__init__
 
     def small_disk(self, share):
-        budget(self, share)
+        open_pass_file(self, share)
         self.budget = 2 * one  # a disk with room for two pieces only
 
     for reader in (live(1000, 0.0), live(0, 0.0), open_source(None, model_cfg, data_cfg, cfg)):
