@@ -8,8 +8,6 @@ cursor is all the store and the harvester need to resume a stream exactly.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -17,6 +15,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
+from sae.activations.passfile import PassFile, Spilled
 from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
 from sae.validate import check_matrix_dtype
 
@@ -44,52 +43,6 @@ class Piece(NamedTuple):
     """hook name -> activations [n, d]."""
     meta: dict[str, torch.Tensor]
     """per-row token id, window index and position (live and cache sources; empty otherwise)."""
-
-
-class _Spilled(NamedTuple):
-    cursor: int
-    layout: list[tuple[str, str, np.dtype, tuple[int, ...], int]]
-    """(group, name, dtype, shape, byte offset) of each tensor of the piece in the pass file."""
-
-
-class _PassFile:
-    """Pieces of one pass appended to an unnamed temporary file: the OS deletes it when the last
-    handle closes or the process ends, even on SIGKILL, so no run leaves one behind. Rows are
-    stored as yielded (float32), so a replayed pass is bit-identical to recomputing it."""
-
-    def __init__(self, share: float):
-        self.file = tempfile.TemporaryFile(prefix="sae-pass-")
-        st = os.fstatvfs(self.file.fileno())
-        self.budget = int(st.f_bavail * st.f_frsize * share)
-        self.size = 0
-
-    def put(self, piece: Piece) -> _Spilled | None:
-        """Append the piece; None when it would pass the budget or the disk refuses it."""
-        arrays = [("rows", h, v.contiguous().numpy()) for h, v in piece.rows.items()]
-        arrays += [("meta", k, v.contiguous().numpy()) for k, v in piece.meta.items()]
-        if self.size + sum(a.nbytes for _, _, a in arrays) > self.budget:
-            return None
-        layout = []
-        try:
-            self.file.seek(self.size)
-            for group, name, a in arrays:
-                self.file.write(a.tobytes())
-                layout.append((group, name, a.dtype, a.shape, self.size))
-                self.size += a.nbytes
-            self.file.flush()
-        except OSError:  # disk full or gone: this pass is not kept
-            return None
-        return _Spilled(piece.cursor, layout)
-
-    def get(self, spilled: _Spilled) -> Piece:
-        parts: dict[str, dict[str, torch.Tensor]] = {"rows": {}, "meta": {}}
-        for group, name, dtype, shape, offset in spilled.layout:
-            a = np.empty(shape, dtype)
-            if a.nbytes:
-                self.file.seek(offset)
-                self.file.readinto(a)
-            parts[group][name] = torch.from_numpy(a)
-        return Piece(spilled.cursor, parts["rows"], parts["meta"])
 
 
 class ActivationSource(Protocol):
@@ -141,9 +94,9 @@ class LiveSource:
         # temporary file up to `memo_disk_share` of its free space; later passes read them
         # instead of running the model again. Zeros (single-pass readers) keep nothing.
         self.memo_bytes, self.memo_disk_share = memo_bytes, memo_disk_share / world_size
-        self._memo: list[Piece | _Spilled] | None = None
+        self._memo: list[Piece | Spilled] | None = None
         self._memo_at: dict[int, int] = {}
-        self._pass_file: _PassFile | None = None
+        self._pass_file: PassFile | None = None
 
     def keep_mask(self, tokens_BT: torch.Tensor) -> torch.Tensor:
         """True for rows that enter the stream: BOS/position 0 and special tokens are dropped."""
@@ -174,7 +127,7 @@ class LiveSource:
     def pieces(self, cursor: int = 0) -> Iterator[Piece]:
         if self._memo is not None and cursor in self._memo_at:
             for entry in self._memo[self._memo_at[cursor] :]:
-                yield self._pass_file.get(entry) if isinstance(entry, _Spilled) else entry
+                yield Piece(*self._pass_file.get(entry)) if isinstance(entry, Spilled) else entry
             return
         if (
             self._memo is not None
@@ -183,7 +136,7 @@ class LiveSource:
         ):
             yield from self._forward_pieces(cursor)
             return
-        kept: list[Piece | _Spilled] | None = []
+        kept: list[Piece | Spilled] | None = []
         used, spill = 0, None
         for piece in self._forward_pieces(0):
             if kept is not None:
@@ -194,8 +147,8 @@ class LiveSource:
                     used += size
                 else:
                     if spill is None and self.memo_disk_share > 0:
-                        spill = _PassFile(self.memo_disk_share)
-                    entry = spill.put(piece) if spill is not None else None
+                        spill = PassFile(self.memo_disk_share)
+                    entry = spill.put(*piece) if spill is not None else None
                     if entry is None:  # too large to keep: later passes run the model
                         kept = spill = None
                     else:

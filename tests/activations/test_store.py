@@ -188,7 +188,7 @@ def test_live_source_second_pass_replays_the_first_without_the_model(
         assert all(same(a, b) for a, b in zip(again, first, strict=True))
         assert all(same(a, b) for a, b in zip(mid, first[3:], strict=True))
 
-    open_pass_file = sources._PassFile.__init__
+    open_pass_file = sources.PassFile.__init__
 
     def small_disk(self, share):
         open_pass_file(self, share)
@@ -196,7 +196,7 @@ def test_live_source_second_pass_replays_the_first_without_the_model(
 
     for reader in (live(1000, 0.0), live(0, 0.0), open_source(None, model_cfg, data_cfg, cfg)):
         assert len(list(reader.pieces())) == len(first) and not reader.memoized
-    monkeypatch.setattr(sources._PassFile, "__init__", small_disk)
+    monkeypatch.setattr(sources.PassFile, "__init__", small_disk)
     full = live(0, 0.5)
     assert len(list(full.pieces())) == len(first) and not full.memoized
     assert full._pass_file is None
