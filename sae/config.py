@@ -17,9 +17,11 @@ from typing import Any, ClassVar, Literal
 
 from sae.analysis.synthetic import SyntheticConfig
 from sae.configtypes import type_problem, yaml_load
+from sae.hardware import auto_dtype
 from sae.sae import SAEConfig
 
 StorageDtype = Literal["float32", "float16", "bfloat16"]
+ModelDtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
 class ConfigError(ValueError):
@@ -125,8 +127,10 @@ class ModelConfig:
     hooks: list[str] = field(default_factory=lambda: ["resid_post.3"])
     """capture points: aliases (resid_pre.N, resid_post.N, mlp_out.N, attn_out.N) or module paths
     ('encoder.layer.3'; append ':input' to capture the module's input instead of its output)."""
-    dtype: StorageDtype = "float32"
-    """dtype the model computes in."""
+    dtype: ModelDtype = "auto"
+    """dtype the model computes in. 'auto': bfloat16 where the device multiplies it natively
+    (CUDA compute capability >= 8.0, a CPU with AVX512-BF16 or AMX), else float32; resolved when
+    the config is made, so saved configs and SAE metadata name the dtype that ran."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
     batch_windows: int = 32
@@ -148,9 +152,11 @@ class ModelConfig:
             self.batch_windows > 0, f"model.batch_windows={self.batch_windows} must be positive."
         )
         _check(
-            self.dtype in typing.get_args(StorageDtype),
-            f"model.dtype={self.dtype!r} is not one of {list(typing.get_args(StorageDtype))}.",
+            self.dtype in typing.get_args(ModelDtype),
+            f"model.dtype={self.dtype!r} is not one of {list(typing.get_args(ModelDtype))}.",
         )
+        if self.dtype == "auto":
+            self.dtype = auto_dtype(self.device)
 
 
 @dataclass

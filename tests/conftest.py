@@ -77,6 +77,17 @@ def _cache_dir(tmp_path_factory):
     os.environ["SAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("sae_cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _float32_models():
+    """`model.dtype: auto` resolves to float32 in tests whatever the CPU, so figures and
+    tolerances do not depend on the machine (tests/test_hardware.py covers the bf16 choice)."""
+    import sae.hardware
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sae.hardware, "cpu_flags", lambda: frozenset())
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """family -> folder of a tiny random-weight model saved with save_pretrained."""
