@@ -9,7 +9,8 @@ features recovered at cos > 0.9. `mini`: `--activations /work/bench/train.npy` (
 scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 by default.
 NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
-`init_scale=c` (W_enc = c W_dec^T after the data init), `freeze_benc=1`, or `bf16_encoder=1`
+`init_scale=c` (W_enc = c W_dec^T after the data init), `freeze_benc=1`, `k_anneal=(F,M)`
+(k starts at M k and falls linearly to k by F of the run), or `bf16_encoder=1`
 (inputs, weights and output of the encoder GEMM rounded to bfloat16 as `--autocast` rounds them,
 the product in float32: autocast's numerics on a CPU whose bf16 GEMM is too slow to run it).
 `sparsify`: EleutherAI sparsify's SparseCoder on the same `mini` rows and held-out rows, or
@@ -97,6 +98,31 @@ for item in a.patch:
             return r(_o(r(xc_BD), r(W_enc_DS), r(b_enc_S), None))
 
         L.encoder_pre = bf16_pre
+    elif (
+        name == "k_anneal"
+    ):  # (F, M): TopK's k starts at M * k, falls linearly to k by F of the run
+        import dataclasses
+
+        import sae.losses as L
+
+        frac, mult = v
+        steps_total = max(1, a.tokens // a.batch)
+        calls = [0]
+
+        def annealed(sae, *args, _o=L._sparse_forward, _f=frac, _m=mult, _n=steps_total, _c=calls):
+            if not sae.training:
+                return _o(sae, *args)
+            cfg = sae.cfg
+            t = _c[0] / max(1, round(_f * _n))
+            _c[0] += 1
+            k_t = round(cfg.k * (1 + (_m - 1) * max(0.0, 1.0 - t)))
+            sae.cfg = dataclasses.replace(cfg, k=k_t)
+            try:
+                return _o(sae, *args)
+            finally:
+                sae.cfg = cfg
+
+        L._sparse_forward = annealed
     elif name == "freeze_benc":
         ob = T.build_members
 
