@@ -71,7 +71,7 @@ REMOVED: dict[type, dict[str, tuple[str, Any]]] = {
 }
 """Per command config: removed dotted field -> (constant in sae/config.py, its value). A YAML
 file that sets one to that very value still loads (config.yaml of older runs)."""
-EARLIER: dict[str, tuple[Any, ...]] = {"adam_beta2": (0.999,)}
+EARLIER: dict[str, tuple[Any, ...]] = {"adam_beta1": (0.9,), "adam_beta2": (0.999,)}
 """Removed fields' earlier fixed values, which older runs' config.yaml hold: they still load,
 with a note that the constant changed."""
 

@@ -52,10 +52,17 @@ def test_removed_field_is_one_line_in_yaml_and_as_a_flag(tmp_path, capsys):
     ):
         parse(TrainConfig, ["--lr-warmup", "0.2"], "sae train")
     old = tmp_path / "old.yaml"
-    old.write_text(yaml.safe_dump({"grad_clip": 1.0, "adam_beta2": 0.999, "keep_checkpoints": 2}))
+    old.write_text(
+        yaml.safe_dump(
+            {"grad_clip": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "keep_checkpoints": 2}
+        )
+    )
     assert load_yaml(TrainConfig, old) == TrainConfig()
-    # 0.999 was the fixed β2 before it became 0.99: older runs' config.yaml loads, with a note.
-    assert "adam_beta2=0.999 (an older run's value) is ignored" in capsys.readouterr().err
+    # β1 0.9 and β2 0.999 were fixed before they became 0.8 and 0.99: older runs' config.yaml
+    # loads, with a note for each.
+    err = capsys.readouterr().err
+    assert "adam_beta1=0.9 (an older run's value) is ignored" in err
+    assert "adam_beta2=0.999 (an older run's value) is ignored" in err
     old.write_text(yaml.safe_dump({"adam_beta2": 0.9}))
     with pytest.raises(
         ConfigError, match=r"adam_beta2 can no longer be set: it is now fixed at 0.99"
