@@ -4,6 +4,8 @@ same run, and (with --peers) EleutherAI sparsify on the same rows.
     python scripts/bench_train.py                         # CPU, random rows, about 4 minutes
     python scripts/bench_train.py --activations train.npy --tokens 500000 --threads 2 --peers
     python scripts/bench_train.py --device cuda --tokens 20000000 --autocast
+    python scripts/bench_train.py --device cuda --archs topk --d-in 4096 --d-sae 65536 --k 64 \
+        --batch 8192 --tokens 4000000 --grid        # issue 11 item 7: fp32/bf16 x compile, MFU
 
 "steady" is the loop's rate over its second half; "bare step" is the median time of the
 trainer's own step (`Trainer._step`: forward, backward, clipping, Adam, decoder norm, dead-latent
@@ -11,8 +13,10 @@ counters) on one batch held in memory; "data path" is how much longer a steady s
 takes than the bare step: the cost of the store, the shuffle and the batch scaling.
 
 Each architecture trains in a fresh subprocess through the real `sae train` code path
-(Trainer.fit on a [tokens, d_in] .npy: the file given, or random activations; d_sae 3072, batch
-4096, k 32; store, schedules, dead-latent tracking and Adam included). Tokens/s is the trainer's
+(Trainer.fit on a [tokens, d_in] .npy: the file given, or random activations of --d-in columns;
+d_sae 3072, batch 4096, k 32 unless set; store, schedules, dead-latent tracking and Adam
+included). `--grid` runs each architecture four times: float32 and bf16 autocast, each with and
+without torch.compile. Tokens/s is the trainer's
 own figure from metrics.jsonl (the loop only, after start-up). Peak RSS is the subprocess's
 ru_maxrss (GPU: torch.cuda.max_memory_allocated). `scripts/make_bench_acts.py` makes a MiniLM
 file.
@@ -22,7 +26,9 @@ and a top-k over [B, d_sae]; with the sparse backward everything else is O(B k d
 is B / (best-of-10 time of that addmm + topk), measured here with the worker's thread count.
 relu/jumprelu: their backward needs the dense weight gradients too, so their floor is the
 fewest FLOPs (encoder forward + weight gradient 4·d·S, decoder forward + both gradients 6·S·d)
-at the measured matmul rate. "of bound" = bound time / measured time.
+at the measured matmul rate. "of bound" = bound time / measured time. On CUDA, "MFU" is the
+bare step's rate times those FLOPs per token (TopK family 2·d·S + 6·k·d, dense 10·d·S) over the
+GPU's peak dense rate for the dtype (--peak-tflops, else a table of known GPUs).
 
 --peers: where `eai-sparsify` is installed, its `SparseCoder` trains on the same rows in the
 same order (same batch, threads, step count; its forward with AuxK, gradient projection, Adam
@@ -43,22 +49,24 @@ import numpy as np
 import torch
 
 ARCHS = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"]
-D_SAE, K, BATCH = 3072, 32, 4096
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
+PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0)}
+"""Dense float32 (no TF32) and bf16 tensor-core peaks of SXM parts, NVIDIA's data sheets."""
 
 WORKER = r"""
 import json, resource, sys, time, torch
-arch, path, tokens, out, device, autocast, threads = sys.argv[1:8]
+arch, path, tokens, out, device, autocast, threads, d_sae, k, B, comp = sys.argv[1:12]
+d_sae, k, B = int(d_sae), int(k), int(B)
 torch.set_num_threads(int(threads))
 from sae.config import StoreConfig, TrainConfig, ModelConfig
 from sae.sae import SAEConfig
 from sae.training.train import train
-extra = {"matryoshka_prefixes": [384, 1536, 3072]} if arch == "matryoshka" else {}
+extra = {"matryoshka_prefixes": [d_sae // 8, d_sae // 2, d_sae]} if arch == "matryoshka" else {}
 cfg = TrainConfig(
-    activations=path, total_tokens=int(tokens), eval_tokens=4096, out=out, quiet=True,
-    model=ModelConfig(device=device), autocast=autocast == "1",
-    store=StoreConfig(buffer_tokens=65536, batch_size=4096, normalize=True),
-    sae=SAEConfig(architecture=arch, d_sae=3072, k=32, **extra),
+    activations=path, total_tokens=int(tokens), eval_tokens=B, out=out, quiet=True,
+    model=ModelConfig(device=device), autocast=autocast == "1", compile=comp == "1",
+    store=StoreConfig(buffer_tokens=max(65536, 4 * B), batch_size=B, normalize=True),
+    sae=SAEConfig(architecture=arch, d_sae=d_sae, k=k, **extra),
 )
 train(cfg)
 recs = [json.loads(l) for l in open(f"{out}/metrics.jsonl")]
@@ -78,7 +86,7 @@ for i in range(12):
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync(); t = time.perf_counter(); tr._step(m, batch, 1.0, 1.0); sync()
     times.append(time.perf_counter() - t)
-bare = 4096 / sorted(times[2:])[len(times[2:]) // 2]
+bare = B / sorted(times[2:])[len(times[2:]) // 2]
 print(json.dumps({"tokens_per_s": last["tokens_per_s"], "steady": steady, "bare": bare, "peak_gb": mem}))
 """
 
@@ -130,17 +138,36 @@ def _best(fn, device: str, n: int = 10) -> float:
     return best
 
 
-def bounds(device: str, d_in: int) -> tuple[float, float, float]:
+def bounds(device: str, d_in: int, d_sae: int, k: int, B: int) -> tuple[float, float, float]:
     """(sparse-step bound in tokens/s, dense floor in tokens/s, fp32 matmul FLOP/s)."""
-    x = torch.randn(BATCH, d_in, device=device)
-    W = torch.randn(d_in, D_SAE, device=device)
-    b = torch.randn(D_SAE, device=device)
+    x = torch.randn(B, d_in, device=device)
+    W = torch.randn(d_in, d_sae, device=device)
+    b = torch.randn(d_sae, device=device)
     t_mm = _best(lambda: torch.addmm(b, x, W), device)
     pre = torch.addmm(b, x, W)
-    t_topk = _best(lambda: pre.topk(K, dim=-1, sorted=False), device)
-    rate = 2 * BATCH * d_in * D_SAE / t_mm
-    dense_floor = rate / (4 * d_in * D_SAE + 6 * D_SAE * d_in)
-    return BATCH / (t_mm + t_topk), dense_floor, rate
+    t_topk = _best(lambda: pre.topk(k, dim=-1, sorted=False), device)
+    rate = 2 * B * d_in * d_sae / t_mm
+    dense_floor = rate / flops_per_token("relu", d_in, d_sae, k)
+    return B / (t_mm + t_topk), dense_floor, rate
+
+
+def flops_per_token(arch: str, d_in: int, d_sae: int, k: int) -> float:
+    """The step's least FLOPs per token: the encoder GEMM plus O(k d) sparse work for the TopK
+    family; encoder and decoder forward and weight gradients (4 d S + 6 S d) for dense codes."""
+    if arch in TOPK_FAMILY:
+        return 2 * d_in * d_sae + 6 * k * d_in
+    return 10 * d_in * d_sae
+
+
+def peak_flops(args, bf16: bool) -> float | None:
+    """The device's peak dense FLOP/s for the dtype: --peak-tflops, else PEAK_TFLOPS by name."""
+    if not args.device.startswith("cuda"):
+        return None
+    pair = args.peak_tflops
+    if pair is None:
+        name = torch.cuda.get_device_name(torch.device(args.device))
+        pair = next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
+    return None if pair is None else pair[1 if bf16 else 0] * 1e12
 
 
 def main() -> None:
@@ -149,67 +176,96 @@ def main() -> None:
     )
     p.add_argument("--tokens", type=int, default=600_000, help="training tokens per architecture")
     p.add_argument("--activations", help="a [rows, d_in] float32 .npy (default: random rows)")
+    p.add_argument("--d-in", type=int, default=384, help="columns of the random rows")
+    p.add_argument("--d-sae", type=int, default=3072)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
     p.add_argument("--autocast", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the step (--compile)")
+    p.add_argument("--grid", action="store_true", help="fp32 and autocast, each +/- compile")
+    p.add_argument("--peak-tflops", type=float, nargs=2, metavar=("FP32", "BF16"), default=None)
     p.add_argument("--peers", action="store_true", help="also train eai-sparsify (if installed)")
     p.add_argument("--archs", nargs="+", default=ARCHS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    S, K, B = args.d_sae, args.k, args.batch
+    modes = (
+        [(ac, co) for ac in (False, True) for co in (False, True)]
+        if args.grid
+        else [(args.autocast, args.compile)]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = args.activations
         if path is None:
             rng = np.random.default_rng(0)
             path = f"{tmp}/acts.npy"
-            np.save(path, rng.standard_normal((200_000, 384), dtype=np.float32) + 1.0)
+            rows = max(4 * B, min(200_000, 2**28 // args.d_in))  # at most 1 GiB
+            np.save(path, rng.standard_normal((rows, args.d_in), dtype=np.float32) + 1.0)
         d_in = int(np.load(path, mmap_mode="r").shape[1])
-        sparse_bound, dense_floor, rate = bounds(args.device, d_in)
+        sparse_bound, dense_floor, rate = bounds(args.device, d_in, S, K, B)
         print(
             f"device {args.device}, torch {torch.__version__}, {args.threads} threads; fp32 "
             f"addmm {rate / 1e9:.1f} GFLOP/s; sparse-step bound {sparse_bound:,.0f} tokens/s"
         )
-        print(f"d_in {d_in}, d_sae {D_SAE}, k {K}, batch {BATCH}, {args.tokens} tokens each\n")
+        print(f"d_in {d_in}, d_sae {S}, k {K}, batch {B}, {args.tokens} tokens each\n")
         print(
-            f"{'arch':11s} {'tokens/s':>10s} {'bound tok/s':>11s} {'of bound':>8s} {'peak RSS':>9s}"
-            f" {'steady':>8s} {'bare step':>9s} {'data path':>9s}"
+            f"{'arch':22s} {'tokens/s':>10s} {'bound tok/s':>11s} {'of bound':>8s} "
+            f"{'peak mem':>9s} {'steady':>8s} {'bare step':>9s} {'data path':>9s} {'MFU':>6s}"
         )
         ours = {}
         for arch in args.archs:
-            r = _run(
-                [
-                    WORKER,
-                    arch,
-                    path,
-                    str(args.tokens),
-                    f"{tmp}/{arch}",
-                    args.device,
-                    "1" if args.autocast else "0",
-                    str(args.threads),
-                ]
-            )
-            if "error" in r:
-                print(f"{arch:11s} failed: {r['error']}")
-                continue
-            ours[arch] = r
-            bound = sparse_bound if arch in TOPK_FAMILY else dense_floor
-            print(
-                f"{arch:11s} {r['tokens_per_s']:10,.0f} {bound:11,.0f} "
-                f"{r['tokens_per_s'] / bound:8.1%} {r['peak_gb']:7.2f} GB {r['steady']:8,.0f} "
-                f"{r['bare']:9,.0f} {r['bare'] / r['steady'] - 1:+9.1%}",
-                flush=True,
-            )
+            for autocast, comp in modes:
+                name = arch + (" bf16" if autocast else "") + (" compile" if comp else "")
+                r = _run(
+                    [
+                        WORKER,
+                        arch,
+                        path,
+                        str(args.tokens),
+                        f"{tmp}/{arch}-{int(autocast)}{int(comp)}",
+                        args.device,
+                        "1" if autocast else "0",
+                        str(args.threads),
+                        str(S),
+                        str(K),
+                        str(B),
+                        "1" if comp else "0",
+                    ]
+                )
+                if "error" in r:
+                    print(f"{name:22s} failed: {r['error']}")
+                    continue
+                ours.setdefault(arch, r)
+                bound = sparse_bound if arch in TOPK_FAMILY else dense_floor
+                peak = peak_flops(args, autocast)
+                mfu = (
+                    f"{r['bare'] * flops_per_token(arch, d_in, S, K) / peak:6.1%}"
+                    if peak
+                    else f"{'-':>6s}"
+                )
+                print(
+                    f"{name:22s} {r['tokens_per_s']:10,.0f} {bound:11,.0f} "
+                    f"{r['tokens_per_s'] / bound:8.1%} {r['peak_gb']:6.2f} GB {r['steady']:8,.0f} "
+                    f"{r['bare']:9,.0f} {r['bare'] / r['steady'] - 1:+9.1%} {mfu}",
+                    flush=True,
+                )
         if args.peers:
             try:
                 import sparsify  # noqa: F401
             except ImportError:
                 print("\n--peers: eai-sparsify is not installed; skipped")
                 return
+            if (S, K, B) != (3072, 32, 4096):
+                print("\n--peers: the peer runs d_sae 3072, k 32, batch 4096 only; skipped")
+                return
             r = _run([PEER, path, str(args.tokens), str(args.threads)])
             if "error" in r:
                 print(f"sparsify    failed: {r['error']}")
                 return
             print(
-                f"{'sparsify':11s} {r['tokens_per_s']:10,.0f} {'':11s} {'':8s} {r['peak_gb']:7.2f} GB"
+                f"{'sparsify':22s} {r['tokens_per_s']:10,.0f} {'':11s} {'':8s} {r['peak_gb']:6.2f} GB"
             )
             if "topk" in ours:
                 print(f"\ntopk / sparsify: {ours['topk']['tokens_per_s'] / r['tokens_per_s']:.2f}x")
