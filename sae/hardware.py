@@ -1,38 +1,25 @@
 """What the hardware multiplies natively: the `model.dtype: auto` rule.
 
 A model forward in bfloat16 is fast only where the hardware has bfloat16 matrix units: NVIDIA
-GPUs of compute capability 8.0 (Ampere) and later, and x86 CPUs with AVX512-BF16 or AMX-BF16.
+GPUs of compute capability 8.0 (Ampere) and later, and x86 CPUs with AVX512-BF16 or AMX.
 Elsewhere bfloat16 is emulated and slower than float32 (4x slower on an AVX2 CPU: BENCHMARKS.md,
 "bf16 model forward"), so `auto` chooses float32 there. The accuracy cost of a bfloat16 forward
-is measured in the same section (relative error 9e-5 of the activations' variance; the trained
+is measured in the same section (squared error 9e-5 of the activations' variance; the trained
 SAE's FVU moves by 1e-4).
 """
 
 from __future__ import annotations
 
-import functools
-import platform
-
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-"""/proc/cpuinfo flags of an x86 CPU with native bfloat16 dot products."""
+CPU_BF16_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+"""torch.cpu's probes (cpuinfo, any OS) for native bfloat16 dot products on x86."""
 
 
-def read_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The first `flags` line of a cpuinfo file (x86 Linux); empty when there is none."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+def cpu_native_bf16() -> bool:
+    """True when this CPU has AVX512-BF16 or AMX; False where torch cannot tell."""
+    import torch.cpu
 
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags; empty off Linux."""
-    return read_flags() if platform.system() == "Linux" else frozenset()
+    probes = [getattr(torch.cpu, name, None) for name in CPU_BF16_CHECKS]
+    return any(probe() for probe in probes if probe is not None)
 
 
 def native_bf16(device: str) -> bool:
@@ -43,7 +30,7 @@ def native_bf16(device: str) -> bool:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kind = device.split(":")[0]
     if kind == "cpu":
-        return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
+        return cpu_native_bf16()
     if kind == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
     return False

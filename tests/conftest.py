@@ -84,7 +84,7 @@ def _float32_models():
     import sae.hardware
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sae.hardware, "cpu_flags", lambda: frozenset())
+        mp.setattr(sae.hardware, "CPU_BF16_CHECKS", ())
         yield
 
 
