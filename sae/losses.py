@@ -19,7 +19,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sae.sae import SAE, SparseCodes, TrainOutput
-from sae.sparse import BagDecode, SelectedPre, encoder_pre
+from sae.sparse import BagDecode, ColumnsPre, SelectedPre, encoder_pre
+
+# AuxK handles the dead latents densely (small GEMMs over [B, n_dead]) while n_dead is at most
+# this many times aux_k, and as gathered rows beyond (measured in BENCHMARKS.md, "AuxK").
+AUX_DENSE_LIMIT = 4
 
 # Least per-step rate of the running BatchTopK threshold estimate (SAELens's topk_threshold_lr);
 # the trainer uses a faster one in short runs (sae/training/members.py, threshold_rate).
@@ -217,12 +221,9 @@ def _sparse_forward(
         else:
             idx_BM, kept_BM = batch_topk(pre_BS, cfg.k)
             keep_BM = kept_BM > 0
-        aux_idx = _dead_topk(pre_BS, dead_mask_S, cfg.k_aux)
-    M = idx_BM.shape[1]
-    all_idx = idx_BM if aux_idx is None else torch.cat([idx_BM, aux_idx], 1)
-    sel = SelectedPre.apply(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, pre_BS, all_idx, centered)
+    sel = SelectedPre.apply(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, pre_BS, idx_BM, centered)
     sel = sel.to(sae.W_dec.dtype)  # top-k values in float32 even under autocast
-    vals_BM = sel[:, :M].relu()
+    vals_BM = sel.relu()
     if keep_BM is not None:
         vals_BM = vals_BM * keep_BM
     x_hat_BO = BagDecode.apply(idx_BM, vals_BM, sae.W_dec) + base_BO
@@ -237,21 +238,35 @@ def _sparse_forward(
     if cfg.architecture != "topk" and sae.training:
         update_threshold(sae, vals_BM.detach(), threshold_rate)
     aux = var.new_zeros(())
-    if aux_idx is not None:
+    dead_N = None if dead_mask_S is None else dead_mask_S.to(pre_BS.device).nonzero().squeeze(1)
+    if dead_N is not None and len(dead_N) > 0:
         # AuxK (Gao et al. 2024 §A.2): the top aux_k dead latents reconstruct the main model's
         # residual (detached), scored as FVU of that residual so the coefficient is scale free.
         e_BO = (t_BO - x_hat_BO).detach().float()
-        e_hat_BO = BagDecode.apply(aux_idx, sel[:, M:].relu(), sae.W_dec)
+        e_hat_BO = _dead_decode(sae, x_BD, pre_BS, dead_N, centered)
         aux = cfg.aux_coefficient * fvu(e_hat_BO.float(), e_BO, total_variance(e_BO))
     return x_hat_BO, aux, SparseCodes(vals_BM.detach(), idx_BM), inner
 
 
-def _dead_topk(pre_BS: Tensor, dead_mask_S: Tensor | None, k_aux: int) -> Tensor | None:
-    """Indices [B, k_aux'] of each row's largest pre-activations among the dead latents."""
-    if dead_mask_S is None:
-        return None
-    dead_idx = dead_mask_S.to(pre_BS.device).nonzero().squeeze(1)
-    if len(dead_idx) == 0:
-        return None
-    pos_BK = pre_BS[:, dead_idx].topk(min(k_aux, len(dead_idx)), dim=-1, sorted=False).indices
-    return dead_idx[pos_BK]
+def _dead_decode(sae: SAE, x_BD: Tensor, pre_BS: Tensor, dead_N: Tensor, centered: bool):
+    """AuxK's reconstruction: each row's aux_k largest dead pre-activations (ReLU) times their
+    decoder rows. With few dead latents (up to AUX_DENSE_LIMIT x aux_k) the dead columns are
+    handled densely, small GEMMs over [B, n_dead]; with many, as gathered rows like the main
+    latents (sae/sparse.py)."""
+    k_aux, n = sae.cfg.k_aux, len(dead_N)
+    if n > AUX_DENSE_LIMIT * k_aux:
+        with torch.no_grad():
+            pos_BK = pre_BS[:, dead_N].topk(min(k_aux, n), dim=-1, sorted=False).indices
+        idx_BK = dead_N[pos_BK]
+        vals_BK = SelectedPre.apply(
+            x_BD, sae.W_enc, sae.b_enc, sae.b_dec, pre_BS, idx_BK, centered
+        )  # fmt: skip
+        return BagDecode.apply(idx_BK, vals_BK.to(sae.W_dec.dtype).relu(), sae.W_dec)
+    pre_BN = ColumnsPre.apply(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, pre_BS, dead_N, centered)
+    act_BN = pre_BN.to(sae.W_dec.dtype).relu()
+    if n > k_aux:
+        with torch.no_grad():
+            pos_BK = pre_BN.topk(k_aux, dim=-1, sorted=False).indices
+            keep_BN = torch.zeros_like(act_BN).scatter_(1, pos_BK, 1.0)
+        act_BN = act_BN * keep_BN
+    return act_BN @ sae.W_dec.index_select(0, dead_N)

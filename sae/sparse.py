@@ -113,6 +113,42 @@ class SelectedPre(torch.autograd.Function):
         return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None
 
 
+class ColumnsPre(torch.autograd.Function):
+    """pre[:, cols] for pre = (x - b_dec) @ W_enc + b_enc, already computed as `pre_BS`: every
+    row's pre-activations of a few latents (AuxK's dead ones), dense.
+
+    Backward from the [B, n] gradient g: grad_W_enc[:, cols] = x_c^T g (one [d, B] x [B, n]
+    GEMM); grad_b_enc[cols] = sum_b g; grad_b_dec = -W_enc[:, cols] @ sum_b g; grad_x =
+    g @ W_enc[:, cols]^T when x needs it. Columns not in `cols` get zero."""
+
+    @staticmethod
+    def forward(ctx, x_BD, W_enc_DS, b_enc_S, b_dec_D, pre_BS, cols_N, centered: bool):
+        xc_BD = x_BD - b_dec_D if centered else x_BD
+        ctx.save_for_backward(xc_BD, W_enc_DS, cols_N)
+        ctx.centered = centered
+        return pre_BS.index_select(1, cols_N)
+
+    @staticmethod
+    def backward(ctx, g_BN):
+        xc_BD, W_enc_DS, cols_N = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_BN = g_BN.contiguous()
+        W_DN = W_enc_DS.index_select(1, cols_N).to(g_BN.dtype)
+        g_N = g_BN.sum(0)
+        grad_x = grad_W = grad_b_enc = grad_b_dec = None
+        if need[1]:
+            grad_W = torch.zeros_like(W_enc_DS)
+            grad_W.index_copy_(1, cols_N, (xc_BD.to(g_BN.dtype).T @ g_BN).to(W_enc_DS.dtype))
+        if need[2]:
+            grad_b_enc = torch.zeros(W_enc_DS.shape[1], dtype=g_BN.dtype, device=g_BN.device)
+            grad_b_enc.index_copy_(0, cols_N, g_N)
+        if ctx.centered and need[3]:
+            grad_b_dec = -(W_DN @ g_N)
+        if need[0]:
+            grad_x = g_BN @ W_DN.T
+        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None
+
+
 class BagDecode(torch.autograd.Function):
     """sum_m vals[b, m] * W_dec[idx[b, m]]: forward one `embedding_bag`; backward
     grad_vals[b, m] = W_dec[idx[b, m]] . grad[b] and grad_W_dec[s] = sum vals * grad[b] over

@@ -63,20 +63,22 @@ def grads(sae: SAE, loss) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
-@pytest.mark.parametrize("with_aux", [False, True])
+@pytest.mark.parametrize("n_dead", [0, 6, 30, 60])
 @pytest.mark.parametrize("transcoder", [False, True])
-def test_sparse_step_gradients_equal_dense_autograd(arch, with_aux, transcoder):
+def test_sparse_step_gradients_equal_dense_autograd(arch, n_dead, transcoder):
     """Pins: the sparse backward (encoder weight gradient from the B x k selected entries,
     decoder gradient on gathered rows, AuxK on dead latents) is the dense gradient, for every
-    parameter, to 1e-5 relative in float32."""
+    parameter, to 1e-5 relative in float32. With aux_k 8, AuxK takes each of its paths: 6 dead
+    latents all kept (dense columns), 30 masked to 8 per row (dense columns, up to
+    AUX_DENSE_LIMIT x aux_k), 60 as gathered rows."""
     kw = {"d_out": 20, "skip_connection": True} if transcoder else {}
     sae = make(arch, **kw)
     sae.eval()  # no threshold update between the two computations
     x = data()
     t = data(seed=2, d=20) if transcoder else x
     dead = torch.zeros(S, dtype=torch.bool)
-    if with_aux:
-        dead[torch.randperm(S, generator=torch.Generator().manual_seed(3))[:30]] = True
+    with_aux = n_dead > 0
+    dead[torch.randperm(S, generator=torch.Generator().manual_seed(3))[:n_dead]] = True
     out = training_forward(sae, x, t if transcoder else None, dead if with_aux else None)
     ref = dense_reference(sae, x, t, dead if with_aux else None)
     assert torch.allclose(out.loss, ref, rtol=1e-5, atol=0)
@@ -88,14 +90,19 @@ def test_sparse_step_gradients_equal_dense_autograd(arch, with_aux, transcoder):
         assert err <= 1e-5, f"{name}: relative error {err:.2e}"
 
 
-def test_sparse_step_input_gradient_equals_dense():
+@pytest.mark.parametrize("n_dead", [0, 30, 60])
+def test_sparse_step_input_gradient_equals_dense(n_dead):
     """Pins: when x itself needs a gradient (e.g. an SAE spliced into a model), the sparse
-    encoder returns sum_m g[b, m] W_enc[:, idx[b, m]], as dense autograd does."""
+    encoder returns sum_m g[b, m] W_enc[:, idx[b, m]], as dense autograd does, AuxK's dense
+    columns (30 dead) and gathered rows (60) included."""
     sae = make("topk")
+    dead = torch.zeros(S, dtype=torch.bool)
+    dead[:n_dead] = True
+    dead_or_none = dead if n_dead else None
     x = data().requires_grad_()
-    (gx,) = torch.autograd.grad(training_forward(sae, x).loss, [x])
+    (gx,) = torch.autograd.grad(training_forward(sae, x, None, dead_or_none).loss, [x])
     x2 = x.detach().clone().requires_grad_()
-    (gx_ref,) = torch.autograd.grad(dense_reference(sae, x2, x2, None), [x2])
+    (gx_ref,) = torch.autograd.grad(dense_reference(sae, x2, x2, dead_or_none), [x2])
     assert (gx - gx_ref).norm() / gx_ref.norm() <= 1e-5
 
 
