@@ -60,7 +60,6 @@ d_sae, k, B = int(d_sae), int(k), int(B)
 torch.set_num_threads(int(threads))
 from sae.config import StoreConfig, TrainConfig, ModelConfig
 from sae.sae import SAEConfig
-from sae.training.train import train
 extra = {"matryoshka_prefixes": [d_sae // 8, d_sae // 2, d_sae]} if arch == "matryoshka" else {}
 cfg = TrainConfig(
     activations=path, total_tokens=int(tokens), eval_tokens=B, out=out, quiet=True,
@@ -68,21 +67,27 @@ cfg = TrainConfig(
     store=StoreConfig(buffer_tokens=max(65536, 4 * B), batch_size=B, normalize=True),
     sae=SAEConfig(architecture=arch, d_sae=d_sae, k=k, **extra),
 )
-train(cfg)
+from sae.training.train import Trainer
+import dataclasses
+done = Trainer(cfg)
+done.fit()
 recs = [json.loads(l) for l in open(f"{out}/metrics.jsonl")]
 mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 # Steady state: the loop's rate over its second half (each record's time is tokens / rate).
 mid, last = recs[len(recs) // 2], recs[-1]
 t_mid, t_last = mid["tokens"] / mid["tokens_per_s"], last["tokens"] / last["tokens_per_s"]
 steady = (last["tokens"] - mid["tokens"]) / (t_last - t_mid)
-# The bare step: the trainer's own _step on one batch held in memory, no store, no data path.
-from sae.training.train import Trainer
-import dataclasses
+# The bare step: the trainer's own _step on one batch held in memory, no store, no data path,
+# from the trained state (weights, Adam moments, and the dead latents, hence AuxK's work, as
+# the run left them; the dead-latent counter is restored before each repeat).
 tr = Trainer(dataclasses.replace(cfg, out=out + "-bare"))
+tr.step = 1  # no data initialisation: the trained tensors are loaded below
 batch = next(tr.batches())
-m = tr.members[0]
+m, end = tr.members[0], done.members[0]
+m.load_tensors({k: v.clone() for k, v in end.tensors().items()}, 0)
 times = []
 for i in range(12):
+    m.tokens_since_fired.copy_(end.tokens_since_fired)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync(); t = time.perf_counter(); tr._step(m, batch, 1.0, 1.0); sync()
     times.append(time.perf_counter() - t)
