@@ -135,3 +135,35 @@ def test_encode_sparse_decodes_like_dense(arch):
         assert torch.allclose(sae.decode(codes), sae.decode(dense), atol=1e-5)
     if arch == "topk":
         assert codes.top_indices.shape == (4, B // 4, K)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+@pytest.mark.parametrize("n_dead", [0, 30, 60])
+def test_autocast_step_gives_float32_gradients_near_the_float32_step(arch, n_dead):
+    """Pins `--autocast` (bf16 encoder GEMM, fp32 master weights): every parameter gets a
+    float32 gradient through each AuxK path, near the float32 step's. Not equal: bf16
+    pre-activations carry 0.4% rounding and flip near-tied selections (3 of 128 rows here), which
+    moves the gradients by 2-5%; a missing or misrouted term moves them by order 1."""
+    sae = make(arch)
+    sae.eval()
+    x = data()
+    dead = torch.zeros(S, dtype=torch.bool)
+    dead[torch.randperm(S, generator=torch.Generator().manual_seed(3))[:n_dead]] = True
+    dead_or_none = dead if n_dead else None
+    want = grads(sae, training_forward(sae, x, None, dead_or_none).loss)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = training_forward(sae, x, None, dead_or_none)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    got = grads(sae, out.loss)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].dtype == torch.float32, name
+        err = (got[name] - want[name]).norm() / want[name].norm()
+        assert err <= 0.1, f"{name}: relative error {err:.2e}"
+    if n_dead:  # AuxK's own gradient, which the main term would otherwise swamp
+        want = grads(sae, training_forward(sae, x, None, dead).aux)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = grads(sae, training_forward(sae, x, None, dead).aux)
+        for name in ("W_enc", "W_dec"):
+            err = (got[name] - want[name]).norm() / want[name].norm()
+            assert got[name].dtype == torch.float32 and err <= 0.1, f"aux {name}: {err:.2e}"
