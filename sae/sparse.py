@@ -75,6 +75,14 @@ def gathered_dot(idx_BM: Tensor, table_SD: Tensor, v_BD: Tensor) -> Tensor:
     return out_N.view(B, M)
 
 
+def _save_encoder_inputs(ctx, x_BD, W_enc_DS, b_dec_D, idx, centered: bool) -> None:
+    """What an encoder backward needs: the encoder's input (x - b_dec when centred), W_enc and
+    which latents were taken."""
+    xc_BD = x_BD - b_dec_D if centered else x_BD
+    ctx.save_for_backward(xc_BD, W_enc_DS, idx)
+    ctx.centered = centered
+
+
 class SelectedPre(torch.autograd.Function):
     """pre[b, idx[b, m]] for pre = (x - b_dec) @ W_enc + b_enc, already computed as `pre_BS`.
 
@@ -85,9 +93,7 @@ class SelectedPre(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_BD, W_enc_DS, b_enc_S, b_dec_D, pre_BS, idx_BM, centered: bool):
-        xc_BD = x_BD - b_dec_D if centered else x_BD
-        ctx.save_for_backward(xc_BD, W_enc_DS, idx_BM)
-        ctx.centered = centered
+        _save_encoder_inputs(ctx, x_BD, W_enc_DS, b_dec_D, idx_BM, centered)
         return pre_BS.gather(1, idx_BM)
 
     @staticmethod
@@ -123,9 +129,7 @@ class ColumnsPre(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_BD, W_enc_DS, b_enc_S, b_dec_D, pre_BS, cols_N, centered: bool):
-        xc_BD = x_BD - b_dec_D if centered else x_BD
-        ctx.save_for_backward(xc_BD, W_enc_DS, cols_N)
-        ctx.centered = centered
+        _save_encoder_inputs(ctx, x_BD, W_enc_DS, b_dec_D, cols_N, centered)
         return pre_BS.index_select(1, cols_N)
 
     @staticmethod
