@@ -215,7 +215,11 @@ def _sparse_forward(
     instead of another [B, d_in] x [d_in, d_sae] GEMM. Returns (x_hat, aux, codes, inner)."""
     cfg = sae.cfg
     centered = sae.centers_input
-    pre_BS = encoder_pre(x_BD, sae.W_enc, sae.b_enc, sae.b_dec if centered else None)
+    with torch.no_grad():  # the encoder's input, once for the GEMM and every backward below
+        xc_BD = x_BD - sae.b_dec if centered else x_BD
+    pre_BS = encoder_pre(xc_BD, sae.W_enc, sae.b_enc)
+    # what the selected pre-activations take gradients to, and the centred input
+    enc = (x_BD, sae.W_enc, sae.b_enc, sae.b_dec, xc_BD)
     with torch.no_grad():
         if cfg.architecture == "topk":
             # Gao et al. 2024 §2.3: keep the k largest pre-activations (then ReLU).
@@ -224,7 +228,7 @@ def _sparse_forward(
         else:
             idx_BM, kept_BM = batch_topk(pre_BS, cfg.k)
             keep_BM = kept_BM > 0
-    sel = SelectedPre.apply(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, pre_BS, idx_BM, centered)
+    sel = SelectedPre.apply(*enc, pre_BS, idx_BM, centered)
     sel = sel.to(sae.W_dec.dtype)  # top-k values in float32 even under autocast
     vals_BM = sel.relu()
     if keep_BM is not None:
@@ -246,12 +250,12 @@ def _sparse_forward(
         # AuxK (Gao et al. 2024 §A.2): the top aux_k dead latents reconstruct the main model's
         # residual (detached), scored as FVU of that residual so the coefficient is scale free.
         e_BO = (t_BO - x_hat_BO).detach().float()
-        e_hat_BO = _dead_decode(sae, x_BD, pre_BS, dead_N, centered)
+        e_hat_BO = _dead_decode(sae, enc, pre_BS, dead_N, centered)
         aux = cfg.aux_coefficient * fvu(e_hat_BO.float(), e_BO, total_variance(e_BO))
     return x_hat_BO, aux, SparseCodes(vals_BM.detach(), idx_BM), inner
 
 
-def _dead_decode(sae: SAE, x_BD: Tensor, pre_BS: Tensor, dead_N: Tensor, centered: bool):
+def _dead_decode(sae: SAE, enc: tuple, pre_BS: Tensor, dead_N: Tensor, centered: bool):
     """AuxK's reconstruction: each row's aux_k largest dead pre-activations (ReLU) times their
     decoder rows. With few dead latents (up to AUX_DENSE_LIMIT x aux_k) the dead columns are
     handled densely, small GEMMs over [B, n_dead]; with many, as gathered rows like the main
@@ -261,11 +265,9 @@ def _dead_decode(sae: SAE, x_BD: Tensor, pre_BS: Tensor, dead_N: Tensor, centere
         with torch.no_grad():
             pos_BK = pre_BS[:, dead_N].topk(min(k_aux, n), dim=-1, sorted=False).indices
         idx_BK = dead_N[pos_BK]
-        vals_BK = SelectedPre.apply(
-            x_BD, sae.W_enc, sae.b_enc, sae.b_dec, pre_BS, idx_BK, centered
-        )  # fmt: skip
+        vals_BK = SelectedPre.apply(*enc, pre_BS, idx_BK, centered)
         return BagDecode.apply(idx_BK, vals_BK.to(sae.W_dec.dtype).relu(), sae.W_dec)
-    pre_BN = ColumnsPre.apply(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, pre_BS, dead_N, centered)
+    pre_BN = ColumnsPre.apply(*enc, pre_BS, dead_N, centered)
     act_BN = pre_BN.to(sae.W_dec.dtype).relu()
     if n > k_aux:
         with torch.no_grad():

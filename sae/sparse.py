@@ -9,9 +9,10 @@ EleutherAI/sparsify's fused encoder (and Gao et al. 2024 §D, "sparse kernels"),
 decoder's gradients are formed on the gathered rows only. Selection (which latents) happens
 outside, under no_grad; these functions only carry values and gradients.
 
-    pre_BS = encoder_pre(x_BD, W_enc, b_enc, b_dec)            # no graph, one GEMM
+    xc_BD = x_BD - b_dec                                        # once, no graph
+    pre_BS = encoder_pre(xc_BD, W_enc, b_enc)                   # no graph, one GEMM
     vals_BK, idx_BK = pre_BS.topk(k, sorted=False)
-    vals_BK = SelectedPre.apply(x_BD, W_enc, b_enc, b_dec, pre_BS, idx_BK, centered)
+    vals_BK = SelectedPre.apply(x_BD, W_enc, b_enc, b_dec, xc_BD, pre_BS, idx_BK, centered)
     x_hat_BD = BagDecode.apply(idx_BK, vals_BK.relu(), W_dec) + b_dec
 """
 
@@ -24,9 +25,9 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def encoder_pre(x_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor, b_dec_D: Tensor | None) -> Tensor:
-    """(x - b_dec) @ W_enc + b_enc as one addmm, outside the autograd graph."""
-    xc_BD = x_BD if b_dec_D is None else x_BD - b_dec_D
+def encoder_pre(xc_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor) -> Tensor:
+    """xc @ W_enc + b_enc (xc: the encoder's input, x - b_dec when centred) as one addmm,
+    outside the autograd graph."""
     return torch.addmm(b_enc_S.to(xc_BD.dtype), xc_BD, W_enc_DS.to(xc_BD.dtype))
 
 
@@ -75,14 +76,6 @@ def gathered_dot(idx_BM: Tensor, table_SD: Tensor, v_BD: Tensor) -> Tensor:
     return out_N.view(B, M)
 
 
-def _save_encoder_inputs(ctx, x_BD, W_enc_DS, b_dec_D, idx, centered: bool) -> None:
-    """What an encoder backward needs: the encoder's input (x - b_dec when centred), W_enc and
-    which latents were taken."""
-    xc_BD = x_BD - b_dec_D if centered else x_BD
-    ctx.save_for_backward(xc_BD, W_enc_DS, idx)
-    ctx.centered = centered
-
-
 class SelectedPre(torch.autograd.Function):
     """pre[b, idx[b, m]] for pre = (x - b_dec) @ W_enc + b_enc, already computed as `pre_BS`.
 
@@ -92,8 +85,9 @@ class SelectedPre(torch.autograd.Function):
     sum_m g[b, m] W_enc[:, idx[b, m]] when x needs it."""
 
     @staticmethod
-    def forward(ctx, x_BD, W_enc_DS, b_enc_S, b_dec_D, pre_BS, idx_BM, centered: bool):
-        _save_encoder_inputs(ctx, x_BD, W_enc_DS, b_dec_D, idx_BM, centered)
+    def forward(ctx, x_BD, W_enc_DS, b_enc_S, b_dec_D, xc_BD, pre_BS, idx_BM, centered: bool):
+        ctx.save_for_backward(xc_BD, W_enc_DS, idx_BM)
+        ctx.centered = centered
         return pre_BS.gather(1, idx_BM)
 
     @staticmethod
@@ -116,7 +110,7 @@ class SelectedPre(torch.autograd.Function):
             grad_x = F.embedding_bag(idx_BM, W_SD, mode="sum", per_sample_weights=g_BM)
         if grad_b_enc is not None and not need[2]:
             grad_b_enc = None
-        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None
+        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None, None
 
 
 class ColumnsPre(torch.autograd.Function):
@@ -128,8 +122,9 @@ class ColumnsPre(torch.autograd.Function):
     g @ W_enc[:, cols]^T when x needs it. Columns not in `cols` get zero."""
 
     @staticmethod
-    def forward(ctx, x_BD, W_enc_DS, b_enc_S, b_dec_D, pre_BS, cols_N, centered: bool):
-        _save_encoder_inputs(ctx, x_BD, W_enc_DS, b_dec_D, cols_N, centered)
+    def forward(ctx, x_BD, W_enc_DS, b_enc_S, b_dec_D, xc_BD, pre_BS, cols_N, centered: bool):
+        ctx.save_for_backward(xc_BD, W_enc_DS, cols_N)
+        ctx.centered = centered
         return pre_BS.index_select(1, cols_N)
 
     @staticmethod
@@ -150,7 +145,7 @@ class ColumnsPre(torch.autograd.Function):
             grad_b_dec = -(W_DN @ g_N)
         if need[0]:
             grad_x = g_BN @ W_DN.T
-        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None
+        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None, None
 
 
 class BagDecode(torch.autograd.Function):

@@ -90,12 +90,11 @@ for item in a.patch:
     elif name == "bf16_encoder":  # the numerics of --autocast's bf16 encoder GEMM, at fp32 speed
         import sae.losses as L
 
-        def bf16_pre(x_BD, W_enc_DS, b_enc_S, b_dec_D, _o=L.encoder_pre):
+        def bf16_pre(xc_BD, W_enc_DS, b_enc_S, _o=L.encoder_pre):
             def r(t):
                 return t.bfloat16().float()
 
-            xc_BD = x_BD if b_dec_D is None else x_BD - b_dec_D
-            return r(_o(r(xc_BD), r(W_enc_DS), r(b_enc_S), None))
+            return r(_o(r(xc_BD), r(W_enc_DS), r(b_enc_S)))
 
         L.encoder_pre = bf16_pre
     elif (
