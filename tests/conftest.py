@@ -74,7 +74,9 @@ def _build(family: str, path: str) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
     """The built-in corpus cache goes to a folder of this test session, not the user's home."""
-    os.environ["SAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("sae_cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAE_CACHE_DIR", str(tmp_path_factory.mktemp("sae_cache")))
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
