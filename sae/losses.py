@@ -117,15 +117,12 @@ def batch_topk(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def update_threshold(sae: SAE, vals: Tensor, rate: float = THRESHOLD_EMA) -> None:
     """Running estimate of the smallest kept activation, used as a JumpReLU threshold at
     inference (Bussmann et al. 2024 §3). The first batch sets it; later ones move it by an EMA
-    of this rate."""
-    pos = vals[vals > 0]
-    if pos.numel() == 0:
-        return
-    m = pos.min().to(sae.threshold.dtype)
-    if sae.has_learned_threshold:
-        sae.threshold.mul_(1 - rate).add_(rate * m)
-    else:
-        sae.threshold.fill_(m)
+    of this rate. A batch with no positive activation leaves it as it is. Written with `where`
+    instead of branches, so that a GPU never waits to tell the host which branch to take."""
+    m = torch.where(vals > 0, vals, torch.inf).min().to(sae.threshold.dtype)  # inf: none > 0
+    learned = (sae.threshold > 0).any()  # has_learned_threshold, as a tensor
+    moved = torch.where(learned, sae.threshold * (1 - rate) + rate * m, m)
+    sae.threshold.copy_(torch.where(torch.isfinite(m), moved, sae.threshold))
 
 
 def training_forward(

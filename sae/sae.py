@@ -207,11 +207,14 @@ class TrainOutput(NamedTuple):
         return c.to_dense(self.d_sae) if isinstance(c, SparseCodes) else c
 
     def fired(self) -> Tensor:
-        """bool [d_sae]: latents active on at least one row of the batch."""
+        """bool [d_sae]: latents active on at least one row of the batch. Counted with
+        `index_add_` rather than selected by a boolean mask, which would make a GPU wait for the
+        mask's size (a host synchronisation) every training step."""
         c = self.codes
         if isinstance(c, SparseCodes):
-            hit = torch.zeros(self.d_sae, dtype=torch.bool, device=c.top_indices.device)
-            return hit.index_fill_(0, c.top_indices[c.top_acts != 0], True)
+            hits = torch.zeros(self.d_sae, dtype=torch.int32, device=c.top_indices.device)
+            active = (c.top_acts != 0).flatten().to(torch.int32)
+            return hits.index_add_(0, c.top_indices.flatten(), active) > 0
         return (c != 0).any(0)
 
     def l0(self) -> Tensor:

@@ -51,8 +51,11 @@ def segment_sum_rows(idx_BM: Tensor, w_BM: Tensor, rows_BD: Tensor, n_out: int) 
     B, M = idx_BM.shape
     flat_N = idx_BM.flatten()
     order_N = argsort_small(flat_N, n_out)
-    counts_S = torch.bincount(flat_N, minlength=n_out)
-    offsets_S = torch.zeros(n_out, dtype=torch.long, device=idx_BM.device)
+    # Bag s starts after the entries of keys < s. Counted with scatter_add_, not bincount: on
+    # CUDA bincount reads the largest key back to the host, a synchronisation per call.
+    counts_S = torch.zeros(n_out, dtype=torch.long, device=idx_BM.device)
+    counts_S.scatter_add_(0, flat_N, torch.ones_like(flat_N))
+    offsets_S = torch.zeros_like(counts_S)
     torch.cumsum(counts_S[:-1], 0, out=offsets_S[1:])
     return F.embedding_bag(
         torch.div(order_N, M, rounding_mode="floor"),

@@ -41,7 +41,7 @@ class Member:
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
-        self.last: dict[str, float] = {}
+        self.last_tensors: dict[str, torch.Tensor] = {}
 
     def skip_step(self, step: int, run: Path) -> None:
         """A non-finite loss: drop the gradient and count; stop the run if it keeps happening."""
@@ -60,17 +60,24 @@ class Member:
         all ranks' rows), agree on the BatchTopK threshold, and set the next log line's figures."""
         fired_S = dist.any_rank(out.fired())  # from the sparse codes: no dense [B, d_sae]
         self.tokens_since_fired += len(out.x_hat) * dist.world_size()  # rows of all ranks
-        self.tokens_since_fired[fired_S] = 0
+        self.tokens_since_fired.masked_fill_(fired_S, 0)  # (indexing by the mask would sync)
         if self.sae.cfg.architecture in ("batchtopk", "matryoshka"):
             # Each rank moved its threshold estimate by its own rows; the mean over ranks is the
             # same EMA over all ranks' batch minima (it is linear), so replicas stay equal.
             self.sae.threshold.copy_(dist.all_reduce_mean(self.sae.threshold))
-        self.last = {
-            "loss": out.loss.item(),
-            "fvu": out.mse.item(),
-            "l0": out.l0().item(),
-            "dead_pct": 100.0 * dead_S.float().mean().item(),
+        # Kept as tensors until a log line reads them (`last`): reading them here would make a
+        # GPU finish the step before the next one is queued, every step.
+        self.last_tensors = {
+            "loss": out.loss.detach(),
+            "fvu": out.mse.detach(),
+            "l0": out.l0(),
+            "dead_pct": 100.0 * dead_S.float().mean(),
         }
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The last step's loss, FVU, L0 and dead % for the log line (read at the log cadence)."""
+        return {k: v.item() for k, v in self.last_tensors.items()}
 
     def scales(self, scale: dict[str, float]) -> tuple[float, float]:
         """(input, target) factor the SAE is trained at, from the run's hook -> factor map

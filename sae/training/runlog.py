@@ -51,10 +51,11 @@ class RunLog:
     def write(self, step: int, tokens: int, members: list[Member]) -> None:
         rate = (tokens - self.tokens0) / (time.perf_counter() - self.t0)
         record = {"step": step, "tokens": tokens, "tokens_per_s": round(rate, 1)}
-        for m in members:
-            record |= {f"{m.name}/{k}": round(v, 6) for k, v in m.last.items()}
+        lasts = [m.last for m in members]  # the step's figures leave the device here only
+        for m, last in zip(members, lasts, strict=True):
+            record |= {f"{m.name}/{k}": round(v, 6) for k, v in last.items()}
         if len(members) == 1:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in members[0].last.items()})
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in lasts[0].items()})
         if self.metrics:
             self.metrics.write(json.dumps(record) + "\n")
             self.metrics.flush()
