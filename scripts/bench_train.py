@@ -3,6 +3,7 @@ same run, and (with --peers) EleutherAI sparsify on the same rows.
 
     python scripts/bench_train.py                         # CPU, random rows, about 4 minutes
     python scripts/bench_train.py --activations train.npy --tokens 500000 --threads 2 --peers
+    python scripts/bench_train.py --archs topk --peers --pairs 5 ...   # median of 5 ratios
     python scripts/bench_train.py --device cuda --tokens 20000000 --autocast
     python scripts/bench_train.py --device cuda --archs topk --d-in 4096 --d-sae 65536 --k 64 \
         --batch 8192 --tokens 4000000 --grid        # issue 11 item 7: fp32/bf16 x compile, MFU
@@ -33,7 +34,9 @@ GPU's peak dense rate for the dtype (--peak-tflops, else a table of known GPUs).
 --peers: where `eai-sparsify` is installed, its `SparseCoder` trains on the same rows in the
 same order (same batch, threads, step count; its forward with AuxK, gradient projection, Adam
 at its default LR 2e-4/sqrt(d_sae/2^14), unit-norm decoder, dead tracking as its trainer does
-them), timed the same way (loop only, data read included), and the ratio is printed.
+them), timed the same way (loop only, data read included), and the ratio is printed. This VM's
+speed drifts by 10-20% between runs a minute apart, so `--pairs N` runs N topk/sparsify pairs
+(alternating which goes first) and prints each ratio and their median.
 """
 
 from __future__ import annotations
@@ -192,8 +195,13 @@ def main() -> None:
     p.add_argument("--grid", action="store_true", help="fp32 and autocast, each +/- compile")
     p.add_argument("--peak-tflops", type=float, nargs=2, metavar=("FP32", "BF16"), default=None)
     p.add_argument("--peers", action="store_true", help="also train eai-sparsify (if installed)")
+    p.add_argument(
+        "--pairs", type=int, default=1, help="with --peers: topk/sparsify pairs, median ratio"
+    )
     p.add_argument("--archs", nargs="+", default=ARCHS)
     args = p.parse_args()
+    if args.pairs < 1:
+        p.error(f"--pairs {args.pairs}: give at least 1 topk/sparsify pair")
     torch.set_num_threads(args.threads)
     S, K, B = args.d_sae, args.k, args.batch
     modes = (
@@ -219,26 +227,20 @@ def main() -> None:
             f"{'arch':22s} {'tokens/s':>10s} {'bound tok/s':>11s} {'of bound':>8s} "
             f"{'peak mem':>9s} {'steady':>8s} {'bare step':>9s} {'data path':>9s} {'MFU':>6s}"
         )
+
+        def worker(arch: str, autocast: bool, comp: bool, tag: str = "") -> dict:
+            out = f"{tmp}/{arch}-{int(autocast)}{int(comp)}{tag}"
+            flags = ["1" if autocast else "0", str(args.threads), str(S), str(K), str(B)]
+            return _run(
+                [WORKER, arch, path, str(args.tokens), out, args.device, *flags]
+                + ["1" if comp else "0"]
+            )
+
         ours = {}
         for arch in args.archs:
             for autocast, comp in modes:
                 name = arch + (" bf16" if autocast else "") + (" compile" if comp else "")
-                r = _run(
-                    [
-                        WORKER,
-                        arch,
-                        path,
-                        str(args.tokens),
-                        f"{tmp}/{arch}-{int(autocast)}{int(comp)}",
-                        args.device,
-                        "1" if autocast else "0",
-                        str(args.threads),
-                        str(S),
-                        str(K),
-                        str(B),
-                        "1" if comp else "0",
-                    ]
-                )
+                r = worker(arch, autocast, comp)
                 if "error" in r:
                     print(f"{name:22s} failed: {r['error']}")
                     continue
@@ -272,8 +274,27 @@ def main() -> None:
             print(
                 f"{'sparsify':22s} {r['tokens_per_s']:10,.0f} {'':11s} {'':8s} {r['peak_gb']:6.2f} GB"
             )
-            if "topk" in ours:
-                print(f"\ntopk / sparsify: {ours['topk']['tokens_per_s'] / r['tokens_per_s']:.2f}x")
+            if "topk" not in ours:
+                return
+            pairs = [(ours["topk"]["tokens_per_s"], r["tokens_per_s"])]
+            for i in range(1, args.pairs):  # more pairs, alternating which of the two runs first
+                first_peer = i % 2 == 1
+                p = _run([PEER, path, str(args.tokens), str(args.threads)]) if first_peer else None
+                o = worker("topk", args.autocast, args.compile, f"-{i}")
+                p = p or _run([PEER, path, str(args.tokens), str(args.threads)])
+                if "error" in o or "error" in p:
+                    print(f"pair {i + 1} failed: {o.get('error') or p.get('error')}")
+                    continue
+                pairs.append((o["tokens_per_s"], p["tokens_per_s"]))
+            ratios = [a / b for a, b in pairs]
+            if len(pairs) > 1:
+                print()
+                for i, (a, b) in enumerate(pairs):
+                    print(f"pair {i + 1}: topk {a:,.0f}, sparsify {b:,.0f} tokens/s: {a / b:.2f}x")
+            print(
+                f"\ntopk / sparsify: {float(np.median(ratios)):.2f}x"
+                + (f" (median of {len(ratios)} pairs)" if len(ratios) > 1 else "")
+            )
 
 
 def _run(argv: list[str]) -> dict:
