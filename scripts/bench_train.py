@@ -267,7 +267,11 @@ def main() -> None:
             if (S, K, B) != (3072, 32, 4096):
                 print("\n--peers: the peer runs d_sae 3072, k 32, batch 4096 only; skipped")
                 return
-            r = _run([PEER, path, str(args.tokens), str(args.threads)])
+
+            def peer() -> dict:
+                return _run([PEER, path, str(args.tokens), str(args.threads)])
+
+            r = peer()
             if "error" in r:
                 print(f"sparsify    failed: {r['error']}")
                 return
@@ -278,10 +282,12 @@ def main() -> None:
                 return
             pairs = [(ours["topk"]["tokens_per_s"], r["tokens_per_s"])]
             for i in range(1, args.pairs):  # more pairs, alternating which of the two runs first
-                first_peer = i % 2 == 1
-                p = _run([PEER, path, str(args.tokens), str(args.threads)]) if first_peer else None
-                o = worker("topk", args.autocast, args.compile, f"-{i}")
-                p = p or _run([PEER, path, str(args.tokens), str(args.threads)])
+                if i % 2 == 1:  # sparsify first
+                    p = peer()
+                    o = worker("topk", args.autocast, args.compile, f"-{i}")
+                else:
+                    o = worker("topk", args.autocast, args.compile, f"-{i}")
+                    p = peer()
                 if "error" in o or "error" in p:
                     print(f"pair {i + 1} failed: {o.get('error') or p.get('error')}")
                     continue
