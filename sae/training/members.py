@@ -39,27 +39,49 @@ class Member:
         fused = torch.device(device).type in ("cpu", "cuda")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=ADAM_BETAS, fused=fused)
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
-        self.nonfinite_in_a_row = 0
-        self.skipped_steps = 0
+        # Non-finite losses, counted on the device and read at the log cadence (`check_finite`):
+        # steps skipped, the current run of them, and the longest run.
+        self.skipped, self.in_a_row, self.longest = (
+            torch.zeros((), dtype=torch.long, device=device) for _ in range(3)
+        )
         self.last_tensors: dict[str, torch.Tensor] = {}
 
-    def skip_step(self, step: int, run: Path) -> None:
-        """A non-finite loss: drop the gradient and count; stop the run if it keeps happening."""
+    @property
+    def skipped_steps(self) -> int:
+        return int(self.skipped)
+
+    def optimizer_step(self, ok: torch.Tensor) -> None:
+        """Adam's update where `ok` (the loss was finite on every rank), none otherwise: the
+        gradient is dropped and the weights and moments stay as they were. The fused kernel
+        reads the decision on the device (`found_inf`, as GradScaler passes it), so the host
+        never waits for the loss; other optimizers ask the host."""
+        self.skipped += ~ok
+        self.in_a_row.add_(1).mul_(~ok)  # one more after a non-finite loss, 0 after a finite one
+        torch.maximum(self.longest, self.in_a_row, out=self.longest)
+        if self.opt.defaults.get("fused"):
+            self.opt.found_inf = (~ok).float()
+            self.opt.step()
+        elif bool(ok):
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.nonfinite_in_a_row += 1
-        self.skipped_steps += 1
-        if self.nonfinite_in_a_row > MAX_NONFINITE_STEPS:
+
+    def check_finite(self, step: int, run: Path) -> None:
+        """Stop the run once the non-finite losses have come MAX_NONFINITE_STEPS + 1 in a row
+        (read at the log cadence: until then the skipped steps changed nothing)."""
+        longest = int(self.longest)
+        if longest > MAX_NONFINITE_STEPS:
             raise RuntimeError(
-                f"{self.name}: {self.nonfinite_in_a_row} non-finite losses in a row at step "
-                f"{step}; stopped. The last good checkpoint is in {run}."
+                f"{self.name}: {longest} non-finite losses in a row by step {step} (at most "
+                f"{MAX_NONFINITE_STEPS} are skipped); stopped. The last good checkpoint is in {run}."
             )
 
     @torch.no_grad()
-    def after_step(self, out: TrainOutput, dead_S: torch.Tensor) -> None:
+    def after_step(self, out: TrainOutput, dead_S: torch.Tensor, ok: torch.Tensor) -> None:
         """Update the dead-latent counter (a latent lives if it fired on any rank; the count is of
-        all ranks' rows), agree on the BatchTopK threshold, and set the next log line's figures."""
-        fired_S = dist.any_rank(out.fired())  # from the sparse codes: no dense [B, d_sae]
-        self.tokens_since_fired += len(out.x_hat) * dist.world_size()  # rows of all ranks
+        all ranks' rows; a skipped step `ok` False counts nothing), agree on the BatchTopK
+        threshold, and set the next log line's figures."""
+        fired_S = dist.any_rank(out.fired()) & ok  # from the sparse codes: no dense [B, d_sae]
+        self.tokens_since_fired += ok * (len(out.x_hat) * dist.world_size())  # all ranks' rows
         self.tokens_since_fired.masked_fill_(fired_S, 0)  # (indexing by the mask would sync)
         if self.sae.cfg.architecture in ("batchtopk", "matryoshka"):
             # Each rank moved its threshold estimate by its own rows; the mean over ranks is the
@@ -97,7 +119,7 @@ class Member:
         self.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("train.")})
         load_optimizer_tensors(self.opt, tensors)
         self.tokens_since_fired.copy_(tensors["dead.tokens_since_fired"])
-        self.skipped_steps = skipped_steps
+        self.skipped.fill_(skipped_steps)
 
     def save(self, folder: Path, scale: dict[str, float], meta: dict, sparsity=None) -> None:
         """Write the SAE as a SAELens folder with the training normalisation folded in, so it

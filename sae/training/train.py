@@ -121,17 +121,26 @@ class Trainer:
             self.step += 1
             self.tokens += len(next(iter(batch.values()))) * dist.world_size()
             log.progress(self.tokens)
-            if self.step % tcfg.log_every == 0 or self.step == self.total_steps:
+            log_now = self.step % tcfg.log_every == 0 or self.step == self.total_steps
+            if log_now:
+                for m in self.members:
+                    m.check_finite(self.step, self.run)
                 log.write(self.step, self.tokens, self.members)
-            # Ranks agree on both: a signal reaches them at different steps, clocks differ.
-            stop, due = dist.max_each(self._stop_signal or 0, clock.due(self.tokens))
-            self._stop_signal = stop or None
-            if due and self.step < self.total_steps and not stop:
-                self.checkpoint()
-                clock.reset(self.tokens)
-            if self.step >= self.total_steps or self._stop_signal is not None:
+            stop = 0
+            # Ranks agree on both: a signal reaches them at different steps, clocks differ. Under
+            # torchrun only at the log cadence: the host reads the collective's result, and on
+            # GPUs that waits until the step has finished.
+            if log_now or not dist.is_distributed():
+                stop, due = dist.max_each(self._stop_signal or 0, clock.due(self.tokens))
+                self._stop_signal = stop or None
+                if due and self.step < self.total_steps and not stop:
+                    self.checkpoint()
+                    clock.reset(self.tokens)
+            if self.step >= self.total_steps or stop:
                 break
         log.close()
+        stop, _ = dist.max_each(self._stop_signal or 0, 0)  # the loop may end between agreements
+        self._stop_signal = stop or None
         self.checkpoint()
         if self._stop_signal is not None:
             dist.print0(
@@ -171,25 +180,28 @@ class Trainer:
         for group in m.opt.param_groups:
             group["lr"] = m.lr * lr_mult
         dead = m.tokens_since_fired >= self.dead_tokens
-        ok = torch.tensor(False)
-        if len(x) >= 2:  # the FVU needs two rows: a one-row last batch is skipped
+        out = None
+        if len(x) >= 2:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
                 out = self._forward[m.name](x, y, dead, sparsity)
+            out.loss.backward()
             ok = torch.isfinite(out.loss.detach())
-        if not dist.all_ranks(ok):
-            m.skip_step(self.step, self.run)  # the gradient is dropped; the run stops if repeated
-            return
-        m.nonfinite_in_a_row = 0
-        out.loss.backward()
+        else:  # the FVU needs two rows: a one-row last batch is skipped (the other ranks' too)
+            for p in m.sae.parameters():
+                p.grad = torch.zeros_like(p)
+            ok = torch.zeros((), dtype=torch.bool, device=self.device)
+        # Whether the loss was finite stays on the device: a non-finite one's gradient is
+        # dropped by the optimizer step, on every rank, and counted (`Member.check_finite`).
+        ok = dist.all_ranks(ok)
         dist.average_gradients(m.sae.parameters())
         if m.sae.unit_norm_decoder:
             m.sae.remove_parallel_decoder_grad()
         torch.nn.utils.clip_grad_norm_(m.sae.parameters(), GRAD_CLIP)
-        m.opt.step()
-        m.opt.zero_grad(set_to_none=True)
+        m.optimizer_step(ok)
         if m.sae.unit_norm_decoder:
             m.sae.set_decoder_unit_norm()
-        m.after_step(out, dead)
+        if out is not None:
+            m.after_step(out, dead, ok)
 
     # -- setup helpers --------------------------------------------------------------------------
     def _store(self) -> ActivationStore:
@@ -221,6 +233,8 @@ class Trainer:
 
     # -- checkpoints, resume, the end --------------------------------------------------------
     def checkpoint(self) -> Path | None:
+        for m in self.members:  # a run that diverged stops here, not in a checkpoint
+            m.check_finite(self.step, self.run)
         gathered = dist.all_gather_object((self.store.state_dict(), self.stream))  # all ranks
         store_states, streams = [g[0] for g in gathered], [g[1] for g in gathered]
         if not dist.is_main():

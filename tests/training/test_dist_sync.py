@@ -45,7 +45,7 @@ def _batchtopk_step(rank: int):
     x = torch.randn(16, 8, generator=torch.Generator().manual_seed(100 + rank)) * (1 + rank)
     dead = m.tokens_since_fired >= 10**9
     out = training_forward(m.sae, x, None, dead, 1.0)
-    m.after_step(out, dead)
+    m.after_step(out, dead, torch.tensor(True))
     return m.sae.threshold.clone(), m.tokens_since_fired.clone()
 
 

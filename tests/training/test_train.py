@@ -146,7 +146,8 @@ def test_live_transcoder_on_tiny_model(tiny_models, text_file, tmp_path):
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     """Pins the skip-and-count path: a few NaN batches are skipped, an all-NaN run stops with
-    a one-line reason after MAX_NONFINITE_STEPS in a row."""
+    a one-line reason after MAX_NONFINITE_STEPS in a row, at the first log line (log_every 5)
+    since the count is read there."""
     acts = np.load(_planted(tmp_path))
     acts[8000:8100] = np.nan  # a few poisoned rows after initialisation: their batches are skipped
     np.save(tmp_path / "nan.npy", acts)
@@ -162,7 +163,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     assert finals and 0 < trainer.members[0].skipped_steps < trainer.total_steps
     np.save(tmp_path / "allnan.npy", np.full((4000, 16), np.nan, dtype=np.float32))
     monkeypatch.setattr(members, "MAX_NONFINITE_STEPS", 3)
-    with pytest.raises(RuntimeError, match="4 non-finite losses in a row"):
+    with pytest.raises(RuntimeError, match=r"5 non-finite losses in a row by step 5 \(at most 3"):
         train(
             _cfg(
                 tmp_path,
@@ -171,6 +172,31 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
                 store=StoreConfig(buffer_tokens=2048, batch_size=256),
             )
         )
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_nonfinite_step_changes_no_weight_and_no_moment(tmp_path, fused):
+    """Pins the skip itself, now decided on the device: fused Adam gets the flag as `found_inf`
+    (the path every CPU and CUDA run takes), other optimizers ask the host. After one finite
+    step, a step whose gradient is NaN leaves the weights, Adam's moments and its step count
+    as they were, and counts one skipped step; the next finite step counts none."""
+    m = members.Member(
+        "m", SAEConfig(d_in=8, d_sae=16, k=2), "h", None, 1e-2, _cfg(tmp_path, ""), "cpu"
+    )
+    if not fused:
+        m.opt = torch.optim.Adam(m.sae.parameters(), lr=1e-2, fused=False)
+    for ok in (True, False, True):
+        before = {k: v.clone() for k, v in m.tensors().items()}
+        for p in m.sae.parameters():
+            p.grad = torch.full_like(p, 0.5 if ok else float("nan"))
+        m.optimizer_step(torch.tensor(ok))
+        after = m.tensors()
+        same = [k for k in before if torch.equal(before[k], after[k])]
+        if ok:
+            assert {"train.W_enc", "optim.0.exp_avg", "optim.0.step"}.isdisjoint(same), same
+        else:
+            assert len(same) == len(before), set(before) - set(same)
+    assert (m.skipped_steps, int(m.in_a_row), int(m.longest)) == (1, 0, 1)
 
 
 @pytest.mark.parametrize(
