@@ -9,7 +9,9 @@ features recovered at cos > 0.9. `mini`: `--activations /work/bench/train.npy` (
 scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 by default.
 NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
-`init_scale=c` (W_enc = c W_dec^T after the data init), `freeze_benc=1`, `k_anneal=(F,M)`
+`init_scale=c` (W_enc = c W_dec^T after the data init), `dec_init=f` (a fraction f of the
+decoder rows set to unit centred rows of the first batch, W_enc = W_dec^T rescaled by the
+least-squares rule), `freeze_benc=1`, `k_anneal=(F,M)`
 (k starts at M k and falls linearly to k by F of the run), or `bf16_encoder=1`
 (inputs, weights and output of the encoder GEMM rounded to bfloat16 as `--autocast` rounds them,
 the product in float32: autocast's numerics on a CPU whose bf16 GEMM is too slow to run it).
@@ -85,6 +87,26 @@ for item in a.patch:
             _o(self, x, y, method)
             with torch.no_grad():
                 self.W_enc.copy_(self.W_dec.T * _c)
+
+        S.SAE.init_from_data = init
+    elif name == "dec_init":  # a fraction of the decoder rows = unit centred sample rows
+        orig = S.SAE.init_from_data
+
+        def init(self, x, y=None, method="geometric_median", _f=v, _o=orig):
+            _o(self, x, y, method)
+            with torch.no_grad():
+                t = x if y is None else y
+                c = self.b_dec
+                S_ = self.W_dec.shape[0]
+                n = min(len(t), round(float(_f) * S_))
+                g = torch.Generator().manual_seed(0)
+                rows = (t[torch.randperm(len(t), generator=g)[:n]] - c).float()
+                self.W_dec[:n] = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
+                self.W_enc.copy_(self.W_dec.T)
+                r = self.decode(self.encode(x)) - c
+                scale = float((r.double() * (t - c).double()).sum() / r.double().pow(2).sum())
+                if scale > 0:
+                    self.W_enc.mul_(scale)
 
         S.SAE.init_from_data = init
     elif name == "bf16_encoder":  # the numerics of --autocast's bf16 encoder GEMM, at fp32 speed
