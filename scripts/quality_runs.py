@@ -10,8 +10,9 @@ scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 b
 NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
 `init_scale=c` (W_enc = c W_dec^T after the data init), `dec_init=f` (a fraction f of the
-decoder rows set to unit centred rows of the first batch, W_enc = W_dec^T rescaled by the
-least-squares rule), `freeze_benc=1`, `k_anneal=(F,M)`
+decoder rows set to unit centred rows of the first batch, in the order of torch's seeded RNG,
+W_enc = W_dec^T rescaled by the least-squares rule; `dec_white=1` whitens those rows by the
+batch's covariance first), `freeze_benc=1`, `k_anneal=(F,M)`
 (k starts at M k and falls linearly to k by F of the run), or `bf16_encoder=1`
 (inputs, weights and output of the encoder GEMM rounded to bfloat16 as `--autocast` rounds them,
 the product in float32: autocast's numerics on a CPU whose bf16 GEMM is too slow to run it).
@@ -99,8 +100,12 @@ for item in a.patch:
                 c = self.b_dec
                 S_ = self.W_dec.shape[0]
                 n = min(len(t), round(float(_f) * S_))
-                g = torch.Generator().manual_seed(0)
-                rows = (t[torch.randperm(len(t), generator=g)[:n]] - c).float()
+                rows = (t[torch.randperm(len(t))[:n]] - c).double()
+                if "dec_white=1" in a.patch:  # x Σ^-1/2, Σ the batch's covariance about c
+                    tc = (t - c).double()
+                    ev, V = torch.linalg.eigh(tc.T @ tc / len(tc))
+                    rows = rows @ V @ torch.diag(ev.clamp_min(1e-6 * ev.max()).rsqrt()) @ V.T
+                rows = rows.float()
                 self.W_dec[:n] = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
                 self.W_enc.copy_(self.W_dec.T)
                 r = self.decode(self.encode(x)) - c
@@ -109,6 +114,8 @@ for item in a.patch:
                     self.W_enc.mul_(scale)
 
         S.SAE.init_from_data = init
+    elif name == "dec_white":  # read by dec_init
+        pass
     elif name == "bf16_encoder":  # the numerics of --autocast's bf16 encoder GEMM, at fp32 speed
         import sae.losses as L
 
