@@ -1,0 +1,80 @@
+"""Random against whitened-data decoder rows on planted dictionaries (BENCHMARKS.md, 'decoder
+rows from data'): where the whitened init loses.
+
+    python scripts/toy_init.py          # about 3 minutes on 2 cores
+
+Each case plants `nf` unit directions in `d` dimensions. Each token mixes about `L0` of them
+with magnitudes U(0.5, 1.5), plus an offset of 0.1, as in
+`tests/test_sae.py::test_loss_falls_on_planted_dictionary`. A TopK SAE (`dsae` latents, k)
+starts from `SAE.init_from_data` on 1,024 tokens. For "white", its decoder rows are then
+replaced by the whitened centred sample rows, as `quality_runs.py dec_init=1 dec_white=1` does,
+with W_enc = W_dec^T and the least-squares scale. Adam at 1e-2 trains it on fresh batches of 256
+tokens. The script prints the last batch's FVU and how many planted directions have a decoder
+row at cos > 0.9, for seeds 0 and 1.
+"""
+
+import torch
+
+from sae.losses import training_forward
+from sae.sae import SAE, SAEConfig
+
+
+def planted(n: int, g: torch.Generator, F: torch.Tensor, L0: float) -> torch.Tensor:
+    on = torch.rand(n, F.shape[0], generator=g) < L0 / F.shape[0]
+    return (on * (0.5 + torch.rand(n, F.shape[0], generator=g))) @ F + 0.1
+
+
+@torch.no_grad()
+def whitened_rows(sae: SAE, x: torch.Tensor) -> None:
+    """Decoder rows = the sample's centred rows times Σ^-1/2, unit norm; W_enc = W_dec^T with
+    the least-squares scale (as `SAE.init_from_data` fits it)."""
+    tc = (x - sae.b_dec).double()
+    n = min(len(tc), sae.cfg.d_sae)
+    ev, V = torch.linalg.eigh(tc.T @ tc / len(tc))
+    rows = (
+        tc[torch.randperm(len(tc))[:n]]
+        @ V
+        @ torch.diag(ev.clamp_min(1e-6 * ev.max()).rsqrt())
+        @ V.T
+    )
+    sae.W_dec[:n] = (rows / rows.norm(dim=1, keepdim=True)).float()
+    sae.W_enc.copy_(sae.W_dec.T)
+    r = (sae.decode(sae.encode(x)) - sae.b_dec).double()
+    sae.W_enc.mul_(float((r * tc).sum() / r.pow(2).sum()))
+
+
+def run(init: str, seed: int, d=32, nf=64, dsae=64, k=4, L0=2, steps=300) -> tuple[float, int]:
+    g = torch.Generator().manual_seed(seed)
+    F = torch.randn(nf, d, generator=g)
+    F /= F.norm(dim=1, keepdim=True)
+    torch.manual_seed(seed)
+    sae = SAE(SAEConfig(architecture="topk", d_in=d, d_sae=dsae, k=k))
+    x0 = planted(1024, g, F, L0)
+    sae.init_from_data(x0)
+    if init == "white":
+        whitened_rows(sae, x0)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(steps):
+        out = training_forward(sae, planted(256, g, F, L0))
+        opt.zero_grad()
+        out.loss.backward()
+        sae.remove_parallel_decoder_grad()
+        opt.step()
+        sae.set_decoder_unit_norm()
+    W = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    return round(out.mse.item(), 3), int(((F @ W.T).max(1).values > 0.9).sum())
+
+
+CASES = {
+    "test's toy: d 32, 64 planted, d_sae 64, k 4, L0 2": {},
+    "k 2": {"k": 2},
+    "d_sae 256": {"dsae": 256},
+    "d 128, 256 planted, d_sae 256": {"d": 128, "nf": 256, "dsae": 256},
+    "L0 4": {"L0": 4},
+    "1,200 steps": {"steps": 1200},
+}
+
+if __name__ == "__main__":
+    for name, kw in CASES.items():
+        res = {init: [run(init, s, **kw) for s in (0, 1)] for init in ("random", "white")}
+        print(f"{name}: random {res['random']}, whitened {res['white']}", flush=True)
