@@ -1,7 +1,7 @@
 """Random against whitened-data decoder rows on planted dictionaries (BENCHMARKS.md, 'decoder
 rows from data'): where the whitened init loses.
 
-    python scripts/toy_init.py          # about 3 minutes on 2 cores
+    python scripts/toy_init.py          # about 6 minutes on 2 cores
 
 Each case plants `nf` unit directions in `d` dimensions. Each token mixes about `L0` of them
 with magnitudes U(0.5, 1.5), plus an offset of 0.1, as in
@@ -72,6 +72,9 @@ CASES = {
     "d 128, 256 planted, d_sae 256": {"d": 128, "nf": 256, "dsae": 256},
     "L0 4": {"L0": 4},
     "1,200 steps": {"steps": 1200},
+    "L0 8, k 8": {"L0": 8, "k": 8},
+    "L0 8, k 8, 1,200 steps": {"L0": 8, "k": 8, "steps": 1200},
+    "d 64, 128 planted, d_sae 128, L0 8, k 8": {"d": 64, "nf": 128, "dsae": 128, "L0": 8, "k": 8},
 }
 
 if __name__ == "__main__":
