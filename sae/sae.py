@@ -469,13 +469,17 @@ class SAE(nn.Module):
         for name in ("b_enc", "b_gate", "b_mag", "r_mag"):
             if hasattr(self, name):
                 getattr(self, name).zero_()
-        recon = self.decode(self.encode(x_sample)) - self.b_dec
-        # The least-squares scale: the factor c minimising |c * recon - (t - center)|^2, so the
-        # first reconstruction explains as much of the sample as it can. The codes are linear in
-        # c (b_enc = 0; TopK's selection does not depend on it), so scaling W_enc scales them.
-        r = recon.double()
+        self.fit_encoder_scale(x_sample, t - center)
+
+    @torch.no_grad()
+    def fit_encoder_scale(self, x_sample: Tensor, tc_sample: Tensor) -> None:
+        """Scale W_enc by the least-squares factor c minimising |c * recon - tc|^2 (recon: the
+        reconstruction of `x_sample` less b_dec, tc: the centred target), so the first
+        reconstruction explains as much of the sample as it can. The codes are linear in c
+        (b_enc = 0; TopK's selection does not depend on it), so scaling W_enc scales them."""
+        r = (self.decode(self.encode(x_sample)) - self.b_dec).double()
         denom = r.pow(2).sum()
-        c = float((r * (t - center).double()).sum() / denom) if denom > 0 else 0.0
+        c = float((r * tc_sample.double()).sum() / denom) if denom > 0 else 0.0
         if c > 0:
             self.W_enc.mul_(c)
 

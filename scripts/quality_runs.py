@@ -90,32 +90,17 @@ for item in a.patch:
                 self.W_enc.copy_(self.W_dec.T * _c)
 
         S.SAE.init_from_data = init
-    elif name == "dec_init":  # a fraction of the decoder rows = unit centred sample rows
-        orig = S.SAE.init_from_data
+    elif name == "dec_init":  # a fraction of the decoder rows = the first batch's centred rows
+        from toy_init import data_rows
 
-        def init(self, x, y=None, method="geometric_median", _f=v, _o=orig):
+        orig = S.SAE.init_from_data
+        white = ("dec_white", "1") in (tuple(p.split("=", 1)) for p in a.patch)
+
+        def init(self, x, y=None, method="geometric_median", _f=v, _w=white, _o=orig):
             _o(self, x, y, method)
-            with torch.no_grad():
-                t = x if y is None else y
-                c = self.b_dec
-                S_ = self.W_dec.shape[0]
-                n = min(len(t), round(float(_f) * S_))
-                rows = (t[torch.randperm(len(t))[:n]] - c).double()
-                if "dec_white=1" in a.patch:  # x Σ^-1/2, Σ the batch's covariance about c
-                    tc = (t - c).double()
-                    ev, V = torch.linalg.eigh(tc.T @ tc / len(tc))
-                    rows = rows @ V @ torch.diag(ev.clamp_min(1e-6 * ev.max()).rsqrt()) @ V.T
-                rows = rows.float()
-                self.W_dec[:n] = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
-                self.W_enc.copy_(self.W_dec.T)
-                r = self.decode(self.encode(x)) - c
-                scale = float((r.double() * (t - c).double()).sum() / r.double().pow(2).sum())
-                if scale > 0:
-                    self.W_enc.mul_(scale)
+            data_rows(self, x, float(_f), _w)
 
         S.SAE.init_from_data = init
-    elif name == "dec_white":  # read by dec_init
-        pass
     elif name == "bf16_encoder":  # the numerics of --autocast's bf16 encoder GEMM, at fp32 speed
         import sae.losses as L
 

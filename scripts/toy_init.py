@@ -7,10 +7,10 @@ Each case plants `nf` unit directions in `d` dimensions. Each token mixes about 
 with magnitudes U(0.5, 1.5), plus an offset of 0.1, as in
 `tests/test_sae.py::test_loss_falls_on_planted_dictionary`. A TopK SAE (`dsae` latents, k)
 starts from `SAE.init_from_data` on 1,024 tokens. For "white", its decoder rows are then
-replaced by the whitened centred sample rows, as `quality_runs.py dec_init=1 dec_white=1` does,
-with W_enc = W_dec^T and the least-squares scale. Adam at 1e-2 trains it on fresh batches of 256
-tokens. The script prints the last batch's FVU and how many planted directions have a decoder
-row at cos > 0.9, for seeds 0 and 1.
+replaced by the whitened centred sample rows (`data_rows`, which `quality_runs.py dec_init=1
+dec_white=1` also applies), with W_enc = W_dec^T and the least-squares scale. Adam at 1e-2
+trains it on fresh batches of 256 tokens. The script prints the last batch's FVU and how many
+planted directions have a decoder row at cos > 0.9, for seeds 0 and 1.
 """
 
 import torch
@@ -25,22 +25,22 @@ def planted(n: int, g: torch.Generator, F: torch.Tensor, L0: float) -> torch.Ten
 
 
 @torch.no_grad()
-def whitened_rows(sae: SAE, x: torch.Tensor) -> None:
-    """Decoder rows = the sample's centred rows times Σ^-1/2, unit norm; W_enc = W_dec^T with
-    the least-squares scale (as `SAE.init_from_data` fits it)."""
-    tc = (x - sae.b_dec).double()
-    n = min(len(tc), sae.cfg.d_sae)
-    ev, V = torch.linalg.eigh(tc.T @ tc / len(tc))
-    rows = (
-        tc[torch.randperm(len(tc))[:n]]
-        @ V
-        @ torch.diag(ev.clamp_min(1e-6 * ev.max()).rsqrt())
-        @ V.T
-    )
-    sae.W_dec[:n] = (rows / rows.norm(dim=1, keepdim=True)).float()
+def data_rows(sae: SAE, x: torch.Tensor, fraction: float = 1.0, white: bool = False) -> None:
+    """The first round(fraction * d_sae) decoder rows (at most len(x)) = the sample's centred
+    rows in the order of torch's seeded RNG, times Σ^-1/2 (Σ the sample's covariance about b_dec)
+    if `white`, at unit norm; W_enc = W_dec^T with `SAE.fit_encoder_scale`'s least-squares scale.
+    `quality_runs.py dec_init=f [dec_white=1]` applies it after `SAE.init_from_data`."""
+    tc = x - sae.b_dec
+    n = min(len(x), round(fraction * sae.cfg.d_sae))
+    rows = tc[torch.randperm(len(x))[:n]].double()
+    if white:
+        tc64 = tc.double()
+        ev, V = torch.linalg.eigh(tc64.T @ tc64 / len(x))
+        rows = rows @ V @ torch.diag(ev.clamp_min(1e-6 * ev.max()).rsqrt()) @ V.T
+    rows = rows.float()
+    sae.W_dec[:n] = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
     sae.W_enc.copy_(sae.W_dec.T)
-    r = (sae.decode(sae.encode(x)) - sae.b_dec).double()
-    sae.W_enc.mul_(float((r * tc).sum() / r.pow(2).sum()))
+    sae.fit_encoder_scale(x, tc)
 
 
 def run(init: str, seed: int, d=32, nf=64, dsae=64, k=4, L0=2, steps=300) -> tuple[float, int]:
@@ -52,7 +52,7 @@ def run(init: str, seed: int, d=32, nf=64, dsae=64, k=4, L0=2, steps=300) -> tup
     x0 = planted(1024, g, F, L0)
     sae.init_from_data(x0)
     if init == "white":
-        whitened_rows(sae, x0)
+        data_rows(sae, x0, white=True)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     for _ in range(steps):
         out = training_forward(sae, planted(256, g, F, L0))

@@ -55,11 +55,12 @@ class Member:
         gradient is dropped and the weights and moments stay as they were. The fused kernel
         reads the decision on the device (`found_inf`, as GradScaler passes it), so the host
         never waits for the loss; other optimizers ask the host."""
-        self.skipped += ~ok
-        self.in_a_row.add_(1).mul_(~ok)  # one more after a non-finite loss, 0 after a finite one
+        bad = ~ok
+        self.skipped += bad
+        self.in_a_row.add_(1).mul_(bad)  # one more after a non-finite loss, 0 after a finite one
         torch.maximum(self.longest, self.in_a_row, out=self.longest)
         if self.opt.defaults.get("fused"):
-            self.opt.found_inf = (~ok).float()
+            self.opt.found_inf = bad.float()
             self.opt.step()
         elif bool(ok):
             self.opt.step()
