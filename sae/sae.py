@@ -448,16 +448,22 @@ class SAE(nn.Module):
         x_sample: Float[Tensor, "N d_in"],
         target_sample: Float[Tensor, "N d_out"] | None = None,
         method: Literal["mean", "geometric_median"] = "geometric_median",
+        rows: Literal["whitened", "random"] = "whitened",
     ) -> None:
         """Initialise from a sample of activations.
 
         b_dec = mean or geometric median of the target (Bricken et al. 2023 use the geometric
-        median), unit-norm random decoder rows with W_enc = W_dec.T (Gao et al. 2024 §A.1),
-        then W_enc scaled so the first reconstruction is the least-squares fit to the centred target
-        (BENCHMARKS.md, 'encoder init scale').
+        median). Decoder rows: with rows="whitened" (an SAE, not a transcoder), the first
+        min(N, d_sae) rows are the sample's centred rows whitened by its covariance
+        (`whitened_rows`), the rest random; with rows="random", all random (Gao et al. 2024 §A.1).
+        All at unit norm, W_enc = W_dec.T, then W_enc scaled so the first reconstruction is the
+        least-squares fit to the centred target (docs/methods.md, "Initialisation"; BENCHMARKS.md,
+        "encoder init scale", "decoder rows from data").
         """
         if method not in ("mean", "geometric_median"):
             raise ValueError(f"method={method!r} must be 'mean' or 'geometric_median'.")
+        if rows not in ("whitened", "random"):
+            raise ValueError(f"rows={rows!r} must be 'whitened' or 'random'.")
         if self.cfg.d_out is not None and target_sample is None:
             raise ValueError("target_sample is required to initialise a transcoder (d_out set).")
         t = x_sample if target_sample is None else target_sample
@@ -469,6 +475,10 @@ class SAE(nn.Module):
         for name in ("b_enc", "b_gate", "b_mag", "r_mag"):
             if hasattr(self, name):
                 getattr(self, name).zero_()
+        if rows == "whitened" and self.cfg.d_out is None:
+            w = whitened_rows(x_sample - self.b_dec, self.cfg.d_sae)
+            self.W_dec[: len(w)] = w
+            self.W_enc.copy_(self.W_dec.T)
         self.fit_encoder_scale(x_sample, t - center)
 
     @torch.no_grad()
@@ -482,6 +492,23 @@ class SAE(nn.Module):
         c = float((r * tc_sample.double()).sum() / denom) if denom > 0 else 0.0
         if c > 0:
             self.W_enc.mul_(c)
+
+
+@torch.no_grad()
+def whitened_rows(xc_ND: Float[Tensor, "N D"], n: int) -> Float[Tensor, "n D"]:
+    """min(n, N) of the centred rows, drawn in a random order (torch's seeded RNG), times
+    Σ^-1/2 (Σ = the rows' second moment, in float64; eigenvalues below 1e-6 of the largest are
+    raised to it), at unit norm: data directions, spread as evenly as random ones
+    (docs/methods.md, "Initialisation"). No rows (the random init stays) if the sample is not
+    finite or has no variance: a run on such data stops at its non-finite check instead."""
+    pick = torch.randperm(len(xc_ND), device=xc_ND.device)[:n]
+    xc = xc_ND.double()
+    cov = xc.T @ xc / len(xc)
+    if not bool(torch.isfinite(cov).all()) or float(cov.diagonal().max()) <= 0:
+        return xc_ND[:0]
+    ev, V = torch.linalg.eigh(cov)
+    w = (xc[pick] @ V @ torch.diag(ev.clamp_min(1e-6 * ev.max()).rsqrt()) @ V.T).to(xc_ND.dtype)
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
 @torch.no_grad()

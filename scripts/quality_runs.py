@@ -9,6 +9,7 @@ features recovered at cos > 0.9. `mini`: `--activations /work/bench/train.npy` (
 scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 by default.
 NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
+`DECODER_INIT=random` (random decoder rows, the init before session 10),
 `init_scale=c` (W_enc = c W_dec^T after the data init), `dec_init=f` (a fraction f of the
 decoder rows set to unit centred rows of the first batch, in the order of torch's seeded RNG,
 W_enc = W_dec^T rescaled by the least-squares rule; `dec_white=1` whitens those rows by the
@@ -84,20 +85,18 @@ for item in a.patch:
     elif name == "init_scale":  # W_enc = c * W_dec^T, no data rescale
         orig = S.SAE.init_from_data
 
-        def init(self, x, y=None, method="geometric_median", _c=v, _o=orig):
-            _o(self, x, y, method)
+        def init(self, x, y=None, method="geometric_median", rows="whitened", _c=v, _o=orig):
+            _o(self, x, y, method, rows)
             with torch.no_grad():
                 self.W_enc.copy_(self.W_dec.T * _c)
 
         S.SAE.init_from_data = init
     elif name == "dec_init":  # a fraction of the decoder rows = the first batch's centred rows
-        from toy_init import data_rows
-
         orig = S.SAE.init_from_data
         white = ("dec_white", "1") in (tuple(p.split("=", 1)) for p in a.patch)
 
-        def init(self, x, y=None, method="geometric_median", _f=v, _w=white, _o=orig):
-            _o(self, x, y, method)
+        def init(self, x, y=None, method="geometric_median", rows=None, _f=v, _w=white, _o=orig):
+            _o(self, x, y, method, "random")  # the rows replace random ones, as in session 9
             data_rows(self, x, float(_f), _w)
 
         S.SAE.init_from_data = init
@@ -161,6 +160,24 @@ for item in a.patch:
                     super().__init__(*args, **kw)
 
             torch.optim.Adam = A
+
+
+@torch.no_grad()
+def data_rows(sae: S.SAE, x: torch.Tensor, fraction: float = 1.0, white: bool = False) -> None:
+    """The first round(fraction * d_sae) decoder rows (at most len(x)) = the sample's centred
+    rows in the order of torch's seeded RNG, whitened as `SAE.init_from_data` whitens them if
+    `white`, at unit norm; W_enc = W_dec^T with `SAE.fit_encoder_scale`'s least-squares scale.
+    `dec_init=1 dec_white=1` gives the default init (which `DECODER_INIT=random` turns off)."""
+    tc = x - sae.b_dec
+    n = min(len(x), round(fraction * sae.cfg.d_sae))
+    if white:
+        rows = S.whitened_rows(tc, n)
+    else:
+        rows = tc[torch.randperm(len(x))[:n]]
+        rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    sae.W_dec[: len(rows)] = rows
+    sae.W_enc.copy_(sae.W_dec.T)
+    sae.fit_encoder_scale(x, tc)
 
 
 def emit(res: dict) -> None:

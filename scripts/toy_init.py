@@ -1,14 +1,13 @@
 """Random against whitened-data decoder rows on planted dictionaries (BENCHMARKS.md, 'decoder
-rows from data'): where the whitened init loses.
+rows from data'): where the whitened init, the default since session 10, loses.
 
     python scripts/toy_init.py          # about 6 minutes on 2 cores
 
 Each case plants `nf` unit directions in `d` dimensions. Each token mixes about `L0` of them
 with magnitudes U(0.5, 1.5), plus an offset of 0.1, as in
 `tests/test_sae.py::test_loss_falls_on_planted_dictionary`. A TopK SAE (`dsae` latents, k)
-starts from `SAE.init_from_data` on 1,024 tokens. For "white", its decoder rows are then
-replaced by the whitened centred sample rows (`data_rows`, which `quality_runs.py dec_init=1
-dec_white=1` also applies), with W_enc = W_dec^T and the least-squares scale. Adam at 1e-2
+starts from `SAE.init_from_data` on 1,024 tokens, with `rows="random"` or `rows="whitened"`
+(whitened centred sample rows, W_enc = W_dec^T and the least-squares scale). Adam at 1e-2
 trains it on fresh batches of 256 tokens. The script prints the last batch's FVU and how many
 planted directions have a decoder row at cos > 0.9, for seeds 0 and 1.
 """
@@ -24,25 +23,6 @@ def planted(n: int, g: torch.Generator, F: torch.Tensor, L0: float) -> torch.Ten
     return (on * (0.5 + torch.rand(n, F.shape[0], generator=g))) @ F + 0.1
 
 
-@torch.no_grad()
-def data_rows(sae: SAE, x: torch.Tensor, fraction: float = 1.0, white: bool = False) -> None:
-    """The first round(fraction * d_sae) decoder rows (at most len(x)) = the sample's centred
-    rows in the order of torch's seeded RNG, times Σ^-1/2 (Σ the sample's covariance about b_dec)
-    if `white`, at unit norm; W_enc = W_dec^T with `SAE.fit_encoder_scale`'s least-squares scale.
-    `quality_runs.py dec_init=f [dec_white=1]` applies it after `SAE.init_from_data`."""
-    tc = x - sae.b_dec
-    n = min(len(x), round(fraction * sae.cfg.d_sae))
-    rows = tc[torch.randperm(len(x))[:n]].double()
-    if white:
-        tc64 = tc.double()
-        ev, V = torch.linalg.eigh(tc64.T @ tc64 / len(x))
-        rows = rows @ V @ torch.diag(ev.clamp_min(1e-6 * ev.max()).rsqrt()) @ V.T
-    rows = rows.float()
-    sae.W_dec[:n] = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    sae.W_enc.copy_(sae.W_dec.T)
-    sae.fit_encoder_scale(x, tc)
-
-
 def run(init: str, seed: int, d=32, nf=64, dsae=64, k=4, L0=2, steps=300) -> tuple[float, int]:
     g = torch.Generator().manual_seed(seed)
     F = torch.randn(nf, d, generator=g)
@@ -50,9 +30,7 @@ def run(init: str, seed: int, d=32, nf=64, dsae=64, k=4, L0=2, steps=300) -> tup
     torch.manual_seed(seed)
     sae = SAE(SAEConfig(architecture="topk", d_in=d, d_sae=dsae, k=k))
     x0 = planted(1024, g, F, L0)
-    sae.init_from_data(x0)
-    if init == "white":
-        data_rows(sae, x0, white=True)
+    sae.init_from_data(x0, rows=init)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     for _ in range(steps):
         out = training_forward(sae, planted(256, g, F, L0))
@@ -79,5 +57,5 @@ CASES = {
 
 if __name__ == "__main__":
     for name, kw in CASES.items():
-        res = {init: [run(init, s, **kw) for s in (0, 1)] for init in ("random", "white")}
-        print(f"{name}: random {res['random']}, whitened {res['white']}", flush=True)
+        res = {init: [run(init, s, **kw) for s in (0, 1)] for init in ("random", "whitened")}
+        print(f"{name}: random {res['random']}, whitened {res['whitened']}", flush=True)

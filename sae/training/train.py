@@ -29,7 +29,14 @@ from sae.activations.capture import resolve_device
 from sae.activations.sources import CacheSource, LiveSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
 from sae.cliconfig import save_yaml
-from sae.config import B_DEC_INIT, CHECKPOINT_SECONDS, GRAD_CLIP, KEEP_CHECKPOINTS, TrainConfig
+from sae.config import (
+    B_DEC_INIT,
+    CHECKPOINT_SECONDS,
+    DECODER_INIT,
+    GRAD_CLIP,
+    KEEP_CHECKPOINTS,
+    TrainConfig,
+)
 from sae.fsutil import atomic_write_json
 from sae.malloc import keep_freed_memory
 from sae.training.checkpoint import (
@@ -227,7 +234,7 @@ class Trainer:
         for m in self.members:
             x = batch[m.hook].to(self.device)
             y = batch[m.target].to(self.device) if m.target else None
-            m.sae.init_from_data(x, y, method=B_DEC_INIT)
+            m.sae.init_from_data(x, y, method=B_DEC_INIT, rows=DECODER_INIT)
             for t in m.sae.state_dict().values():  # replicas start equal, as under DDP
                 dist.broadcast_(t)
 

@@ -282,7 +282,9 @@ def test_short_batchtopk_run_leaves_a_threshold_that_keeps_about_k(tmp_path, mon
     length, so a 122-step run kept 29% of its first batch's value and held-out L0 came out at
     21.7 for k 32. The rate is now fast enough that its time constant fits in the LR-decay
     phase: after a 60-step run on planted features, held-out L0 is within 3% of k, where the
-    fixed rate misses by more than 5%."""
+    fixed rate misses by more than 5%. From random decoder rows: from whitened data rows the
+    first threshold starts nearer its end, and the fixed rate's miss shrinks to 1.7%."""
+    monkeypatch.setattr("sae.training.train.DECODER_INIT", "random")
     assert members.threshold_rate(122) == pytest.approx(1 / (0.2 * 122))
     assert members.threshold_rate(10**6) == 0.01
     x = np.load(_planted(tmp_path, n=16_096, k=3))
