@@ -62,10 +62,11 @@ B_DEC_INIT: Literal["mean", "geometric_median"] = "geometric_median"
 """b_dec starts at the geometric median of the first batch (Bricken et al. 2023, "Towards
 Monosemanticity", §Appendix: Autoencoder)."""
 DECODER_INIT: Literal["whitened", "random"] = "whitened"
-"""Decoder rows start as the first batch's centred rows, whitened by its covariance
-(docs/methods.md, "Initialisation"). Measured in BENCHMARKS.md ("decoder rows from data"): lower
-held-out FVU for every architecture on MiniLM and higher synthetic recovery than random rows;
-random rows still win on toys whose tokens mix about 2 features."""
+"""A third of the decoder rows start as the first batch's centred rows, whitened by its
+covariance; the rest are random (docs/methods.md, "Initialisation"; the share is
+`sae.sae.DATA_ROW_FRACTION`). Measured in BENCHMARKS.md ("whitened decoder rows adopted"):
+lower held-out FVU than random rows for TopK, BatchTopK and Matryoshka on two MiniLM harvests,
+and higher synthetic recovery; random rows still win on toys whose tokens mix about 2 features."""
 MAX_NONFINITE_STEPS = 10
 """Consecutive non-finite losses tolerated (each step skipped) before the run stops: a rare
 overflow under bf16 autocast passes, a diverged run stops within seconds (no paper; the value

@@ -9,7 +9,8 @@ features recovered at cos > 0.9. `mini`: `--activations /work/bench/train.npy` (
 scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 by default.
 NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
-`DECODER_INIT=random` (random decoder rows, the init before session 10),
+`DECODER_INIT=random` (random decoder rows, the init before session 10; the default equals
+`DECODER_INIT=random dec_init=0.3333 dec_white=1`),
 `init_scale=c` (W_enc = c W_dec^T after the data init), `dec_init=f` (a fraction f of the
 decoder rows set to unit centred rows of the first batch, in the order of torch's seeded RNG,
 W_enc = W_dec^T rescaled by the least-squares rule; `dec_white=1` whitens those rows by the
@@ -167,7 +168,7 @@ def data_rows(sae: S.SAE, x: torch.Tensor, fraction: float = 1.0, white: bool = 
     """The first round(fraction * d_sae) decoder rows (at most len(x)) = the sample's centred
     rows in the order of torch's seeded RNG, whitened as `SAE.init_from_data` whitens them if
     `white`, at unit norm; W_enc = W_dec^T with `SAE.fit_encoder_scale`'s least-squares scale.
-    `dec_init=1 dec_white=1` gives the default init (which `DECODER_INIT=random` turns off)."""
+    `dec_init=0.3333 dec_white=1` gives the default init's rows."""
     tc = x - sae.b_dec
     n = min(len(x), round(fraction * sae.cfg.d_sae))
     if white:
