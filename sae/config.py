@@ -64,7 +64,7 @@ Monosemanticity", §Appendix: Autoencoder)."""
 DECODER_INIT: Literal["whitened", "random"] = "whitened"
 """A third of the decoder rows start as the first batch's centred rows, whitened by its
 covariance; the rest are random (docs/methods.md, "Initialisation"; the share is
-`sae.sae.DATA_ROW_FRACTION`). Measured in BENCHMARKS.md ("whitened decoder rows adopted"):
+`sae.datainit.DATA_ROW_FRACTION`). Measured in BENCHMARKS.md ("whitened decoder rows adopted"):
 lower held-out FVU than random rows for TopK, BatchTopK and Matryoshka on two MiniLM harvests,
 and higher synthetic recovery; random rows still win on toys whose tokens mix about 2 features."""
 MAX_NONFINITE_STEPS = 10

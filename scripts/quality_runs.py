@@ -10,7 +10,7 @@ scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 b
 NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
 `DECODER_INIT=random` (random decoder rows, the init before session 10; the default equals
-`DECODER_INIT=random dec_init=0.3333 dec_white=1`),
+`dec_init=0.3333 dec_white=1`),
 `init_scale=c` (W_enc = c W_dec^T after the data init), `dec_init=f` (a fraction f of the
 decoder rows set to unit centred rows of the first batch, in the order of torch's seeded RNG,
 W_enc = W_dec^T rescaled by the least-squares rule; `dec_white=1` whitens those rows by the
@@ -97,8 +97,11 @@ for item in a.patch:
         white = ("dec_white", "1") in (tuple(p.split("=", 1)) for p in a.patch)
 
         def init(self, x, y=None, method="geometric_median", rows=None, _f=v, _w=white, _o=orig):
-            _o(self, x, y, method, "random")  # the rows replace random ones, as in session 9
-            data_rows(self, x, float(_f), _w)
+            if _w:  # the production init with this share of rows from data
+                _o(self, x, y, method, "whitened", float(_f))
+            else:  # raw rows replace random ones, as in session 9
+                _o(self, x, y, method, "random")
+                raw_rows(self, x, float(_f))
 
         S.SAE.init_from_data = init
     elif name == "bf16_encoder":  # the numerics of --autocast's bf16 encoder GEMM, at fp32 speed
@@ -164,19 +167,13 @@ for item in a.patch:
 
 
 @torch.no_grad()
-def data_rows(sae: S.SAE, x: torch.Tensor, fraction: float = 1.0, white: bool = False) -> None:
+def raw_rows(sae: S.SAE, x: torch.Tensor, fraction: float) -> None:
     """The first round(fraction * d_sae) decoder rows (at most len(x)) = the sample's centred
-    rows in the order of torch's seeded RNG, whitened as `SAE.init_from_data` whitens them if
-    `white`, at unit norm; W_enc = W_dec^T with `SAE.fit_encoder_scale`'s least-squares scale.
-    `dec_init=0.3333 dec_white=1` gives the default init's rows."""
+    rows, unwhitened, in the order of torch's seeded RNG, at unit norm; W_enc = W_dec^T with
+    `SAE.fit_encoder_scale`'s least-squares scale (`dec_init=f` without `dec_white=1`)."""
     tc = x - sae.b_dec
-    n = min(len(x), round(fraction * sae.cfg.d_sae))
-    if white:
-        rows = S.whitened_rows(tc, n)
-    else:
-        rows = tc[torch.randperm(len(x))[:n]]
-        rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    sae.W_dec[: len(rows)] = rows
+    rows = tc[torch.randperm(len(x))[: round(fraction * sae.cfg.d_sae)]]
+    sae.W_dec[: len(rows)] = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
     sae.W_enc.copy_(sae.W_dec.T)
     sae.fit_encoder_scale(x, tc)
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from sae.datainit import geometric_median, whitened_rows
 from sae.losses import JumpReLUFn, StepFn, batch_topk, training_forward
-from sae.sae import SAE, SAEConfig, geometric_median, whitened_rows
+from sae.sae import SAE, SAEConfig
 
 D, S, K = 16, 48, 5
 
