@@ -18,8 +18,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sae.cliconfig import load_yaml, parse, saved_run_config
-from sae.config import ConfigError, HarvestConfig
+from sae.config import ConfigError
+from sae.config.parse import load_yaml, parse, saved_run_config
+from sae.config.schema import HarvestConfig
 
 USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
 
@@ -51,7 +52,7 @@ def _harvest(argv: list[str]) -> str:
 
 
 def _train(argv: list[str]) -> str:
-    from sae.config import BUILTIN_TOKENS, TrainConfig
+    from sae.config.schema import BUILTIN_TOKENS, TrainConfig
     from sae.training.train import train
 
     # With no config and no activation file, the built-in default run: 1M MiniLM tokens.
@@ -115,9 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     _quiet_libraries()
     from sae import dist
-    from sae.malloc import keep_freed_memory
+    from sae.training.malloc import keep_freed_memory
 
-    keep_freed_memory()  # no page faults for the step's freed tensors (sae/malloc.py)
+    keep_freed_memory()  # no page faults for the step's freed tensors (sae/training/malloc.py)
 
     dist.init_from_env()  # under torchrun: join the process group
     try:

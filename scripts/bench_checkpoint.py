@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from sae.config import CHECKPOINT_SECONDS, TrainConfig
-from sae.sae import SAEConfig
+from sae.config.schema import CHECKPOINT_SECONDS, TrainConfig
+from sae.model.sae import SAEConfig
 from sae.training.checkpoint import write_checkpoint
 from sae.training.members import Member
 
@@ -32,7 +32,7 @@ def main() -> None:
             "m", SAEConfig(d_in=d_in, d_sae=d_sae, k=32), "h", None, 1e-3, TrainConfig(), "cpu"
         )
         x = torch.randn(256, d_in)
-        from sae.losses import training_forward
+        from sae.model.step import training_forward
 
         training_forward(m.sae, x).loss.backward()
         m.opt.step()  # Adam moments exist, as in a real checkpoint

@@ -37,7 +37,7 @@ def _sample():  # anonymous (non-file-backed) resident memory, sampled every 20 
                 peak_anon[0] = max(peak_anon[0], int(line.split()[1]) / 2**20)
         time.sleep(0.02)
 threading.Thread(target=_sample, daemon=True).start()
-from sae.config import DataConfig, HarvestConfig, ModelConfig, StoreConfig
+from sae.config.schema import DataConfig, HarvestConfig, ModelConfig, StoreConfig
 kind, n_windows, device, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(torch.get_num_threads())
 data = DataConfig(max_windows=n_windows)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sae.activations.sources import LiveSource
 from sae.activations.text import builtin_documents
-from sae.config import DataConfig, ModelConfig, StoreConfig
+from sae.config.schema import DataConfig, ModelConfig, StoreConfig
 
 
 def _corpus(folder: Path, n_docs: int) -> str:

@@ -61,8 +61,8 @@ import json, resource, sys, time, torch
 arch, path, tokens, out, device, autocast, threads, d_sae, k, B, comp = sys.argv[1:12]
 d_sae, k, B = int(d_sae), int(k), int(B)
 torch.set_num_threads(int(threads))
-from sae.config import StoreConfig, TrainConfig, ModelConfig
-from sae.sae import SAEConfig
+from sae.config.schema import StoreConfig, TrainConfig, ModelConfig
+from sae.model.sae import SAEConfig
 extra = {"matryoshka_prefixes": [d_sae // 8, d_sae // 2, d_sae]} if arch == "matryoshka" else {}
 cfg = TrainConfig(
     activations=path, total_tokens=int(tokens), eval_tokens=B, out=out, quiet=True,

@@ -12,7 +12,7 @@ import torch
 
 import sae
 from sae.activations.sources import LiveSource
-from sae.config import DataConfig, ModelConfig, StoreConfig
+from sae.config.schema import DataConfig, ModelConfig, StoreConfig
 
 torch.set_num_threads(2)
 data = DataConfig(part="eval", max_windows=200)  # held-out windows

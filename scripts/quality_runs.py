@@ -7,7 +7,7 @@
 magnitudes; TopK k 8, d_sae 2048, batch 4096 by default; prints MMCS and the fraction of true
 features recovered at cos > 0.9. `mini`: `--activations /work/bench/train.npy` (made by
 scripts/make_bench_acts.py), held-out FVU on `eval.npy`; TopK d_sae 3072, k 32 by default.
-NAME=VALUE patches override a training constant of sae/config.py for this run (ADAM_BETAS,
+NAME=VALUE patches override a training constant of sae/config/schema.py for this run (ADAM_BETAS,
 LR_WARMUP, LR_DECAY, GRAD_CLIP, B_DEC_INIT; ADAM_EPS sets Adam's eps), an SAEConfig field (aux_coefficient, aux_k),
 `DECODER_INIT=random` (random decoder rows, the init before session 10; the default equals
 `dec_init=0.3333 dec_white=1`),
@@ -34,12 +34,12 @@ import time
 
 import torch
 
-import sae.sae as S
+import sae.model.sae as S
 import sae.training.members as M
 import sae.training.train as T
 from sae.analysis.matching import compare_dictionaries
 from sae.analysis.synthetic import SyntheticConfig, SyntheticData
-from sae.config import SAEConfig, StoreConfig, TrainConfig
+from sae.config.schema import SAEConfig, StoreConfig, TrainConfig
 
 p = argparse.ArgumentParser()
 p.add_argument("kind", choices=["syn", "mini", "sparsify"])
@@ -105,7 +105,7 @@ for item in a.patch:
 
         S.SAE.init_from_data = init
     elif name == "bf16_encoder":  # the numerics of --autocast's bf16 encoder GEMM, at fp32 speed
-        import sae.losses as L
+        import sae.model.step as L
 
         def bf16_pre(xc_BD, W_enc_DS, b_enc_S, _o=L.encoder_pre):
             def r(t):
@@ -119,13 +119,13 @@ for item in a.patch:
     ):  # (F, M): TopK's k starts at M * k, falls linearly to k by F of the run
         import dataclasses
 
-        import sae.losses as L
+        import sae.model.step as L
 
         frac, mult = v
         steps_total = max(1, a.tokens // a.batch)
         calls = [0]
 
-        def annealed(sae, *args, _o=L._sparse_forward, _f=frac, _m=mult, _n=steps_total, _c=calls):
+        def annealed(sae, *args, _o=L._topk_family, _f=frac, _m=mult, _n=steps_total, _c=calls):
             if not sae.training:
                 return _o(sae, *args)
             cfg = sae.cfg
@@ -138,7 +138,7 @@ for item in a.patch:
             finally:
                 sae.cfg = cfg
 
-        L._sparse_forward = annealed
+        L._topk_family = annealed
     elif name == "freeze_benc":
         ob = T.build_members
 
@@ -150,7 +150,7 @@ for item in a.patch:
 
         T.build_members = bm
     else:
-        import sae.losses as L
+        import sae.model.step as L
 
         for mod in (M, T, L):
             if hasattr(mod, name):

@@ -29,7 +29,7 @@ import torch
 
 from sae.activations.sources import LiveSource
 from sae.analysis.spectrum import CovarianceAccumulator, redundancy_summary
-from sae.config import DataConfig, ModelConfig, StoreConfig
+from sae.config.schema import DataConfig, ModelConfig, StoreConfig
 from sae.eval import plots
 
 GROUPS = 20

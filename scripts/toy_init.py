@@ -15,8 +15,8 @@ planted directions have a decoder row at cos > 0.9, for seeds 0 and 1.
 
 import torch
 
-from sae.losses import training_forward
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
+from sae.model.step import training_forward
 
 
 def planted(n: int, g: torch.Generator, F: torch.Tensor, L0: float) -> torch.Tensor:

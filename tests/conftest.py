@@ -83,10 +83,10 @@ def _cache_dir(tmp_path_factory):
 def _float32_models():
     """`model.dtype: auto` resolves to float32 in tests whatever the CPU, so figures and
     tolerances do not depend on the machine (tests/test_hardware.py covers the bf16 choice)."""
-    import sae.hardware
+    import sae.config.hardware
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sae.hardware, "CPU_BF16_CHECKS", ())
+        mp.setattr(sae.config.hardware, "CPU_BF16_CHECKS", ())
         yield
 
 
@@ -125,7 +125,7 @@ def one_torch_thread():
 
 def identity_sae(d: int):
     """A ReLU SAE that reconstructs exactly: x = relu(x) - relu(-x), latents ±I (d_sae = 2 d)."""
-    from sae.sae import SAE, SAEConfig
+    from sae.model.sae import SAE, SAEConfig
 
     s = SAE(SAEConfig(architecture="relu", d_in=d, d_sae=2 * d))
     eye = torch.eye(d)
@@ -139,7 +139,7 @@ def identity_sae(d: int):
 
 def sae_with_decoder(W_dec_MD: torch.Tensor, k: int = 3):
     """A TopK SAE whose decoder rows are `W_dec_MD` and whose encoder is their transpose."""
-    from sae.sae import SAE, SAEConfig
+    from sae.model.sae import SAE, SAEConfig
 
     m, d = W_dec_MD.shape
     s = SAE(SAEConfig(architecture="topk", d_in=d, d_sae=m, k=k))

@@ -12,8 +12,9 @@ import yaml
 
 import sae
 from sae.cli import main
-from sae.cliconfig import load_yaml, parse
-from sae.config import ConfigError, HarvestConfig, TrainConfig
+from sae.config import ConfigError
+from sae.config.parse import load_yaml, parse
+from sae.config.schema import HarvestConfig, TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -189,7 +189,7 @@ def test_known_hostile_inputs(yaml_text, flags, expect, acts, tmp_path, no_train
 def test_partial_store_section_keeps_normalisation(tmp_path):
     """Pins the defect: `store: {batch_size: 128}` built StoreConfig() whose normalize default
     (False) differs from training's (True), silently turning normalisation off."""
-    from sae.config import TrainConfig
+    from sae.config.schema import TrainConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("store:\n  batch_size: 128\n")
@@ -199,8 +199,8 @@ def test_partial_store_section_keeps_normalisation(tmp_path):
 
 
 def _load_train_yaml(path):
-    from sae.cliconfig import load_yaml
-    from sae.config import TrainConfig
+    from sae.config.parse import load_yaml
+    from sae.config.schema import TrainConfig
 
     return load_yaml(TrainConfig, path)
 

@@ -8,10 +8,11 @@ import torch
 import torch.cpu
 import yaml
 
-import sae.hardware
+import sae.config.hardware
 from sae.activations.capture import load_model, model_metadata
-from sae.cliconfig import save_yaml
-from sae.config import ConfigError, ModelConfig, TrainConfig
+from sae.config import ConfigError
+from sae.config.parse import save_yaml
+from sae.config.schema import ModelConfig, TrainConfig
 
 PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
@@ -19,7 +20,7 @@ PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 def _cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
     """torch.cpu answers for a CPU with or without AVX512-BF16 and AMX (conftest switches the
     probes off for the session; they are switched back on here)."""
-    monkeypatch.setattr(sae.hardware, "CPU_BF16_CHECKS", PROBES)
+    monkeypatch.setattr(sae.config.hardware, "CPU_BF16_CHECKS", PROBES)
     monkeypatch.setattr(torch.cpu, PROBES[0], lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, PROBES[1], lambda: amx)
 

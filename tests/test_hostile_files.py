@@ -18,7 +18,7 @@ import sae as sae_pkg
 from sae.cli import main
 from sae.config import ConfigError
 from sae.io import save
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 
 @pytest.fixture(autouse=True)

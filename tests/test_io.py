@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 import sae as sae_pkg
 from sae import fsutil, io
-from sae.losses import training_forward
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
+from sae.model.step import training_forward
 
 D, S, K = 16, 48, 5
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import sae as sae_pkg
 from sae.io import save
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

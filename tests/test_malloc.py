@@ -1,4 +1,4 @@
-"""sae/malloc.py: large freed tensors stay in the process heap and are reused."""
+"""sae/training/malloc.py: large freed tensors stay in the process heap and are reused."""
 
 import subprocess
 import sys
@@ -21,7 +21,7 @@ def block():  # a 50 MB tensor, above glibc's largest default mmap threshold (32
     after = heap()[1]  # the heap's end once the block is freed
     return int(lo <= ptr < hi), int(after >= ptr + (50 << 20))
 before = block()
-from sae.malloc import keep_freed_memory
+from sae.training.malloc import keep_freed_memory
 assert keep_freed_memory()
 print(*before, *block())
 """

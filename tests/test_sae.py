@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from sae.datainit import geometric_median, whitened_rows
-from sae.losses import JumpReLUFn, StepFn, batch_topk, training_forward
-from sae.sae import SAE, SAEConfig
+from sae.model.init import geometric_median, whitened_rows
+from sae.model.sae import SAE, SAEConfig
+from sae.model.step import JumpReLUFn, StepFn, batch_topk, training_forward
 
 D, S, K = 16, 48, 5
 

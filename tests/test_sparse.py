@@ -1,4 +1,4 @@
-"""The sparse TopK step (sae/sparse.py) against plain dense autograd, and sparse inference.
+"""The sparse TopK step (sae/model/kernels.py) against plain dense autograd, and sparse inference.
 
 Each gradient test rebuilds the loss the way the dense code did before the sparse kernels (full
 [B, d_sae] latents, `@` products, autograd through everything) and asks for the same gradient on
@@ -7,8 +7,8 @@ every parameter to 1e-5 relative (float32), with and without AuxK."""
 import pytest
 import torch
 
-from sae.losses import batch_topk, fvu, total_variance, training_forward
-from sae.sae import SAE, SAEConfig, SparseCodes
+from sae.model.sae import SAE, SAEConfig, SparseCodes
+from sae.model.step import batch_topk, fvu, total_variance, training_forward
 
 D, S, K, B = 24, 96, 6, 128
 

@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sae.config import ConfigError, ModelConfig
+from sae.config import ConfigError
+from sae.config.schema import ModelConfig
 
 # Alias templates relative to the model's list of blocks ({L} = that list's path + ".N").
 # BERT is post-LN: a block's MLP output before the residual add is `output.dense`.

@@ -32,8 +32,9 @@ from sae import dist
 from sae.activations.cachefs import CacheLocation
 from sae.activations.sources import LiveSource
 from sae.activations.store import fixed_chunks, source_position, source_seek
-from sae.cliconfig import to_dict
-from sae.config import ConfigError, HarvestConfig
+from sae.config import ConfigError
+from sae.config.parse import to_dict
+from sae.config.schema import HarvestConfig
 from sae.fsutil import sha256_json
 
 FORMAT = "sae-activation-cache"

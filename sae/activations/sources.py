@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from sae.activations.passfile import PassFile, Spilled
-from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
-from sae.validate import check_matrix_dtype
+from sae.config import ConfigError
+from sae.config.schema import DataConfig, ModelConfig, StoreConfig
+from sae.io.validate import check_matrix_dtype
 
 MATRIX_HOOK = "activations"
 """hook name of the single tensor in a plain `[tokens, d_in]` matrix file."""

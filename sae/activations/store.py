@@ -22,7 +22,8 @@ from typing import NamedTuple
 import torch
 
 from sae.activations.sources import ActivationSource
-from sae.config import ConfigError, StoreConfig
+from sae.config import ConfigError
+from sae.config.schema import StoreConfig
 
 STATE_VERSION = 1
 
@@ -282,7 +283,7 @@ class ActivationStore:
 
 def demo() -> None:
     from sae.activations.sources import LiveSource
-    from sae.config import DataConfig, ModelConfig
+    from sae.config.schema import DataConfig, ModelConfig
 
     cfg = StoreConfig(buffer_tokens=16_384, batch_size=1024)
     store = ActivationStore(LiveSource(ModelConfig(), DataConfig(max_windows=256), cfg), cfg)

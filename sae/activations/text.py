@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from sae.config import ConfigError, DataConfig
+from sae.config import ConfigError
+from sae.config.schema import DataConfig
 
 _SKIP_STDLIB_DIRS = {
     "test",

@@ -13,29 +13,21 @@ batch can be regenerated on its own.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from safetensors import safe_open
 from torch import Tensor
-
-from sae.fsutil import atomic_save_safetensors
 
 __all__ = [
     "SyntheticConfig",
     "SyntheticBatch",
     "SyntheticData",
-    "SavedDictionary",
     "feature_probs",
-    "save_dictionary",
-    "load_dictionary",
 ]
 
 _STREAM_DICT, _STREAM_CORR, _STREAM_BATCH = 0, 1, 2  # independent RNG streams per purpose
@@ -119,11 +111,6 @@ class SyntheticConfig:
 class SyntheticBatch(NamedTuple):
     x_BD: Tensor  # activations, float32
     codes_BN: Tensor  # true codes c (nonnegative, sparse), float32
-
-
-class SavedDictionary(NamedTuple):
-    dictionary_ND: Tensor
-    config: SyntheticConfig | None
 
 
 def feature_probs(cfg: SyntheticConfig) -> Float[Tensor, " n"]:
@@ -242,26 +229,3 @@ class SyntheticData:
         while stop is None or j < stop:
             yield self.sample(j, batch_size).x_BD
             j += 1
-
-
-def save_dictionary(
-    path: str | Path, dictionary_ND: Tensor, config: SyntheticConfig | None = None
-) -> None:
-    """Write the true dictionary ``[N, d]`` to safetensors atomically (temp file, then rename),
-    with the generator config as JSON metadata."""
-    path = Path(path)
-    meta = {"format": "sae.synthetic.dictionary"}
-    if config is not None:
-        meta["config"] = json.dumps(asdict(config))
-    atomic_save_safetensors(path, {"dictionary": dictionary_ND}, metadata=meta)
-
-
-def load_dictionary(path: str | Path) -> SavedDictionary:
-    """Read a dictionary written by :func:`save_dictionary` (and its config, if stored)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "dictionary" not in f.keys():
-            raise ValueError(f"{path} holds no 'dictionary' tensor; keys are {sorted(f.keys())}.")
-        dictionary_ND = f.get_tensor("dictionary")
-    cfg = SyntheticConfig(**json.loads(meta["config"])) if "config" in meta else None
-    return SavedDictionary(dictionary_ND, cfg)

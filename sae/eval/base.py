@@ -21,8 +21,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
-from sae.config import DataConfig
-from sae.sae import SAE
+from sae.config.schema import DataConfig
+from sae.model.sae import SAE
 
 SUITES: dict[str, str] = {
     "core": "sae.eval.core",
@@ -31,7 +31,7 @@ SUITES: dict[str, str] = {
     "capacity": "sae.eval.capacity",
     "descramble": "sae.eval.descramble",
     "interaction": "sae.eval.interaction",
-    "records": "sae.export.records",
+    "records": "sae.eval.records",
     "interpret": "sae.eval.interpret",
     "absorption": "sae.eval.absorption",
 }

@@ -41,7 +41,7 @@ from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult
 from sae.eval.layer import latent_usage, mlp_read, model_of
 from sae.eval.stats import histogram
-from sae.export.table import TABLE_FILE, update_latents_table
+from sae.eval.table import TABLE_FILE, update_latents_table
 
 BLOCK_FLOPS = 2e11
 """largest m² d / 2 for which the pairwise-cosine block search runs (~a minute on 2 cores)."""

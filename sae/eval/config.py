@@ -9,8 +9,9 @@ from typing import get_args
 
 import tyro
 
-from sae.cliconfig import checked, to_dict, unchecked
-from sae.config import ConfigError, DataConfig, StorageDtype
+from sae.config import ConfigError
+from sae.config.parse import checked, to_dict, unchecked
+from sae.config.schema import DataConfig, StorageDtype
 from sae.eval.base import SUITES
 from sae.interpret.llm import LLMConfig
 from sae.io.hub import split_repo_id

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from sae.activations.capture import resolve_device
 from sae.config import ConfigError
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, fmt, metric
+from sae.eval.finalize import token_strings
 from sae.eval.stream import window_batches
-from sae.export.finalize import token_strings
-from sae.export.table import TABLE_FILE, update_latents_table
+from sae.eval.table import TABLE_FILE, update_latents_table
 from sae.fsutil import atomic_write_json
 from sae.interpret.detection import METRICS, context_scores, sorted_unique, token_scores
 from sae.interpret.explanations import (

@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sae as sae_pkg
 from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, fmt
 from sae.eval.stream import finish_provenance
@@ -85,7 +85,7 @@ def build_report(
         )
     return {
         "schema_version": SCHEMA_VERSION,
-        "sae_version": sae_pkg.__version__,
+        "sae_version": version("sae"),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": dataclasses.asdict(cfg),
         "suites": cfg.suites,

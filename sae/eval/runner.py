@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from sae.activations.sources import MATRIX_HOOK, CacheSource, LiveSource, MatrixSource, open_source
-from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
+from sae.config import ConfigError
+from sae.config.schema import DataConfig, ModelConfig, StoreConfig
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, suite_module
 from sae.eval.config import EvalConfig, parse_args
 from sae.eval.stream import SYNTHETIC_HELDOUT_START

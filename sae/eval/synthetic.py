@@ -28,7 +28,7 @@ from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 from sae.config import ConfigError
 from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, finite
-from sae.export.table import TABLE_FILE, update_latents_table
+from sae.eval.table import TABLE_FILE, update_latents_table
 
 
 def synthetic_config(target: EvalTarget) -> SyntheticConfig:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import tyro
 
-from sae.cliconfig import checked, to_dict, unchecked
-from sae.config import ConfigError, DataConfig
+from sae.config import ConfigError
+from sae.config.parse import checked, to_dict, unchecked
+from sae.config.schema import DataConfig
 from sae.eval.config import given_data_fields
 
 FORMATS = ("saelens", "neuronpedia", "dashboard")

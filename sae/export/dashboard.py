@@ -199,6 +199,6 @@ def _json_value(v: Any) -> Any:
 
 
 def _owners(rec: Records) -> dict[str, str]:
-    from sae.export.table import read_latents_table
+    from sae.eval.table import read_latents_table
 
     return read_latents_table(rec.folder.parent / "latents.parquet")[1]

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from sae.config import ConfigError
 from sae.fsutil import atomic_write_text
 from sae.io import CFG_FILE, SPARSITY_FILE, saelens_architecture, save
-from sae.sae import SAE
+from sae.model.sae import SAE
 
 
 def _json(path: Path) -> dict[str, Any]:

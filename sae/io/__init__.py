@@ -43,7 +43,7 @@ from sae.io.hub import (
     split_repo_id,
 )
 from sae.io.sparsify import is_sparsify_folder, load_sparsify
-from sae.sae import SAE
+from sae.model.sae import SAE
 
 __all__ = [
     "CFG_FILE",

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from torch import Tensor
 
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 
 class LoadedConfig(SAEConfig):

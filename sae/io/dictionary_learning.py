@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from sae.io.build import assemble
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 WEIGHTS_FILE = "ae.pt"
 CONFIG_FILE = "config.json"

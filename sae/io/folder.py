@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sae import validate
 from sae.fsutil import atomic_folder, atomic_save_safetensors, atomic_write_text
+from sae.io import validate
 from sae.io.build import assemble
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"

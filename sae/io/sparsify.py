@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from sae.io.build import assemble
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"

@@ -29,7 +29,8 @@ import yaml
 from safetensors.torch import load_file
 
 from sae import dist
-from sae.config import ConfigError, TrainConfig
+from sae.config import ConfigError
+from sae.config.schema import TrainConfig
 from sae.fsutil import (
     atomic_save_safetensors,
     atomic_write_json,

@@ -14,8 +14,8 @@ import torch
 from sae import dist
 from sae.activations.sources import ActivationSource, LiveSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
-from sae.config import StoreConfig, TrainConfig
-from sae.sae import SparseCodes
+from sae.config.schema import StoreConfig, TrainConfig
+from sae.model.sae import SparseCodes
 from sae.training.members import Member
 
 

@@ -12,29 +12,30 @@ import torch
 from sae import dist
 from sae.activations.capture import model_metadata
 from sae.activations.sources import ActivationSource, LiveSource
-from sae.config import (
+from sae.config import ConfigError
+from sae.config.schema import (
     ADAM_BETAS,
     LR_DECAY,
     LR_WARMUP,
     MAX_NONFINITE_STEPS,
     SPARSITY_WARMUP,
-    ConfigError,
     TrainConfig,
 )
 from sae.io import save as save_sae
-from sae.losses import THRESHOLD_EMA, training_forward
-from sae.sae import SAE, TrainOutput
+from sae.model.sae import SAE
+from sae.model.step import THRESHOLD_EMA, TrainOutput, training_forward
 from sae.training.checkpoint import load_optimizer_tensors, optimizer_tensors
 
 
 class Member:
-    """One SAE of the run with its optimizer and dead-latent counter."""
+    """One SAE of the run with its loss function, optimizer and dead-latent counter."""
 
     def __init__(
         self, name: str, cfg, hook: str, target: str | None, lr: float, tcfg: TrainConfig, device
     ):
         self.name, self.hook, self.target, self.lr = name, hook, target, lr
         self.sae = SAE(cfg, device=device)
+        self.compile_loss(compile=False, threshold_rate=THRESHOLD_EMA)  # the trainer sets both
         # The fused kernel updates all moments in one pass per parameter (CPU and CUDA).
         fused = torch.device(device).type in ("cpu", "cuda")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=ADAM_BETAS, fused=fused)
@@ -45,6 +46,14 @@ class Member:
             torch.zeros((), dtype=torch.long, device=device) for _ in range(3)
         )
         self.last_tensors: dict[str, torch.Tensor] = {}
+
+    def compile_loss(self, compile: bool, threshold_rate: float) -> None:
+        """Fix the step's BatchTopK threshold rate; under --compile, compile the loss (per SAE)."""
+
+        def loss(x, y, dead, sparsity):
+            return training_forward(self.sae, x, y, dead, sparsity, threshold_rate)
+
+        self.loss = torch.compile(loss) if compile else loss
 
     @property
     def skipped_steps(self) -> int:
@@ -200,15 +209,6 @@ def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[M
         name = name if len(tcfg.sweep_items()) == 1 else f"{i:02d}-{name}"
         members.append(Member(name.replace("/", "_"), cfg, hook, target, lr, tcfg, device))
     return members
-
-
-def loss_fn(sae: SAE, compile: bool, threshold_rate: float = THRESHOLD_EMA):
-    """The SAE's training loss as a function of the batch, compiled per SAE under --compile."""
-
-    def fn(x, y, dead, sparsity):
-        return training_forward(sae, x, y, dead, sparsity, threshold_rate)
-
-    return torch.compile(fn) if compile else fn
 
 
 def threshold_rate(total_steps: int) -> float:

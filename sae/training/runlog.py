@@ -10,8 +10,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sae import dist
-from sae.cliconfig import to_dict
-from sae.config import TrainConfig
+from sae.config.parse import to_dict
+from sae.config.schema import TrainConfig
 from sae.training.members import Member
 
 

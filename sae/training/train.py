@@ -28,8 +28,8 @@ from sae import dist
 from sae.activations.capture import resolve_device
 from sae.activations.sources import CacheSource, LiveSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
-from sae.cliconfig import save_yaml
-from sae.config import (
+from sae.config.parse import save_yaml
+from sae.config.schema import (
     B_DEC_INIT,
     CHECKPOINT_SECONDS,
     DECODER_INIT,
@@ -38,7 +38,6 @@ from sae.config import (
     TrainConfig,
 )
 from sae.fsutil import atomic_write_json
-from sae.malloc import keep_freed_memory
 from sae.training.checkpoint import (
     CheckpointClock,
     check_run_folder,
@@ -48,11 +47,11 @@ from sae.training.checkpoint import (
     write_checkpoint,
 )
 from sae.training.heldout import heldout_store, score_members
+from sae.training.malloc import keep_freed_memory
 from sae.training.members import (
     Member,
     build_members,
     dead_window,
-    loss_fn,
     rows_per_epoch,
     run_metadata,
     schedule,
@@ -63,12 +62,24 @@ from sae.training.runlog import RunLog, print_summary
 Batch = dict[str, torch.Tensor]
 
 
+class StreamCheck:
+    """The rows this rank has trained on and the sum of their first column: saved with each
+    checkpoint, so a resumed run that lost or repeated a row ends with other figures than the
+    uninterrupted one (the fault campaign compares them)."""
+
+    def __init__(self, value: tuple[int, float] = (0, 0.0)):
+        self.value = list(value)
+
+    def add(self, x_BD: torch.Tensor) -> None:
+        self.value = [self.value[0] + len(x_BD), self.value[1] + float(x_BD[:, 0].double().sum())]
+
+
 class Trainer:
     def __init__(self, tcfg: TrainConfig):
         """Setup: check the run folder, open the source, build the SAEs, size the schedule,
         and restore the latest checkpoint under --resume."""
         self.tcfg = tcfg
-        keep_freed_memory()  # the CPU step reuses its freed tensors (sae/malloc.py)
+        keep_freed_memory()  # the CPU step reuses its freed tensors (sae/training/malloc.py)
         self.device = resolve_device(tcfg.model.device)
         self.run = Path(tcfg.out)
         check_run_folder(tcfg)
@@ -92,10 +103,10 @@ class Trainer:
             steps = rows_per_epoch(self.source, tcfg) * tcfg.epochs // B
             self.total_steps = max(1, dist.min_over_ranks(steps))
         self.dead_tokens = dead_window(tcfg, self.total_steps * B * world)
-        rate = threshold_rate(self.total_steps)
-        self._forward = {m.name: loss_fn(m.sae, tcfg.compile, rate) for m in self.members}
+        for m in self.members:
+            m.compile_loss(tcfg.compile, threshold_rate(self.total_steps))
         self.step, self.tokens, self.epoch = 0, 0, 0
-        self.stream = [0, 0.0]  # this rank's rows read and the sum of their first column
+        self.check = StreamCheck()
         self.scale: dict[str, float] | None = None  # hook -> factor; None until the first batch
         self.store_state: dict | None = None
         self._stop_signal: int | None = None
@@ -133,21 +144,14 @@ class Trainer:
                 for m in self.members:
                     m.check_finite(self.step, self.run)
                 log.write(self.step, self.tokens, self.members)
-            stop = 0
-            # Ranks agree on both: a signal reaches them at different steps, clocks differ. Under
-            # torchrun only at the log cadence: the host reads the collective's result, and on
-            # GPUs that waits until the step has finished.
-            if log_now or not dist.is_distributed():
-                stop, due = dist.max_each(self._stop_signal or 0, clock.due(self.tokens))
-                self._stop_signal = stop or None
-                if due and self.step < self.total_steps and not stop:
-                    self.checkpoint()
-                    clock.reset(self.tokens)
+            stop, due = self._agree(clock, at_log_step=log_now)
+            if due and self.step < self.total_steps and not stop:
+                self.checkpoint()
+                clock.reset(self.tokens)
             if self.step >= self.total_steps or stop:
                 break
         log.close()
-        stop, _ = dist.max_each(self._stop_signal or 0, 0)  # the loop may end between agreements
-        self._stop_signal = stop or None
+        self._agree(None, at_log_step=True)  # the loop may end between agreements
         self.checkpoint()
         if self._stop_signal is not None:
             dist.print0(
@@ -158,18 +162,24 @@ class Trainer:
         log.finish()
         return finals
 
+    def _agree(self, clock: CheckpointClock | None, at_log_step: bool) -> tuple[int, bool]:
+        """(stop signal, checkpoint due) as all ranks agree on them: a signal reaches the ranks
+        at different steps, and their clocks differ. Under torchrun they agree only at the log
+        cadence: the host reads the collective's result, and on GPUs that waits until the step
+        has finished. `clock` None asks only about the signal."""
+        if not at_log_step and dist.is_distributed():
+            return 0, False
+        due = clock.due(self.tokens) if clock is not None else False
+        stop, due = dist.max_each(self._stop_signal or 0, due)
+        self._stop_signal = stop or None
+        return stop, bool(due)
+
     def batches(self) -> Iterator[Batch]:
         """Training batches, scaled, epoch after epoch; each epoch is a fresh store reshuffled
         with seed + epoch. A fresh run's first batch fixes the scale and initialises the SAEs."""
         while self.step < self.total_steps:
             for batch in self.store:
-                # Rows and the sum of their first column, as trained: a resumed run that lost
-                # or repeated a row ends with other figures than the uninterrupted one.
-                first = next(iter(batch.values()))
-                self.stream = [
-                    self.stream[0] + len(first),
-                    self.stream[1] + float(first[:, 0].double().sum()),
-                ]
+                self.check.add(next(iter(batch.values())))
                 if self.scale is None:
                     self._set_scale()
                 batch = {h: x * self.scale.get(h, 1.0) for h, x in batch.items()}
@@ -190,7 +200,7 @@ class Trainer:
         out = None
         if len(x) >= 2:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
-                out = self._forward[m.name](x, y, dead, sparsity)
+                out = m.loss(x, y, dead, sparsity)
             out.loss.backward()
             ok = torch.isfinite(out.loss.detach())
         else:  # the FVU needs two rows: a one-row last batch is skipped (the other ranks' too)
@@ -242,8 +252,8 @@ class Trainer:
     def checkpoint(self) -> Path | None:
         for m in self.members:  # a run that diverged stops here, not in a checkpoint
             m.check_finite(self.step, self.run)
-        gathered = dist.all_gather_object((self.store.state_dict(), self.stream))  # all ranks
-        store_states, streams = [g[0] for g in gathered], [g[1] for g in gathered]
+        gathered = dist.all_gather_object((self.store.state_dict(), self.check.value))  # all ranks
+        store_states, checks = [g[0] for g in gathered], [g[1] for g in gathered]
         if not dist.is_main():
             return None
         scale, meta = self.scale or {}, run_metadata(self.tcfg, self.tokens)
@@ -257,7 +267,7 @@ class Trainer:
             "epoch": self.epoch,
             "scale": self.scale,
             "skipped": {m.name: m.skipped_steps for m in self.members},
-            "stream": streams,
+            "stream": checks,
         }
         parts = {"store_state": {"ranks": store_states}, "trainer": trainer, "saes": saes}
         return write_checkpoint(self.run, self.tokens, parts, keep=KEEP_CHECKPOINTS)
@@ -270,7 +280,7 @@ class Trainer:
         state = read_checkpoint(ckpt, [m.name for m in self.members])
         t = state["trainer"]
         self.step, self.tokens, self.epoch = t["step"], t["tokens"], t["epoch"]
-        self.stream = t.get("stream", [[0, 0.0]] * dist.world_size())[dist.rank()]
+        self.check = StreamCheck(t["stream"][dist.rank()])
         self.scale = t["scale"]
         self.store_state = rank_store_state(state)
         for m in self.members:

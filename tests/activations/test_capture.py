@@ -7,7 +7,8 @@ import torch
 from conftest import FAMILIES
 
 from sae.activations.capture import ActivationCapture, hook_aliases, load_model
-from sae.config import ConfigError, ModelConfig
+from sae.config import ConfigError
+from sae.config.schema import ModelConfig
 
 
 def _model(tiny_models, family):

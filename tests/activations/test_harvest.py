@@ -15,7 +15,8 @@ from sae.activations.sources import CacheSource, LiveSource
 from sae.activations.store import ActivationStore
 from sae.activations.text import TokenWindows
 from sae.cli import main
-from sae.config import ConfigError, DataConfig, HarvestConfig, ModelConfig, StoreConfig
+from sae.config import ConfigError
+from sae.config.schema import DataConfig, HarvestConfig, ModelConfig, StoreConfig
 
 HOOKS = ["resid_pre.1", "mlp_out.1", "resid_post.2"]
 
@@ -253,7 +254,7 @@ def test_cli_harvest_reports_a_full_disk_in_one_line_and_resumes(
 
 
 def test_training_refuses_a_cache_from_another_model_or_hook(tiny_models, text_file, tmp_path):
-    from sae.config import TrainConfig
+    from sae.config.schema import TrainConfig
     from sae.training.train import Trainer
 
     out = harvest(_cfg(tiny_models, text_file, tmp_path / "c", max_tokens=700))

@@ -17,7 +17,8 @@ import torch
 from sae.activations.harvest import harvest
 from sae.activations.sources import CacheSource
 from sae.cli import main
-from sae.config import ConfigError, DataConfig, HarvestConfig, ModelConfig
+from sae.config import ConfigError
+from sae.config.schema import DataConfig, HarvestConfig, ModelConfig
 
 HOOKS = ["resid_pre.1", "resid_post.2"]
 

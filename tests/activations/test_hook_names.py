@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sae.activations.capture import ActivationCapture, load_model
-from sae.config import ConfigError, ModelConfig
+from sae.config import ConfigError
+from sae.config.schema import ModelConfig
 
 TL = ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sae.activations.sources import LiveSource
 from sae.activations.store import ActivationStore
 from sae.activations.text import TokenWindows, pack_with_positions
-from sae.config import DataConfig, ModelConfig, StoreConfig
+from sae.config.schema import DataConfig, ModelConfig, StoreConfig
 
 
 @settings(max_examples=200, deadline=None)

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from sae.activations.sources import MATRIX_HOOK, LiveSource, MatrixSource, open_source
 from sae.activations.store import ActivationStore
-from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig
+from sae.config import ConfigError
+from sae.config.schema import DataConfig, ModelConfig, StoreConfig
 
 H = MATRIX_HOOK
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sae.activations.text import TokenWindows, builtin_documents, documents, pack_windows
-from sae.config import ConfigError, DataConfig
+from sae.config import ConfigError
+from sae.config.schema import DataConfig
 
 docs_strategy = st.lists(st.lists(st.integers(3, 99), max_size=40), max_size=20)
 

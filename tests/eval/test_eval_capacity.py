@@ -15,7 +15,7 @@ from sae.analysis.capacity import capacity_summary
 from sae.eval import cli_main
 from sae.eval.capacity import read_polysemanticity
 from sae.io import save
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,7 +13,7 @@ import torch
 from sae.config import ConfigError
 from sae.eval import cli_main
 from sae.io import save
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import identity_sae
 
-from sae.config import DataConfig
+from sae.config.schema import DataConfig
 from sae.eval import EvalConfig, run_eval
 from sae.eval.core import _Recon, recon_stats
 from sae.eval.stats import WindowSums, bootstrap, resample_counts
 from sae.io import save
-from sae.sae import SAE, SAEConfig, SparseCodes, SparseOutput
+from sae.model.sae import SAE, SAEConfig, SparseCodes, SparseOutput
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -197,7 +197,7 @@ def test_cache_and_live_streams_give_identical_numbers(tiny_models, text_file, t
     """Pins the cache path (hooks picked by name, window ids kept for the bootstrap): a harvest
     of the held-out windows scores a transcoder exactly as the live model does."""
     from sae.activations.harvest import harvest
-    from sae.config import HarvestConfig, ModelConfig
+    from sae.config.schema import HarvestConfig, ModelConfig
 
     hooks = {"hook_name": "resid_pre.1", "target_hook_name": "mlp_out.1"}
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from sae.analysis.descramble import descrambler, smoothness_operator
 from sae.eval import cli_main
 from sae.io import save
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,7 +13,7 @@ import torch
 from sae.config import ConfigError
 from sae.eval import cli_main
 from sae.io import save
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -58,7 +58,7 @@ def test_reading_block_rule(tiny_models):
     """resid_post.N and mlp_out.N are read by block N+1, resid_pre.N and attn_out.N by block N;
     the last block's output has no reader (the bug: capacity used block N for resid_post.N)."""
     from sae.activations.capture import load_model
-    from sae.config import ModelConfig
+    from sae.config.schema import ModelConfig
     from sae.eval.layer import reading_block
 
     model, _ = load_model(ModelConfig(name=tiny_models["gpt2"], hooks=["resid_post.0"]))
@@ -73,7 +73,7 @@ def test_bases_only_without_an_sae(tiny_models, text_file):
     """`analyse(batches)` runs without an SAE: bases, degeneracy and curves, no 'sae' entry."""
     from sae.activations.capture import load_model
     from sae.activations.sources import LiveSource
-    from sae.config import DataConfig, ModelConfig, StoreConfig
+    from sae.config.schema import DataConfig, ModelConfig, StoreConfig
     from sae.eval.interaction import analyse, collect
 
     mcfg = ModelConfig(name=tiny_models["llama"], hooks=["resid_post.0"])
@@ -107,7 +107,7 @@ def test_suite_refuses_file_activations_and_the_last_layer(tiny_models, text_fil
 def _batches(tiny_models, text_file, family: str, hook: str, tokens: int = 64):
     from sae.activations.capture import load_model
     from sae.activations.sources import LiveSource
-    from sae.config import DataConfig, ModelConfig, StoreConfig
+    from sae.config.schema import DataConfig, ModelConfig, StoreConfig
     from sae.eval.interaction import collect
 
     mcfg = ModelConfig(name=tiny_models[family], hooks=[hook])

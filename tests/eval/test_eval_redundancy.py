@@ -14,12 +14,12 @@ from conftest import identity_sae
 import sae.eval.redundancy as red
 from sae.activations.capture import ActivationCapture
 from sae.analysis.spectrum import CovarianceAccumulator, bootstrap_alpha, redundancy_summary
-from sae.config import DataConfig
+from sae.config.schema import DataConfig
 from sae.eval import EvalConfig, EvalContext, cli_main, prepare
 from sae.eval.layer import embedding_paths
 from sae.eval.stream import BLOCK_ROWS
 from sae.io import save
-from sae.sae import SAE, SAEConfig
+from sae.model.sae import SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

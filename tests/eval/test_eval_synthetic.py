@@ -17,7 +17,7 @@ from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 from sae.config import ConfigError
 from sae.eval import EvalConfig, run_eval
 from sae.io import save
-from sae.sae import SAE
+from sae.model.sae import SAE
 
 GEN = SyntheticConfig(d_in=32, n_features=64, mean_active=3.0, seed=3)
 

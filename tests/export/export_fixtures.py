@@ -54,7 +54,7 @@ def script_text(tmp_path_factory) -> str:
 def make_sae(folder, model: str, text: str, d_sae: int = 48, k: int = 4, seed: int = 0):
     """A random TopK SAE on resid_post.0 of `model`, recorded as trained on `text`."""
     from sae.io import save
-    from sae.sae import SAE, SAEConfig
+    from sae.model.sae import SAE, SAEConfig
 
     torch.manual_seed(seed)
     s = SAE(SAEConfig(architecture="topk", d_in=32, d_sae=d_sae, k=k))

@@ -166,7 +166,7 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_te
     err = _one_line_error(capsys, ["export", str(sae_dir), "--out", str(out)])
     assert "unknown hook 'resid_post.7'" in err
     from sae.io import save
-    from sae.sae import SAE, SAEConfig
+    from sae.model.sae import SAE, SAEConfig
 
     narrow = SAE(SAEConfig(architecture="topk", d_in=16, d_sae=8, k=2))
     save(narrow, tmp_path / "narrow", metadata={**cfg["metadata"], "hook_name": "resid_post.0"})

@@ -19,7 +19,7 @@ def _brute(sae_dir, model_path, text):
     """Latents of every held-out token, dense: [windows, T, d_sae], the kept mask and tokens."""
     from sae.activations.capture import ActivationCapture, load_model
     from sae.activations.sources import LiveSource
-    from sae.config import DataConfig, ModelConfig, StoreConfig
+    from sae.config.schema import DataConfig, ModelConfig, StoreConfig
     from sae.io import load
 
     s = load(sae_dir)
@@ -125,8 +125,8 @@ def test_top_contexts_bins_and_frequency_equal_brute_force(
 def test_resume_after_interruption_gives_the_same_records(tmp_path, script_sae, monkeypatch):
     """Pins: an interrupted pass resumed from its saved state ends with the records of an
     uninterrupted pass (the reservoir keys are seeded by batch index, the state is complete)."""
-    import sae.export.records as records
-    from sae.export.accumulate import Accumulator
+    import sae.eval.records as records
+    from sae.eval.accumulate import Accumulator
 
     full, _ = _records(tmp_path, script_sae, "full")
     monkeypatch.setattr(records, "SAVE_EVERY", 2)

@@ -13,7 +13,7 @@ from conftest import sae_with_decoder
 
 from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 from sae.eval import cli_main
-from sae.export.table import read_latents_table, update_latents_table
+from sae.eval.table import read_latents_table, update_latents_table
 from sae.io import save
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -91,7 +91,7 @@ def _sae(folder, model: str, d_in: int) -> str:
     import torch
 
     from sae.io import save
-    from sae.sae import SAE, SAEConfig
+    from sae.model.sae import SAE, SAEConfig
 
     torch.manual_seed(0)
     s = SAE(SAEConfig(architecture="topk", d_in=d_in, d_sae=64, k=4))

@@ -32,9 +32,9 @@ def _spawn(tmp_path, fn, world: int = 2) -> list:
 
 def _batchtopk_step(rank: int):
     """One training step of a BatchTopK SAE on rank-specific data (ranks see different rows)."""
-    from sae.config import TrainConfig
-    from sae.losses import training_forward
-    from sae.sae import SAEConfig
+    from sae.config.schema import TrainConfig
+    from sae.model.sae import SAEConfig
+    from sae.model.step import training_forward
     from sae.training.members import Member
 
     torch.manual_seed(0)
@@ -98,8 +98,8 @@ def test_training_under_a_fake_nccl_guard(tmp_path, monkeypatch):
     one-process group with the guard: every collective gets a tensor on the backend device."""
     import numpy as np
 
-    from sae.config import StoreConfig, TrainConfig
-    from sae.sae import SAEConfig
+    from sae.config.schema import StoreConfig, TrainConfig
+    from sae.model.sae import SAEConfig
     from sae.training.train import train
 
     np.save(tmp_path / "a.npy", np.random.default_rng(0).standard_normal((3000, 8), np.float32))
@@ -136,8 +136,8 @@ def test_training_under_real_nccl(tmp_path):
     """On a GPU: a one-process NCCL group rejects CPU tensors in collectives for real."""
     import numpy as np
 
-    from sae.config import StoreConfig, TrainConfig
-    from sae.sae import SAEConfig
+    from sae.config.schema import StoreConfig, TrainConfig
+    from sae.model.sae import SAEConfig
     from sae.training.train import train
 
     os.environ.setdefault("LOCAL_RANK", "0")

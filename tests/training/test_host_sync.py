@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sae.config import StoreConfig, TrainConfig
-from sae.sae import SAEConfig
+from sae.config.schema import StoreConfig, TrainConfig
+from sae.model.sae import SAEConfig
 from sae.training.train import Trainer
 
 READS_BACK = {

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 import sae
 from sae.cli import main
-from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig, TrainConfig
-from sae.sae import SAEConfig
+from sae.config import ConfigError
+from sae.config.schema import DataConfig, ModelConfig, StoreConfig, TrainConfig
+from sae.model.sae import SAEConfig
 from sae.training import members
 from sae.training.train import Trainer, train
 

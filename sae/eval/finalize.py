@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sae.export.accumulate import HIST_EDGES
+from sae.eval.accumulate import HIST_EDGES
 
 
 def quantile_bins(

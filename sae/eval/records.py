@@ -13,7 +13,7 @@ Written to REPORT/<sae>/records/: `records.safetensors` (tensors, names below) a
 `records.json` (settings, provenance, token strings, what each tensor holds). While the pass
 runs, `state.safetensors` + `state.json` are saved every SAVE_EVERY batches; rerunning the same
 command resumes from there (the same sample is drawn: keys are seeded by batch index). Per-latent
-columns go to REPORT/<sae>/latents.parquet (sae/export/table.py).
+columns go to REPORT/<sae>/latents.parquet (sae/eval/table.py).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from sae.activations.capture import resolve_device
 from sae.activations.provenance import held_out_summary
+from sae.eval import finalize as fin
+from sae.eval.accumulate import MAX_CORR_LATENTS, Accumulator
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult
 from sae.eval.stream import rows, window_batches
-from sae.export import finalize as fin
-from sae.export.accumulate import MAX_CORR_LATENTS, Accumulator
-from sae.export.table import update_latents_table
+from sae.eval.table import update_latents_table
 from sae.fsutil import atomic_save_safetensors, atomic_write_json, sha256_file, sha256_json
 
 RECORDS_VERSION = 1

@@ -25,9 +25,10 @@ from typing import Any, Literal
 import tyro
 import yaml
 
-from sae import config as C
-from sae.config import ConfigError, TrainConfig
-from sae.configtypes import type_problem, yaml_load
+from sae.config import ConfigError
+from sae.config import schema as C
+from sae.config.schema import TrainConfig
+from sae.config.values import type_problem, yaml_load
 from sae.fsutil import atomic_write_text
 
 HIDDEN: dict[type, frozenset[str]] = {
@@ -69,7 +70,7 @@ REMOVED: dict[type, dict[str, tuple[str, Any]]] = {
         "keep_checkpoints": ("KEEP_CHECKPOINTS", C.KEEP_CHECKPOINTS),
     }
 }
-"""Per command config: removed dotted field -> (constant in sae/config.py, its value). A YAML
+"""Per command config: removed dotted field -> (constant in sae/config/schema.py, its value). A YAML
 file that sets one to that very value still loads (config.yaml of older runs)."""
 EARLIER: dict[str, tuple[Any, ...]] = {"adam_beta1": (0.9,), "adam_beta2": (0.999,)}
 """Removed fields' earlier fixed values, which older runs' config.yaml hold: they still load,
@@ -86,12 +87,12 @@ def _removed(root: type, dotted: str, value: Any = ...) -> bool:
     if value in EARLIER.get(dotted, ()):
         print(
             f"note: {dotted}={value!r} (an older run's value) is ignored; it is now fixed at "
-            f"{fixed!r} ({const} in sae/config.py).",
+            f"{fixed!r} ({const} in sae/config/schema.py).",
             file=sys.stderr,
         )
         return True
     raise ConfigError(
-        f"{dotted} can no longer be set: it is now fixed at {fixed!r} ({const} in sae/config.py)."
+        f"{dotted} can no longer be set: it is now fixed at {fixed!r} ({const} in sae/config/schema.py)."
     )
 
 

@@ -1,12 +1,12 @@
 """The sparse autoencoder: one config, one module, the architecture picked by a `Literal`.
 
-    from sae.sae import SAE, SAEConfig
+    from sae.model.sae import SAE, SAEConfig
     sae = SAE(SAEConfig(architecture="topk", d_in=384, d_sae=3072, k=32))
     sae.init_from_data(x_sample_ND)
-    out = training_forward(sae, x_BD, dead_mask_S=dead_S)  # sae.losses: loss, mse (FVU), ...
+    out = training_forward(sae, x_BD, dead_mask_S=dead_S)  # sae.model.step: loss, mse (FVU), ...
     latents_BS = sae.encode(x_BD); x_hat_BD = sae.decode(latents_BS)
 
-Architectures (the training losses live in sae/losses.py, which imports this module):
+Architectures (the training losses live in sae/model/step.py, which imports this module):
 
 - relu: ReLU encoder with an L1 penalty weighted by decoder row norms (Anthropic, "Circuits
   Updates - April 2024", the decoder-norm-weighted penalty; no unit-norm constraint needed).
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from sae.datainit import DATA_ROW_FRACTION, geometric_median, whitened_rows
+from sae.model.init import DATA_ROW_FRACTION, geometric_median, whitened_rows
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "gated"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -182,48 +182,6 @@ class SparseOutput(NamedTuple):
     """Reconstruction [..., width_out]."""
     codes: SparseCodes
     """The latents in sparse form (see `SparseCodes`)."""
-
-
-class TrainOutput(NamedTuple):
-    loss: Tensor
-    """Scalar to backpropagate: mse + sparsity + aux (+ the inner prefix FVUs for matryoshka)."""
-    mse: Tensor
-    """Reconstruction error as FVU: squared error summed over dims, mean over the batch, divided
-    by the target's variance about its batch mean (summed over dims). 1.0 = predicting the mean."""
-    sparsity: Tensor
-    """Sparsity penalty as added to the loss (coefficient and warm-up applied); 0 for TopK."""
-    aux: Tensor
-    """AuxK loss as added to the loss (coefficient applied); 0 when nothing is dead."""
-    x_hat: Tensor
-    """Reconstruction [B, width_out] (with gradient)."""
-    codes: SparseCodes | Tensor
-    """Latent activations, detached: `SparseCodes` for the TopK family (no dense [B, d_sae] is
-    made in training), a dense [B, d_sae] tensor for relu/jumprelu."""
-    d_sae: int
-    """Number of latents (to densify `codes`)."""
-
-    @property
-    def latents(self) -> Tensor:
-        """Latent activations as a dense [B, d_sae] tensor (materialised on demand)."""
-        c = self.codes
-        return c.to_dense(self.d_sae) if isinstance(c, SparseCodes) else c
-
-    def fired(self) -> Tensor:
-        """bool [d_sae]: latents active on at least one row of the batch. Counted with
-        `index_add_` rather than selected by a boolean mask, which would make a GPU wait for the
-        mask's size (a host synchronisation) every training step."""
-        c = self.codes
-        if isinstance(c, SparseCodes):
-            hits = torch.zeros(self.d_sae, dtype=torch.int32, device=c.top_indices.device)
-            active = (c.top_acts != 0).flatten().to(torch.int32)
-            return hits.index_add_(0, c.top_indices.flatten(), active) > 0
-        return (c != 0).any(0)
-
-    def l0(self) -> Tensor:
-        """Mean number of active latents per row (a 0-d tensor)."""
-        c = self.codes
-        active = c.top_acts != 0 if isinstance(c, SparseCodes) else c != 0
-        return active.sum(-1).float().mean()
 
 
 class SAE(nn.Module):

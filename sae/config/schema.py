@@ -1,7 +1,7 @@
 """Configuration: dataclasses with one documented field each, and the training constants.
 
 Every command takes a YAML file from configs/ and dotted overrides (`--data.context-size 64`);
-`sae/cliconfig.py` turns these dataclasses into YAML and flags. Each dataclass checks itself in
+`sae/config/parse.py` turns these dataclasses into YAML and flags. Each dataclass checks itself in
 `__post_init__`, so a bad value stops the run with one sentence before any work starts. Knobs
 that nobody tunes are constants below, each with the reason for its value.
 """
@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from sae.analysis.synthetic import SyntheticConfig
-from sae.configtypes import type_problem, yaml_load
-from sae.hardware import auto_dtype
-from sae.sae import SAEConfig
+from sae.config.errors import ConfigError
+from sae.config.hardware import auto_dtype
+from sae.config.values import type_problem, yaml_load
+from sae.model.sae import SAEConfig
 
 StorageDtype = Literal["float32", "float16", "bfloat16"]
 ModelDtype = Literal["auto", "float32", "float16", "bfloat16"]
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message is one sentence naming value and what is valid."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -33,7 +30,7 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-# -- training constants (were TrainConfig fields; sae/cliconfig.py names them when a config
+# -- training constants (were TrainConfig fields; sae/config/parse.py names them when a config
 # still sets one to another value) -------------------------------------------------------------
 LR_WARMUP = 0.01
 """Fraction of steps with a linear LR warm-up from zero: Adam's adaptive step has a large
@@ -64,7 +61,7 @@ Monosemanticity", §Appendix: Autoencoder)."""
 DECODER_INIT: Literal["whitened", "random"] = "whitened"
 """A third of the decoder rows start as the first batch's centred rows, whitened by its
 covariance; the rest are random (docs/methods.md, "Initialisation"; the share is
-`sae.datainit.DATA_ROW_FRACTION`). Measured in BENCHMARKS.md ("whitened decoder rows adopted"):
+`sae.model.init.DATA_ROW_FRACTION`). Measured in BENCHMARKS.md ("whitened decoder rows adopted"):
 lower held-out FVU than random rows for TopK, BatchTopK and Matryoshka on two MiniLM harvests,
 and higher synthetic recovery; random rows still win on toys whose tokens mix about 2 features."""
 MAX_NONFINITE_STEPS = 10

@@ -1,0 +1,10 @@
+"""Configuration: the dataclasses (`schema`), YAML and flags (`parse`), value types (`values`),
+what the hardware computes natively (`hardware`), and `ConfigError`.
+
+Importing this package is light: `from sae.config import ConfigError` loads no torch and no
+model code, so every stage can raise it.
+"""
+
+from sae.config.errors import ConfigError
+
+__all__ = ["ConfigError"]
