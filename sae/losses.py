@@ -22,7 +22,7 @@ from sae.sae import SAE, SparseCodes, TrainOutput
 from sae.sparse import BagDecode, ColumnsPre, SelectedPre, encoder_pre
 
 # AuxK handles the dead latents densely (small GEMMs over [B, n_dead]) while n_dead is at most
-# this many times aux_k, and as gathered rows beyond (measured in BENCHMARKS.md, "AuxK").
+# this many times aux_k, and as gathered rows beyond (BENCHMARKS.md, 'Inside the training step').
 AUX_DENSE_LIMIT = 4
 
 # Least per-step rate of the running BatchTopK threshold estimate (SAELens's topk_threshold_lr);
