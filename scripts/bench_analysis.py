@@ -20,8 +20,7 @@ Random data, no model and no SAE forward pass (say so beside the numbers):
 Each row reports wall time, the phases, and the peak resident memory of its process (ru_maxrss)
 next to the memory of its inputs (the dictionary, or nothing).
 
-(*) measured on the 2-core VM of BENCHMARKS.md: capacity 106 s, redundancy 1,539 s (accumulation
-917 s, records with 100 bootstrap eighs 237 s, latent spectrum 370 s). Run it alone: a concurrent
+(*) the measured times are in BENCHMARKS.md, 'Analysis suites at scale'. Run it alone: a concurrent
 job makes the OpenMP threads spin-wait and the timings 2-4x slower.
 """
 

@@ -1,5 +1,5 @@
-"""Random against whitened-data decoder rows on planted dictionaries (BENCHMARKS.md, 'decoder
-rows from data'): where the whitened init, the default since session 10, loses.
+"""Random against whitened-data decoder rows on planted dictionaries (BENCHMARKS.md, 'Training
+defaults: the measurements behind them'): where the whitened init, the default, loses.
 
     python scripts/toy_init.py          # about 9 minutes on 2 cores
 

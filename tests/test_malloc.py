@@ -29,7 +29,7 @@ print(*before, *block())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_large_freed_block_stays_in_the_heap_and_is_reused():
-    """Pins the step-time fix (BENCHMARKS, session 4: TopK step 164 vs 206 ms): with glibc's
+    """Pins the step-time fix (BENCHMARKS.md, "Inside the training step"): with glibc's
     defaults a 50 MB tensor is a fresh mmap, unmapped when freed, so every step page-faults and
     zeroes its pre-activations anew; after keep_freed_memory() it comes from the heap, and the
     heap keeps those pages mapped after the free for the next step. One process: the setting

@@ -430,7 +430,7 @@ def test_loss_falls_on_planted_dictionary(arch, kw):
     """Pins: the loss, estimators and decoder constraint together learn a planted dictionary
     (d 32, 64 true features): the FVU falls at least 4x in 300 Adam steps, and TopK finds
     most true features. Tokens mix about 2 features here, the regime where random decoder
-    rows beat whitened data rows (55 vs 34 found; BENCHMARKS.md, "decoder rows from data"),
+    rows beat whitened data rows (55 vs 34 found; BENCHMARKS.md, "Training defaults"),
     so this toy starts from random rows."""
     first, last, found = train_planted(arch, kw, rows="random")
     assert last < first / 4
@@ -441,8 +441,8 @@ def test_loss_falls_on_planted_dictionary(arch, kw):
 def test_whitened_rows_find_more_features_when_tokens_mix_eight():
     """Pins the mechanism behind the whitened init: on the planted toy with about 8 features
     per token (k 8), every decoder row from whitened data finds more of the 64 true features in
-    300 steps than random rows (28 vs 16 at seed 0; scripts/toy_init.py, BENCHMARKS.md "decoder
-    rows from data"). Fails if the whitening is dropped or the rows stay random. (The default
+    300 steps than random rows (28 vs 16 at seed 0; scripts/toy_init.py, BENCHMARKS.md "Training
+    defaults"). Fails if the whitening is dropped or the rows stay random. (The default
     takes a third of the rows from data, chosen on MiniLM; on this toy a third finds 14.)"""
     _, last_w, white = train_planted("topk", {}, rows="whitened", l0=8, k=8, fraction=1.0)
     _, last_r, rand = train_planted("topk", {}, rows="random", l0=8, k=8)

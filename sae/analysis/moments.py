@@ -47,9 +47,8 @@ def _add_lower_gram_(
     """m2 += ycᵀyc + w·δδᵀ on the blocks at or below the block diagonal only, in place.
 
     A symmetric rank-n update needs half a GEMM's flops; torch has no SYRK, so the product is
-    tiled into _BLOCK-wide blocks and only the i ≥ j ones are formed (measured at d = 4,096, 4,096
-    rows, 2 threads: 0.87 s against 1.33 s for ycᵀyc plus add, and 0.048 s against 0.105 s for the
-    205-row slices of a bootstrap group). No d × d temporary is allocated.
+    tiled into _BLOCK-wide blocks and only the i ≥ j ones are formed (faster than the full
+    product: BENCHMARKS.md, 'Analysis suites at scale'). No d × d temporary is allocated.
     """
     d = m2_DD.shape[0]
     for i in range(0, d, _BLOCK):
@@ -218,7 +217,7 @@ def _eigh_desc(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     # torch's CPU LAPACK in fp64 (CPU eigh is often faster than GPU). Staying inside one
     # thread pool matters: alternating torch (OpenMP) and numpy/scipy (OpenBLAS) kernels on a
-    # busy machine made a 20-replicate bootstrap 50x slower here.
+    # busy machine slowed a bootstrap many times over (BENCHMARKS.md, 'Analysis suites at scale').
     cov_DD = _t64(cov_DD, torch.device("cpu"))
     cov_DD = (cov_DD + cov_DD.T) / 2  # docs/methods.md#numerics: symmetrise before eigh
     if vectors:
@@ -288,7 +287,8 @@ def randomized_eigenspectrum(
     m, ell = mean_M.shape[0], min(k + oversample, mean_M.shape[0])
     gen = torch.Generator().manual_seed(seed)
     y_ML = sigma_times(torch.randn(m, ell, generator=gen, dtype=torch.float64))
-    # QR returns Q column-major; a sparse @ column-major dense product ran 10x slower here
+    # QR returns Q column-major, and a sparse @ column-major dense product is far slower
+    # (BENCHMARKS.md, 'Analysis suites at scale')
     for _ in range(n_power_iter):
         y_ML = sigma_times(torch.linalg.qr(y_ML).Q.contiguous())
     q_ML = torch.linalg.qr(y_ML).Q.contiguous()
@@ -352,8 +352,8 @@ def csr_row_chunks(a_NM, rows: int = 16384) -> Callable[[], Iterable[torch.Tenso
     a = sp.csr_matrix(a_NM, dtype=np.float64)
 
     def chunks() -> Iterable[torch.Tensor]:
-        # CSR, not COO: B·Q and Bᵀ·(BQ) (the transpose is CSC) took 0.49 s against 0.78 s per
-        # 16,384 rows × 16,384 latents, 32 nonzeros a row, Q 825 wide, on 2 threads
+        # CSR, not COO: B·Q and Bᵀ·(BQ) (the transpose is CSC) run faster in CSR
+        # (BENCHMARKS.md, 'Analysis suites at scale')
         for s in range(0, a.shape[0], rows):
             c = a[s : s + rows]
             c.sort_indices()

@@ -2,10 +2,9 @@
 
 A model forward in bfloat16 is fast only where the hardware has bfloat16 matrix units: NVIDIA
 GPUs of compute capability 8.0 (Ampere) and later, and x86 CPUs with AVX512-BF16 or AMX.
-Elsewhere bfloat16 is emulated and slower than float32 (4x slower on an AVX2 CPU: BENCHMARKS.md,
-"bf16 model forward"), so `auto` chooses float32 there. The accuracy cost of a bfloat16 forward
-is measured in the same section (squared error 9e-5 of the activations' variance; the trained
-SAE's FVU moves by 1e-4).
+Elsewhere bfloat16 is emulated and slower than float32, so `auto` chooses float32 there. Both
+the slowdown and the accuracy cost of a bfloat16 forward are measured in BENCHMARKS.md, 'Lower
+precision (bf16): accuracy and speed'.
 """
 
 from __future__ import annotations

@@ -47,10 +47,10 @@ ADAM_BETAS = (0.8, 0.99)
 (Kingma & Ba's default, which Gao et al. 2024 §A use) the average spans the whole of a run of a
 few hundred steps and still holds its large first gradients, shrinking every later step.
 β1 0.8 averages gradients over about 5 steps instead of 10; in a run of ~120 steps the momentum
-of 0.9 lags the moving optimum. Both measured in BENCHMARKS.md ("Adam's β2", "Adam's β1"):
-β2 0.99 gave equal or lower held-out FVU at 120-1000 steps (the built-in run 0.0998 vs 0.1014);
-β1 0.8 lifted synthetic recovery from 0.947 / 88.9% to 0.968 / 93.2% (MMCS / cos > 0.9, mean of
-three seeds) and MiniLM's 122-step FVU from 0.1600 to 0.1567, within 0.0005 at 488 steps.
+of 0.9 lags the moving optimum. Both chosen by measurement: β2 0.99 gave equal or lower held-out
+FVU than 0.999 at 120-1000 steps, and β1 0.8 raised synthetic recovery and MiniLM's few-step FVU
+while leaving long runs unchanged (BENCHMARKS.md, 'Training defaults: the measurements behind
+them').
 SAELens's default β1 is 0; language-model pre-training uses β2 as short (GPT-3: 0.95; Brown et
 al. 2020, §B)."""
 GRAD_CLIP = 1.0
@@ -61,9 +61,10 @@ Monosemanticity", §Appendix: Autoencoder)."""
 DECODER_INIT: Literal["whitened", "random"] = "whitened"
 """A third of the decoder rows start as the first batch's centred rows, whitened by its
 covariance; the rest are random (docs/methods.md, "Initialisation"; the share is
-`sae.model.init.DATA_ROW_FRACTION`). Measured in BENCHMARKS.md ("whitened decoder rows adopted"):
-lower held-out FVU than random rows for TopK, BatchTopK and Matryoshka on two MiniLM harvests,
-and higher synthetic recovery; random rows still win on toys whose tokens mix about 2 features."""
+`sae.model.init.DATA_ROW_FRACTION`). Chosen by measurement (BENCHMARKS.md, 'Training defaults:
+the measurements behind them'): lower held-out FVU than random rows for TopK, BatchTopK and
+Matryoshka on two MiniLM harvests, and higher synthetic recovery; random rows still win on toys
+whose tokens mix about 2 features."""
 MAX_NONFINITE_STEPS = 10
 """Consecutive non-finite losses tolerated (each step skipped) before the run stops: a rare
 overflow under bf16 autocast passes, a diverged run stops within seconds (no paper; the value
@@ -71,7 +72,7 @@ only bounds wasted compute)."""
 CHECKPOINT_SECONDS = 600
 """Wall time between periodic checkpoints (whichever of this and `checkpoint_every` tokens comes
 first): a crash loses at most ten minutes; writing one costs well under 1% of that for the SAE
-sizes in BENCHMARKS.md ("Reliability")."""
+sizes in BENCHMARKS.md, 'Checkpoints and resume'."""
 KEEP_CHECKPOINTS = 2
 """Checkpoint folders kept on disk: the newest and one before it, in case the newest was
 written from a state that is already bad (no paper; disk versus safety)."""
@@ -229,7 +230,7 @@ class HarvestConfig:
 _SWEEP_EXTRA_KEYS = ("hook", "target_hook", "lr")
 BUILTIN_TOKENS = 1_000_000
 """training tokens of the built-in default run: about 2.3 passes over the built-in corpus's
-training windows, enough to reach a held-out FVU near 0.10 (BENCHMARKS.md)."""
+training windows (its held-out FVU: BENCHMARKS.md, 'The main job')."""
 
 
 def _default_sae() -> SAEConfig:
@@ -280,13 +281,13 @@ class TrainConfig:
     lr: float | None = None
     """Adam learning rate (dimensionless: the loss is an FVU); None: 1.2e-3 * sqrt(batch /
     1024) / sqrt(d_sae / 16384), batch in tokens over all ranks (`training.members.default_lr`;
-    see BENCHMARKS.md)."""
+    chosen by measurement: BENCHMARKS.md, 'Training defaults: the measurements behind them')."""
     seed: int = 0
     """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
     dead_tokens: int | None = None
     """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %); None:
     a 100th of the run's training tokens, at least one batch and at most 10M (Gao et al.'s
-    window; `training.members.dead_window`, BENCHMARKS.md 'encoder init scale')."""
+    window; `training.members.dead_window`)."""
     checkpoint_every: int = 1_000_000_000
     """tokens between checkpoints (0: by time only); a checkpoint is also written every
     CHECKPOINT_SECONDS of wall time (whichever comes first), at the end, and on SIGINT/SIGTERM."""

@@ -8,12 +8,34 @@
     sae eval SAE_DIR --device cuda --batch-windows 64 --out reports/gpu  # GPU
     python -c "import sae.eval; print(sae.eval.cli_main(['SAE_DIR', '--out', 'r']))"
 
+Suites (`--suite`, comma-separated; the registry is `base.SUITES`; what each reports is defined
+in docs/methods.md):
+
+    core         sae/eval/core.py         reconstruction, sparsity, latent usage, downstream
+                                          fidelity (docs/methods.md#reconstruction-core-suite,
+                                          docs/methods.md#downstream-fidelity-core-suite)
+    synthetic    sae/eval/synthetic.py    recovery of a synthetic run's true dictionary
+                                          (docs/methods.md#synthetic-suite)
+    redundancy   sae/eval/redundancy.py   eigenspectra and α of the layer, reconstruction, error
+                                          and latents (docs/methods.md#redundancy-suite)
+    capacity     sae/eval/capacity.py     capacity per feature of the decoder and the MLP neurons
+                                          (docs/methods.md#capacity-suite)
+    descramble   sae/eval/descramble.py   the closed-form descrambler against the decoder
+                                          (docs/methods.md#descramble-suite)
+    interaction  sae/eval/interaction.py  interaction sparsity of neurons, PCA, LIB and latents on
+                                          one layer pair (docs/methods.md#interaction-suite)
+    records      sae/eval/records.py    feature records for `sae export`
+                                          (docs/methods.md#records-suite)
+    interpret    sae/eval/interpret.py    offline explanations scored by detection
+                                          (docs/methods.md#interpret-suite)
+    absorption   sae/eval/absorption.py   feature absorption on the first-letter task
+                                          (docs/methods.md#absorption-suite)
+
 Layout: `config.py` (EvalConfig), `runner.py` (check inputs, build streams, run suites),
 `base.py` (EvalTarget, EvalContext, SuiteResult, the SUITES registry), one module per suite
-(`core.py`, `synthetic.py`), `stream.py` (activation sources), `splice.py` (model runs with
-the SAE spliced in), `stats.py` (per-window sums, bootstrap), `plots.py`, `report.py`.
-A new suite is a module with `check(target)` and `run(target, ctx) -> SuiteResult` plus one
-line in `base.SUITES`.
+(above), `stream.py` (activation sources), `splice.py` (model runs with the SAE spliced in),
+`stats.py` (per-window sums, bootstrap), `plots.py`, `report.py`. A new suite is a module with
+`check(target)` and `run(target, ctx) -> SuiteResult` plus one line in `base.SUITES`.
 
 Activations. Without --activations the SAE's own model (cfg.json metadata `model_name`,
 `hook_name`, `target_hook_name`, `context_size`, `exclude_bos`, `exclude_special`; loaded with the
@@ -63,12 +85,14 @@ core results: tokens, windows, bootstrap {resamples, unit, level, method, seed},
               causal_lm: ce_clean, ce_spliced, ce_zero_ablation, ce_mean_ablation, ce_increase,
                          kl, ce_recovered (zero-ablation baseline), ce_recovered_mean_ablation
               encoder: hidden_cosine, pooled_cosine}
-  Definitions: sae/eval/core.py docstring.
+  Definitions: docs/methods.md#reconstruction-core-suite and
+  docs/methods.md#downstream-fidelity-core-suite.
 synthetic results: generator, n_true_features, n_learned_features,
   metrics {mmcs, mmcs_abs, reverse_mmcs, reverse_mmcs_abs, recovery_90, recovery_99,
            hungarian_mcc: each {value, null}}, null {mmcs_repeats, mmcs_std, mmcs_exact,
   mmcs_abs_exact, hungarian_exact}, max_cos_by_frequency [per true feature, most frequent first],
   definitions.
+Every other suite's results: the docstring of its module (above).
 """
 
 from sae.eval.base import SUITES, EvalContext, EvalTarget, SuiteResult

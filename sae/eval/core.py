@@ -3,26 +3,16 @@ spliced into its model, each headline number with a 95% bootstrap interval over 
 
     sae eval checkpoints/default/final/resid_post.3-topk-3072-k32 --suite core --out reports/k32
 
-Definitions (sums over the scored tokens, float64; y = target, ŷ = reconstruction):
-- mse = Σ|y − ŷ|² / (n·d): per token and dimension, so it does not scale with batch size.
-- fvu = Σ|y − ŷ|² / Σ|y − ȳ|²: variance about the mean, summed over dimensions (not about
-  zero); explained_variance = 1 − fvu. The mean is taken after a shift by the first batch's mean,
-  which leaves the variance unchanged and avoids cancellation
-  (docs/methods.md#fvu-and-explained-variance).
-- cosine = mean_t cos(ŷ_t, y_t); l2_ratio = mean_t |ŷ_t| / |y_t|.
-- optimal_scale = argmin_γ E|γŷ − y|² = Σ ŷ·y / Σ|ŷ|²; relative_reconstruction_bias =
-  its inverse, Σ|ŷ|² / Σ ŷ·y (Rajamanoharan et al. 2024, "Improving Dictionary Learning with Gated
-  SAEs": < 1 means shrinkage; Wright & Sharkey 2024 on feature suppression). [inferred] The two
-  are reported so neither convention is lost (docs/methods.md#shrinkage).
-- l0 = mean active latents per token; dead = never fired on the scored tokens; dense = firing on
-  more than 1% / 10% of them.
-- causal LMs: CE of the next token (nats per prediction, all T − 1 predictions of each window),
-  KL(clean ‖ spliced) per position, and ce_recovered = (CE_abl − CE_spliced) / (CE_abl − CE_clean)
-  with the zero ablation as the headline baseline (as SAELens) and the mean ablation beside it
-  (mean of the hooked activation over the scored positions). Ablations replace the same positions
-  the SAE does.
-- encoders: cosine of the final hidden states (mean over positions) and of the mask-aware
-  mean-pooled sentence embedding (mean over windows).
+Every quantity is a ratio of sums over the scored tokens, accumulated in float64 per window for
+the bootstrap; the definitions live in one place, docs/methods.md:
+- mse, fvu, explained_variance: docs/methods.md#mse, docs/methods.md#fvu-and-explained-variance;
+- cosine, l2_ratio: docs/methods.md#cosine-and-l2-ratio;
+- optimal_scale, relative_reconstruction_bias: docs/methods.md#shrinkage;
+- l0, dead, dense: docs/methods.md#l0, docs/methods.md#dead-and-dense-latents;
+- causal LMs (ce_*, kl, ce_recovered*): docs/methods.md#ce-kl-and-ce-recovered, with the zero and
+  mean ablations of docs/methods.md#ablation-baselines;
+- encoders (hidden_cosine, pooled_cosine): docs/methods.md#encoder-cosines;
+- intervals: docs/methods.md#bootstrap-over-windows.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from torch import Tensor
 # entries flattened, L the dead latents AuxK reads (module-local letters; ARCHITECTURE.md).
 
 # AuxK handles the dead latents densely (small GEMMs over [B, n_dead]) while n_dead is at most
-# this many times aux_k, and as gathered rows beyond (measured in BENCHMARKS.md, "AuxK").
+# this many times aux_k, and as gathered rows beyond (BENCHMARKS.md, 'Inside the training step').
 AUX_DENSE_LIMIT = 4
 
 
@@ -42,8 +42,9 @@ def encoder_pre(xc_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor) -> Tensor:
 
 def argsort_small(keys_Z: Tensor, n_keys: int) -> Tensor:
     """A permutation that sorts `keys_Z` (ints in [0, n_keys)). On CPU with n_keys <= 65536 it is
-    numpy's radix sort on uint16 keys: single-threaded and about 1 ms for 131k keys, where
-    torch's parallel sort took from 2 ms to hundreds of ms when other jobs shared the cores."""
+    numpy's radix sort on uint16 keys: single-threaded, and steady where torch's parallel sort
+    slowed by orders of magnitude when other jobs shared the cores (BENCHMARKS.md, 'Inside the
+    training step')."""
     if keys_Z.device.type == "cpu" and n_keys <= 2**16:
         order = np.argsort(keys_Z.numpy().astype(np.uint16), kind="stable")
         return torch.from_numpy(order)

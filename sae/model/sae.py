@@ -87,8 +87,8 @@ class SAEConfig:
     al. 2024 §A.2 pick a power of two near d_model/2)."""
     aux_coefficient: float = 1 / 8
     """TopK family: weight of the AuxK loss. Gao et al. 2024 §A.2 use 1/32 over long runs; at a
-    few hundred steps 1/8 revives dead latents sooner (synthetic recovery +1.2-1.7 points over
-    two seeds, MiniLM FVU unchanged with fewer dead: BENCHMARKS.md 'encoder init scale')."""
+    few hundred steps 1/8 revives dead latents sooner: higher synthetic recovery, and MiniLM FVU
+    unchanged with fewer dead (BENCHMARKS.md, 'Training defaults: the measurements behind them')."""
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -419,8 +419,8 @@ class SAE(nn.Module):
         covariance (`whitened_rows`), the rest random; with rows="random", all random (Gao et al.
         2024 §A.1).
         All at unit norm, W_enc = W_dec.T, then W_enc scaled so the first reconstruction is the
-        least-squares fit to the centred target (docs/methods.md, "Initialisation"; BENCHMARKS.md,
-        "encoder init scale", "decoder rows from data").
+        least-squares fit to the centred target (docs/methods.md, "Initialisation"; both choices
+        measured in BENCHMARKS.md, 'Training defaults: the measurements behind them').
         """
         if method not in ("mean", "geometric_median"):
             raise ValueError(f"method={method!r} must be 'mean' or 'geometric_median'.")

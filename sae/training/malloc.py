@@ -6,9 +6,8 @@ above its mmap threshold (at most 32 MB by default) with fresh mmaps and returns
 the heap to the kernel past its trim threshold, so every step pays page faults and page zeroing
 for memory it just gave back. Raising both thresholds keeps freed blocks in the heap for reuse;
 peak memory is unchanged (the same blocks are reused), but RSS no longer shrinks after a peak.
-Measured on the 2-core VM of BENCHMARKS.md, steps interleaved in one process: the TopK step
-(batch 4096, d_in 384, d_sae 3072) took 164 ms (median of 20) against 206 ms with glibc's
-defaults. jemalloc or tcmalloc through LD_PRELOAD do the same for a whole process; this needs
+Measured: BENCHMARKS.md, 'Inside the training step' (the TopK step with and without it).
+jemalloc or tcmalloc through LD_PRELOAD do the same for a whole process; this needs
 neither.
 
 `keep_freed_memory()` is called by `sae.cli.main` and the trainer; it does nothing outside glibc.

@@ -151,15 +151,15 @@ def default_lr(d_sae: int, batch_tokens: int) -> float:
     Gradient Algorithms"): a batch s times larger takes s times fewer steps over the same
     tokens, and sqrt(s) times the LR keeps the update noise per token equal. The constant was
     tuned on MiniLM layer 3 at batch 1024, and the batch factor checked at 1024 and 4096
-    (BENCHMARKS.md, 'batch-aware learning rate')."""
+    (BENCHMARKS.md, 'Training defaults: the measurements behind them')."""
     return 1.2e-3 * math.sqrt(batch_tokens / 1024) / math.sqrt(d_sae / 2**14)
 
 
 DEAD_WINDOW_FRACTION = 1 / 100
 """The default dead window as a fraction of the run. A fixed window of 250k tokens left half of
 a 500k-token run's dead latents without AuxK's gradient; a 100th of the run revives them in
-time (a 25th left five times the held-out dead latents in the built-in run, a 50th 2.6 times:
-BENCHMARKS.md, 'encoder init scale')."""
+time, where a 25th or a 50th left several times the held-out dead latents in the built-in run at
+equal FVU (BENCHMARKS.md, 'Training defaults: the measurements behind them')."""
 DEAD_WINDOW_MAX = 10_000_000
 """Gao et al. 2024 (§A.2) call a latent dead after 10M tokens without firing."""
 
@@ -215,8 +215,8 @@ def threshold_rate(total_steps: int) -> float:
     """Per-step EMA rate of the BatchTopK/Matryoshka inference threshold: SAELens's 0.01, or
     faster in a short run, so that its time constant is at most the LR-decay phase (the last
     LR_DECAY of the steps) and the estimate describes the final weights. At 0.01 a 122-step run
-    kept 29% of its first batch's value, and held-out L0 came out at 21.7 for k 32 (BENCHMARKS.md,
-    "BatchTopK threshold")."""
+    still carried much of its untrained first batch's threshold, and held-out L0 came out well
+    below k (BENCHMARKS.md, 'Training defaults: the measurements behind them')."""
     return max(THRESHOLD_EMA, 1.0 / max(1.0, LR_DECAY * total_steps))
 
 
