@@ -83,6 +83,9 @@ class Trainer:
             )
         if isinstance(self.source, CacheSource):
             self.source.check_matches(tcfg.model.name, hooks)
+        if tcfg.eval_activations is not None and tcfg.activations != "synthetic":
+            # read only at the end: a bad file is refused now, before any output exists
+            open_source(tcfg.eval_activations, model_cfg, tcfg.data, tcfg.store, rank, world)
         torch.manual_seed(tcfg.seed)
         self.members = build_members(tcfg, self.source, self.device)
         B = tcfg.store.batch_size

@@ -145,7 +145,7 @@ def test_live_transcoder_on_tiny_model(tiny_models, text_file, tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    """Pins the skip-and-count path: a few NaN batches are skipped, an all-NaN run stops with
+    """Pins the skip-and-count path: a few NaN batches are skipped, an (almost) all-NaN run stops with
     a one-line reason after MAX_NONFINITE_STEPS in a row, at the first log line (log_every 5)
     since the count is read there."""
     acts = np.load(_planted(tmp_path))
@@ -161,7 +161,10 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     )
     finals = trainer.fit()
     assert finals and 0 < trainer.members[0].skipped_steps < trainer.total_steps
-    np.save(tmp_path / "allnan.npy", np.full((4000, 16), np.nan, dtype=np.float32))
+    # Every row NaN but the first (an all-NaN file is refused before training, issue 24).
+    allnan = np.full((4000, 16), np.nan, dtype=np.float32)
+    allnan[0] = 1.0
+    np.save(tmp_path / "allnan.npy", allnan)
     monkeypatch.setattr(members, "MAX_NONFINITE_STEPS", 3)
     with pytest.raises(RuntimeError, match=r"5 non-finite losses in a row by step 5 \(at most 3"):
         train(
