@@ -237,7 +237,11 @@ class Trainer:
         for m in self.members:
             x = batch[m.hook].to(self.device)
             y = batch[m.target].to(self.device) if m.target else None
-            m.sae.init_from_data(x, y, method=B_DEC_INIT, rows=DECODER_INIT)
+            ok = torch.isfinite(x).all(1) & (torch.isfinite(y).all(1) if y is not None else True)
+            if not bool(ok.all()):  # NaN rows (their batch is skipped) must not reach the init
+                x, y = x[ok], (y[ok] if y is not None else None)
+            if len(x):  # no finite row at all: the random init stays
+                m.sae.init_from_data(x, y, method=B_DEC_INIT, rows=DECODER_INIT)
             for t in m.sae.state_dict().values():  # replicas start equal, as under DDP
                 dist.broadcast_(t)
 

@@ -177,6 +177,22 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
         )
 
 
+def test_nan_rows_in_the_first_chunk_poison_neither_the_scale_nor_the_init(tmp_path):
+    """Issue 24: NaN rows among the first rows (the chunk the normalisation scale is measured on
+    and the batch the init reads) made the scale NaN, so every batch was non-finite: the run
+    stopped, or, shorter than the skip limit, failed saving with a traceback (`scale=nan ...
+    must be > 0`). The scale and the init now read the finite rows: the run ends with finite
+    weights, only the NaN rows' batches skipped."""
+    acts = np.load(_planted(tmp_path))
+    acts[5:8] = np.nan
+    np.save(tmp_path / "nan_first.npy", acts)
+    trainer = Trainer(_cfg(tmp_path, str(tmp_path / "nan_first.npy")))
+    finals = trainer.fit()
+    assert finals and np.isfinite(list(trainer.scale.values())).all()
+    assert all(torch.isfinite(t).all() for t in _weights(finals[0]).values())
+    assert 0 < trainer.members[0].skipped_steps < trainer.total_steps
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_a_nonfinite_step_changes_no_weight_and_no_moment(tmp_path, fused):
     """Pins the skip itself, now decided on the device: fused Adam gets the flag as `found_inf`
