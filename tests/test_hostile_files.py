@@ -140,6 +140,16 @@ ACTIVATION_CASES = {
         lambda p: p.write_bytes(b"PK\x03\x04" + os.urandom(64)),
         "not a readable safetensors file",
     ),
+    # issue 24: these trained into a traceback (all NaN, all zero) or a run of NaN FVUs
+    "all NaN": (
+        lambda p: _npy(p, np.full((100, 4), np.nan, np.float32)),
+        "holds no finite value \\(all 100 rows are NaN or infinite\\)",
+    ),
+    "all zero": (lambda p: _npy(p, np.zeros((100, 4), np.float32)), "is constant"),
+    "all rows equal safetensors": (
+        lambda p: save_file({"x": torch.tensor([[1.0, 2.0, 3.0, 4.0]]).repeat(100, 1)}, str(p)),
+        "is constant \\(all 100 rows are equal: \\[1, 2, 3, ...\\]\\)",
+    ),
 }
 
 
@@ -158,12 +168,60 @@ def test_hostile_activation_file_is_one_clear_error(tmp_path, case, capsys):
     assert not out.exists()  # nothing written
 
 
+@pytest.mark.parametrize("case", ["all NaN", "all zero"])
+def test_unusable_values_are_refused_by_every_command_before_any_output(tmp_path, case, capsys):
+    """Issue 24 item 6: an all-NaN or all-constant matrix given to `sae train
+    --eval-activations`, `sae eval --activations` or `sae export --activations` is one line on
+    stderr (exit 2) and nothing is written (eval wrote a report of NaN figures; train read the
+    held-out file only after training, into a traceback)."""
+    write, message = ACTIVATION_CASES[case]
+    bad = tmp_path / "bad.npy"
+    write(bad)
+    np.save(tmp_path / "good.npy", np.random.default_rng(0).standard_normal((100, 4), np.float32))
+    sae_dir = tmp_path / "sae"
+    save(SAE(SAEConfig(architecture="topk", d_in=4, d_sae=8, k=2)), sae_dir)
+    commands = {
+        "train": ["train", "--activations", str(tmp_path / "good.npy"), "--eval-activations",
+                  str(bad), "--quiet"],
+        "eval": ["eval", str(sae_dir), "--activations", str(bad)],
+        "export": ["export", str(sae_dir), "--activations", str(bad)],
+    }  # fmt: skip
+    for name, argv in commands.items():
+        out = tmp_path / f"out-{name}"
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1, (name, err)
+        assert __import__("re").search(message, err), (name, err)
+        assert not out.exists(), name
+
+
+def test_value_screen_confirms_over_the_whole_file(tmp_path):
+    """The screen reads a sample; a sample that looks all-NaN or constant is confirmed over the
+    whole file, so one varying (or finite) row between the sampled blocks keeps the file usable
+    (partly NaN files train: their batches are skipped)."""
+    from sae.activations.sources import MatrixSource
+    from sae.io.validate import SAMPLE_BLOCK_ROWS
+
+    n, row = 20_000, 5_000  # row 5000 falls between the 16 sampled blocks of 256 rows
+    starts = np.linspace(0, n - SAMPLE_BLOCK_ROWS, 16).astype(int)
+    assert not any(a <= row < a + SAMPLE_BLOCK_ROWS for a in starts)
+    x = np.zeros((n, 4), np.float32)
+    x[row] = 1.0
+    np.save(tmp_path / "one_varies.npy", x)
+    assert MatrixSource(tmp_path / "one_varies.npy").n_rows == n
+    x[:] = np.nan
+    x[row] = 1.0
+    np.save(tmp_path / "one_finite.npy", x)
+    assert MatrixSource(tmp_path / "one_finite.npy").n_rows == n
+
+
 def test_float16_and_float64_matrices_train_in_float32(tmp_path):
     """Known answer: any float width is read as float32 rows (float64 used to reach the SAE)."""
     from sae.activations.sources import MatrixSource
 
     for dtype in (np.float16, np.float64):
-        np.save(tmp_path / "a.npy", np.ones((10, 4), dtype))
+        np.save(tmp_path / "a.npy", np.arange(40).reshape(10, 4).astype(dtype))
         rows, _ = MatrixSource(tmp_path / "a.npy").read(0, 3)
         assert rows["activations"].dtype == torch.float32
     with pytest.raises(ConfigError):

@@ -18,7 +18,7 @@ import torch
 from sae.activations.passfile import PassFile, Spilled
 from sae.config import ConfigError
 from sae.config.schema import DataConfig, ModelConfig, StoreConfig
-from sae.io.validate import check_matrix_dtype
+from sae.io.validate import check_matrix_dtype, check_matrix_values
 
 MATRIX_HOOK = "activations"
 """hook name of the single tensor in a plain `[tokens, d_in]` matrix file."""
@@ -286,6 +286,7 @@ class MatrixSource(_RowFile):
             )
         check_matrix_dtype(dtype, self.path)
         self.n_rows, self.hooks, self.d = int(shape[0]), [MATRIX_HOOK], {MATRIX_HOOK: int(shape[1])}
+        check_matrix_values(lambda a, b: self.read(a, b)[0][MATRIX_HOOK], self.n_rows, self.path)
 
     def read(self, a: int, b: int):
         if self.path.suffix.lower() == ".npy":

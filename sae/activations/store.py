@@ -201,15 +201,24 @@ class ActivationStore:
 
     # -- stream ----------------------------------------------------------------------------
     def _estimate_norm(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
-        # Unit mean squared norm: the factor s with E||s x||^2 = 1, from the first chunk.
+        # Unit mean squared norm: the factor s with E||s x||^2 = 1, from the first chunk's finite
+        # rows (a NaN row's batch is skipped in training; it must not poison the scale).
         # Summed in float64 blocks: a float64 copy of the whole chunk would double peak memory.
-        def factor(x: torch.Tensor) -> float:
-            total = sum(
-                float(x[i : i + 8192].double().pow(2).sum()) for i in range(0, len(x), 8192)
-            )
-            return (total / len(x)) ** -0.5
+        def factor(h: str, x: torch.Tensor) -> float:
+            total, n = 0.0, 0
+            for i in range(0, len(x), 8192):
+                blk = x[i : i + 8192].double()
+                ok = torch.isfinite(blk).all(1)
+                total, n = total + float(blk[ok].pow(2).sum()), n + int(ok.sum())
+            if total == 0:
+                raise ConfigError(
+                    f"the first {len(x):,} rows of hook {h!r} (the chunk the normalisation scale "
+                    "is measured on) are all zero or NaN; shuffle the rows or pass "
+                    "--store.normalize False."
+                )
+            return (total / n) ** -0.5
 
-        return {h: factor(x) for h, x in rows.items()}
+        return {h: factor(h, x) for h, x in rows.items()}
 
     def _groups(self) -> Iterator[_Group]:
         first = max(self._group - 1, 0)

@@ -53,6 +53,7 @@ __all__ = [
     "EdgeSums",
     "edge_sums",
     "sae_edge_sums",
+    "outside_part",
     "Target",
     "chain_bases",
 ]
@@ -214,7 +215,32 @@ class EdgeSums(NamedTuple):
     n: int
     """(sample, output position) pairs scored."""
     A_tKoBKi: Tensor
-    """this call's attributions A[t, i, b, j] = Σ_s Ĵ_{t,i;s,·}·c⁺_j f̂_{s,j} (completeness checks)."""
+    """this call's attributions A[t, i, b, j] = Σ_s Ĵ_{t,i;s,·}·c⁺_j f̂_{s,j} over the kept input
+    positions s (completeness checks)."""
+
+
+def _kept(keep_BT: Tensor | None, B: int, T: int) -> Tensor:
+    """[B, T, 1] float64 mask of the input positions whose activations carry edges (None: all)."""
+    keep = torch.ones(B, T, dtype=torch.bool) if keep_BT is None else keep_BT.bool().cpu()
+    return keep[..., None].to(torch.float64)
+
+
+def _kept_input(f_BTF: Tensor, keep_BT: Tensor | None) -> Tensor:
+    """f̃ with the activations of the left-out positions zeroed; the constant coordinate stays
+    at every position (under `perspective` the constants' attributions cancel across positions,
+    Σ_s ∂g̃/∂c_s = g̃ − Σ_s J_s f_s, so dropping a position's constant would move its share to
+    the others' constants)."""
+    f = f_BTF.to(torch.float64).cpu()
+    return torch.cat([f[..., :1], f[..., 1:] * _kept(keep_BT, *f.shape[:2])], -1)
+
+
+def outside_part(rows: Tensor, f_BTF: Tensor, keep_BT: Tensor | None) -> Tensor:
+    """Σ_s Ĵ_{t,i;s}·[0, f_s] over the input positions that `keep_BT` leaves out (BOS, special
+    tokens) [n_t, K_out, B]. Edges carry the kept positions' activations only, the rows the
+    bases and M′ are fitted on, so Σ_j A_ij + this = ĝ_i for a complete basis and a
+    homogeneous section."""
+    f = f_BTF.to(torch.float64).cpu()
+    return torch.einsum("tobsf,bsf->tob", rows, f - _kept_input(f, keep_BT))
 
 
 def _scored(t_idx: Tensor, keep_BT: Tensor | None, B: int) -> Tensor:
@@ -228,9 +254,11 @@ def edge_sums(
     rows: Tensor, f_BTF: Tensor, basis: NodeBasis, t_idx: Tensor, keep_BT: Tensor | None = None
 ) -> EdgeSums:
     """Squared-attribution edge sums E_ij = Σ_{x,t}(Σ_s Ĵ_{t,i;s}·c⁺_j f̂_{s,j})² (rib's `squared`
-    edges) for an upstream basis, from `ig_rows`. Input positions s: all (attention reads them)."""
+    edges) for an upstream basis, from `ig_rows`. Input positions s and output positions t are
+    the kept ones (`keep_BT`), the rows the basis was fitted on; the left-out input positions'
+    share of ĝ is `outside_part`."""
     f = f_BTF.to(torch.float64).cpu()
-    fhat = f @ basis.C_FK  # [B, T, Ki]
+    fhat = _kept_input(f, keep_BT) @ basis.C_FK  # [B, T, Ki]
     proj = rows @ basis.Cplus_KF.T  # [n_t, Ko, B, T, Ki]
     A = torch.einsum("tobsk,bsk->tobk", proj, fhat)
     m = _scored(t_idx, keep_BT, f.shape[0])  # [n_t, B]
@@ -251,11 +279,13 @@ def sae_edge_sums(
     """Edges from SAE nodes: latents (write d_k, coordinate a_k; computed on each position's
     active set only), an error node (write ε_s = f_s − x̂_s, coordinate 1) and a bias node
     (write [1, b_dec], coordinate 1), so Σ_j A_ij = Σ_s Ĵ f̃_s stays complete. Columns:
-    [latents..., error, bias]."""
+    [latents..., error, bias]. Positions: the kept ones, as in `edge_sums` (at a left-out
+    position the bias node writes only the constant)."""
     n_t, Ko, B, T, F = rows.shape
     M = W_dec_MD.shape[0]
-    b, s, k = acts_BTM.nonzero(as_tuple=True)
-    a = acts_BTM[b, s, k].to(torch.float64)
+    keep = _kept(keep_BT, B, T)
+    b, s, k = (acts_BTM.cpu() * keep.to(acts_BTM.dtype)).nonzero(as_tuple=True)
+    a = acts_BTM.cpu()[b, s, k].to(torch.float64)
     W = W_dec_MD.to(torch.float64)
     A = torch.zeros(n_t, Ko, B * (M + 2), dtype=torch.float64)
     for c in range(0, len(b), chunk):  # Ĵ_{t,i;s}·d_k over the active (b, s, k) only
@@ -263,10 +293,10 @@ def sae_edge_sums(
         dots = torch.einsum("topd,pd->top", rows[:, :, bc, sc, 1:], W[kc]) * a[c : c + chunk]
         A.index_add_(2, bc * (M + 2) + kc, dots)
     A = A.reshape(n_t, Ko, B, M + 2)
-    err = err_BTD.to(torch.float64)
+    err = err_BTD.to(torch.float64).cpu() * keep
     A[..., M] = torch.einsum("tobsd,bsd->tob", rows[..., 1:], err)
-    bias_F = torch.cat([torch.ones(1, dtype=torch.float64), b_dec_D.to(torch.float64)])
-    A[..., M + 1] = torch.einsum("tobsf,f->tob", rows, bias_F)
+    bias_BTF = torch.cat([torch.ones(B, T, 1, dtype=torch.float64), keep * b_dec_D.double()], -1)
+    A[..., M + 1] = torch.einsum("tobsf,bsf->tob", rows, bias_BTF)
     m = _scored(t_idx, keep_BT, B)
     E = torch.einsum("tobk,tb->ok", A.pow(2), m)
     return EdgeSums(E, int(m.sum()), A)

@@ -61,6 +61,7 @@ from sae.analysis.interaction_jacobian import (
     edge_sums,
     ig_rows,
     jacobian_second_moment,
+    outside_part,
     perspective,
     sae_edge_sums,
 )
@@ -248,7 +249,10 @@ def analyse(
         ):  # one output position at a time bounds memory
             t_idx = t[None]
             rows = ig_rows(sec, f, C_out, t_idx)
+            # ĝ less what the left-out input positions (BOS, special tokens) contribute: the
+            # edges carry the kept positions only, the rows of the moments and M′
             want = g_hat[:, t_idx].permute(1, 2, 0)[:, 1:]  # [t, o, B]
+            want = want - outside_part(rows, f, b.keep_BT)[:, 1:]
             mask = b.keep_BT[:, t_idx].T[:, None, :].double()
             for k, basis in bases.items():
                 es = edge_sums(rows, f, basis, t_idx, b.keep_BT)
@@ -311,7 +315,8 @@ def _add_completeness(acc: list[float], got: Tensor, want: Tensor, mask: Tensor)
 
 def _sae_results(E, comp, sae, batches, bases) -> tuple[dict[str, Any], Tensor]:
     """SAE edges (columns reordered [bias, live latents..., error], so the bias node is the free
-    constant node), error/bias shares, decoder alignment and subspace capture."""
+    constant node; `_sae_latents` gives the live latents' ids for the figures), error/bias
+    shares, decoder alignment and subspace capture."""
     m = sae.cfg.d_sae
     live = (E[:, :m].sum(0) > 0).nonzero().flatten()
     Es = torch.cat([E[:, m + 1 :], E[:, live], E[:, m : m + 1]], 1)
@@ -346,7 +351,7 @@ def _sae_results(E, comp, sae, batches, bases) -> tuple[dict[str, Any], Tensor]:
     curves = {"r": grid.tolist(), "baseline": phi["pca"].baseline_R[grid - 1].tolist()}
     curves |= {k: p.phi_R[grid - 1].tolist() for k, p in phi.items()}
     r["alignment"], r["phi"] = al, curves
-    return {"sae": r}, Es
+    return {"sae": r, "_sae_latents": live.tolist()}, Es
 
 
 def _replay(b: Batch, f_BTF: Tensor) -> Tensor:
@@ -356,9 +361,15 @@ def _replay(b: Batch, f_BTF: Tensor) -> Tensor:
     return g[b.keep_BT].double()
 
 
+def _at_kept(b: Batch, f_BTF: Tensor, new_BTF: Tensor) -> Tensor:
+    """`new_BTF` at the kept positions, the input `f_BTF` untouched at BOS and special tokens
+    (the positions the bases and edges leave out)."""
+    return torch.where(b.keep_BT.to(f_BTF.device)[..., None], new_BTF, f_BTF)
+
+
 def _direction_curve(abl: list[Batch], loss: DownstreamLoss, basis: NodeBasis) -> dict:
-    """Downstream loss when the block reads only the top-r directions (by Λ) and the constant:
-    the whole block output changes."""
+    """Downstream loss when the block reads only the top-r directions (by Λ) and the constant
+    at the kept positions: the whole block output changes."""
     fs = [fold(b.call.x_BTD).double() for b in abl]
     refs = [_replay(b, f) for b, f in zip(abl, fs, strict=True)]
     order = basis.Lambda_K[1:].argsort(descending=True) + 1
@@ -367,8 +378,10 @@ def _direction_curve(abl: list[Batch], loss: DownstreamLoss, basis: NodeBasis) -
     for r in grid:
         keep = torch.zeros(basis.k, dtype=torch.float64)
         keep[0], keep[order[:r]] = 1, 1
-        dys = [(_replay(b, (f @ basis.C_FK * keep) @ basis.Cplus_KF) - ref)[:, 1:]
-               for b, f, ref in zip(abl, fs, refs, strict=True)]  # fmt: skip
+        dys = []
+        for b, f, ref in zip(abl, fs, refs, strict=True):
+            f_r = _at_kept(b, f, (f @ basis.C_FK * keep) @ basis.Cplus_KF)
+            dys.append((_replay(b, f_r) - ref)[:, 1:])
         losses.append(loss(dys))
     return {"r": grid.tolist(), "loss": losses}
 
@@ -376,9 +389,10 @@ def _direction_curve(abl: list[Batch], loss: DownstreamLoss, basis: NodeBasis) -
 def _edges_needed(abl: list[Batch], loss: DownstreamLoss, basis: NodeBasis, out: NodeBasis,
                   E: Tensor, tol: float) -> dict[str, Any]:  # fmt: skip
     """Fewest kept edges (strongest first, constant nodes free, the rest ablated in the forward
-    pass: each output node sees only its kept inputs) for the downstream loss to rise by ≤ tol:
-    the block output moves by C⁺ᵀ(ĝ_abl − ĝ) in the kept downstream directions and the model runs
-    on. Bisection over the mass-curve grid of k (an upper bound at that resolution)."""
+    pass at the kept positions: each output node sees only its kept inputs) for the downstream
+    loss to rise by ≤ tol: the block output moves by C⁺ᵀ(ĝ_abl − ĝ) in the kept downstream
+    directions and the model runs on. Bisection over the mass-curve grid of k (an upper bound at
+    that resolution)."""
     fs = [fold(b.call.x_BTD).double() for b in abl]
     fhats = [f @ basis.C_FK for f in fs]
     refs = [_replay(b, f) @ out.C_FK for b, f in zip(abl, fs, strict=True)]
@@ -390,9 +404,9 @@ def _edges_needed(abl: list[Batch], loss: DownstreamLoss, basis: NodeBasis, out:
             return 0.0
         keep = keep_mask(E, grid[i], True, True)
         dys = []
-        for b, fhat, ref in zip(abl, fhats, refs, strict=True):
-            cols = [_replay(b, (fhat * keep[o].double()) @ basis.Cplus_KF) @ out.C_FK[:, o]
-                    for o in range(out.k)]  # fmt: skip
+        for b, f, fhat, ref in zip(abl, fs, fhats, refs, strict=True):
+            cols = [_replay(b, _at_kept(b, f, (fhat * keep[o].double()) @ basis.Cplus_KF))
+                    @ out.C_FK[:, o] for o in range(out.k)]  # fmt: skip
             dys.append(((torch.stack(cols, 1) - ref) @ out.Cplus_KF)[:, 1:])
         return loss(dys)
 
@@ -424,5 +438,6 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
     for name, draw in iplots.FIGURES.items():
         if draw(ctx.figure_path(target, name), res, E, target.name):
             figs[name] = ctx.figure_path(target, name)
+    res.pop("_sae_latents", None)  # the figures' SAE node labels, too long for report.json
     rel = {k: str(p.relative_to(ctx.out)) for k, p in figs.items()}
     return SuiteResult(res, rel, iplots.markdown(res, rel))

@@ -19,7 +19,9 @@ TOP_NODES = 10
 
 def interaction_graph(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
     """Bipartite graph per basis: the TOP_NODES strongest upstream and downstream nodes (by edge
-    mass, constant nodes left out), line width ∝ edge strength within the panel."""
+    mass, constant nodes left out), line width ∝ edge strength within the panel. Nodes are
+    labelled by direction index (1 = the first after the constant); SAE nodes by latent id
+    (`res["_sae_latents"]`, the live latents in the order of E["sae"]'s columns) and "error"."""
     fig, axes = plt.subplots(1, len(E), figsize=(3.2 * len(E), 4.2), squeeze=False)
     for ax, (name, Ek) in zip(axes[0], E.items(), strict=True):
         M = Ek[1:, 1:].numpy()
@@ -35,10 +37,9 @@ def interaction_graph(path: Path, res: dict, E: dict[str, Tensor], title: str) -
                     ax.plot([0, 1], [ys_u[j], ys_d[i]], color="C0", lw=4 * w, alpha=0.3 + 0.7 * w)
         ax.scatter(np.zeros(len(up)), ys_u, s=30, color="C1", zorder=3)
         ax.scatter(np.ones(len(down)), ys_d, s=30, color="C2", zorder=3)
-        last = "error" if name == "sae" else None
         for j, u in enumerate(up):
-            lab = last if (last and u == M.shape[1] - 1) else str(u + 1)
-            ax.text(-0.05, ys_u[j], lab, ha="right", va="center", fontsize=6)
+            ax.text(-0.05, ys_u[j], _node_label(name, int(u), M.shape[1], res), ha="right",
+                    va="center", fontsize=6)  # fmt: skip
         for i, o in enumerate(down):
             ax.text(1.05, ys_d[i], str(o + 1), ha="left", va="center", fontsize=6)
         ax.set_xlim(-0.3, 1.3)
@@ -47,6 +48,14 @@ def interaction_graph(path: Path, res: dict, E: dict[str, Tensor], title: str) -
     fig.suptitle(f"{title}\nstrongest edges between the {TOP_NODES} strongest nodes", fontsize=9)
     plots.save(fig, path)
     return True
+
+
+def _node_label(name: str, u: int, n_cols: int, res: dict) -> str:
+    """Upstream node u of a panel (constant node dropped): SAE columns are [live latents...,
+    error], labelled by latent id; a basis's directions by their index."""
+    if name != "sae":
+        return str(u + 1)
+    return "error" if u == n_cols - 1 else str(res["_sae_latents"][u])
 
 
 def edge_mass(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
@@ -116,6 +125,17 @@ def _g(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def _trivial(r: dict) -> str:
+    """The trivial-partition remark, only for the bases where Leiden found one cluster."""
+    one = [LABELS[k] for k, b in r["bases"].items() if b["leiden"]["n_clusters"] == 1]
+    if not one:
+        return ""
+    return (
+        f" {', '.join(one)}: one cluster, the trivial partition (Q = 1 − γ): no modular "
+        "structure at that resolution."
+    )
+
+
 def markdown(r: dict, figs: dict[str, str]) -> str:
     deg, mp = r["degeneracy"], r["mprime"]
     fire = deg.get("firing")
@@ -140,8 +160,8 @@ def markdown(r: dict, figs: dict[str, str]) -> str:
         f"≤ {_g(r['bases']['lib']['edges_needed']['tol'])} on the first "
         f"{r['loss']['ablation_tokens']:,} input rows"
         + (f" (clean CE {r['loss']['clean']:.3f} nats)." if r["loss"]["clean"] is not None else ".")
-        + f" Leiden at γ = {_g(r['bases']['lib']['leiden']['gamma'])} on log-normalised weights; "
-        "one cluster is the trivial partition (Q = 1 − γ): no modular structure at that resolution.",
+        + f" Leiden at γ = {_g(r['bases']['lib']['leiden']['gamma'])} on log-normalised weights."
+        + _trivial(r),
         "",
         "| basis | nodes | edges | Gini | Hoyer | N_eff/N | k_0.9 | k_0.9/N | k_0.99 | edges needed "
         "| Leiden Q | clusters | clusters at γ = 0.5 / 1 / 2 | completeness err |",

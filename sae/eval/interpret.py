@@ -219,8 +219,7 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
             "patterns": patterns,
         },
     )
-    table = ctx.out / target.name / TABLE_FILE
-    _write_columns(table, per, lines, cov, scored, res["fired"], d_sae)
+    cols = _columns(per, lines, cov, scored, res["fired"], d_sae)
     llm = ctx.llm if ctx.llm is not None and ctx.llm.enabled else None
     results = {
         "latents": d_sae,
@@ -231,12 +230,18 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
         "interpret": str((folder / "interpret.json").relative_to(ctx.out)),
     }
     if llm is not None:
-        results["llm"] = _llm(target, ctx, res, folder, table)
+        results["llm"], llm_cols = _llm(target, ctx, res, folder)
+        cols |= llm_cols
+    # one write: a run without the LLM drops an earlier run's interp_llm_* columns
+    update_latents_table(ctx.out / target.name / TABLE_FILE, cols, "interpret", d_sae)
     return SuiteResult(results, {}, _markdown(results, lines, per, scored))
 
 
-def _llm(target: EvalTarget, ctx: EvalContext, res: dict, folder, table) -> dict[str, Any]:
-    """Explain and score a sample of the scored latents with the LLM; its per-latent columns."""
+def _llm(
+    target: EvalTarget, ctx: EvalContext, res: dict, folder
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Explain and score a sample of the scored latents with the LLM: (report, its per-latent
+    columns)."""
     ce, eve, ct, evt = res["sides"]
     ids = torch.from_numpy(np.unique(np.r_[ce.tok_N, ct.tok_N]))
     strings = token_strings(target.source.windows.tokenizer, ids)
@@ -252,7 +257,6 @@ def _llm(target: EvalTarget, ctx: EvalContext, res: dict, folder, table) -> dict
         for m, r in rows.items():
             col[m] = r[k]
         cols[f"interp_llm_{k}"] = col
-    update_latents_table(table, cols, "interpret", d_sae)
     arrays = llm_summary(rows)
     scores = {
         k: metric(*boot_mean(arrays[k], ctx.n_boot, ctx.seed), "LLM-scored latents (mean)")
@@ -266,10 +270,10 @@ def _llm(target: EvalTarget, ctx: EvalContext, res: dict, folder, table) -> dict
         "requests": out["requests"],
         "errors": out["errors"],
         "scores": scores,
-    }
+    }, cols
 
 
-def _write_columns(path, per, lines, cov, scored, fired, d_sae: int) -> None:
+def _columns(per, lines, cov, scored, fired, d_sae: int) -> dict[str, Any]:
     is_scored = np.zeros(d_sae, bool)
     is_scored[scored] = True
     cols: dict[str, Any] = {
@@ -286,7 +290,7 @@ def _write_columns(path, per, lines, cov, scored, fired, d_sae: int) -> None:
             for k in keep:
                 cols[f"{prefix}{view}_{k}"] = per[f"{kind}.{view}_{k}"]
     cols["interp_hard_negatives"] = per["explanation.hard_negatives"]
-    update_latents_table(path, cols, "interpret", d_sae)
+    return cols
 
 
 def _markdown(r: dict, lines: list[str], per: dict, scored: np.ndarray) -> str:

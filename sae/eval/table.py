@@ -3,9 +3,12 @@
     import pandas as pd; pd.read_parquet("reports/x/<sae>/latents.parquet")   # or polars, duckdb
 
 Lives in each SAE's report subfolder (REPORT/<sae>/latents.parquet, beside report.json's
-folder). Column `latent` is the index; every suite that computes a per-latent figure adds or
-replaces its own columns (records: frequency, mean/max activation, top tokens; capacity:
-capacity_geometric, capacity_usage_weighted, class_*, block; synthetic: best true-feature match).
+folder). Column `latent` is the index; every suite that computes a per-latent figure writes all
+its columns in one call, which replaces every column that suite wrote before (a rerun that no
+longer computes a column, such as interpret without the LLM, drops it rather than leave a stale
+one for the exports) and keeps other suites' columns (records: frequency, mean/max activation,
+top tokens; capacity: capacity_geometric, capacity_usage_weighted, class_*, block; synthetic:
+best true-feature match; interpret: interp_*).
 The Parquet schema metadata `sae_columns` maps each column to the suite that wrote it.
 Definitions: docs/methods.md#latents-table.
 """
@@ -30,7 +33,8 @@ _META_KEY = b"sae_columns"
 def update_latents_table(
     path: str | Path, columns: dict[str, Sequence[Any] | np.ndarray], suite: str, d_sae: int
 ) -> Path:
-    """Add or replace `columns` (each of length d_sae) in the table at `path`, written atomically.
+    """Set `suite`'s columns to `columns` (each of length d_sae) in the table at `path`, written
+    atomically: the suite's columns from an earlier run that are not in `columns` are dropped.
 
     A table of another length (another SAE written to the same report folder) is replaced."""
     path = Path(path)
@@ -47,6 +51,9 @@ def update_latents_table(
     if table is None:
         table = pa.table({"latent": pa.array(np.arange(d_sae, dtype=np.int64))})
         owners = {"latent": "index"}
+    stale = [n for n, who in owners.items() if who == suite and n not in columns]
+    table = table.drop_columns([n for n in stale if n in table.column_names])
+    owners = {n: who for n, who in owners.items() if n not in stale}
     for name, col in columns.items():
         arr = pa.array(col.tolist() if isinstance(col, np.ndarray) and col.dtype == object else col)
         if name in table.column_names:

@@ -11,7 +11,9 @@ into train and test words. On the activations at the SAE's hook:
    F1_JUMP over the best before it; number of split features = that k − 1;
 3. per test word of the letter that the probe detects: absorption fraction and full absorption
    exactly as SAEBench defines them (thresholds below), from the probe projection of the input
-   and of each latent's write, a_i · cos(W_dec_i, probe).
+   and of each latent's write, a_i · (W_dec_i · p) with p the unit probe direction (the decoder
+   row's norm counts: ReLU and imported SAEs need not have unit rows); the cosine thresholds
+   read cos(W_dec_i, p).
 Letters whose probe F1 on test words is below MIN_PROBE_F1, or with fewer than MIN_WORDS probe
 detections, are not scored.
 """
@@ -110,14 +112,14 @@ def absorption_scores(
             else:
                 break
         p_D = probe.coef_[0] / np.linalg.norm(probe.coef_[0])
-        cos_M = dec_MD @ p_D
+        cos_M, along_M = dec_MD @ p_D, W_dec_MD @ p_D
         detected = np.flatnonzero(test_W & y_W & (probe.decision_function(x_WD) > 0))
         if len(detected) < MIN_WORDS:
             row["skipped"] = f"{len(detected)} test words detected by the probe < {MIN_WORDS}"
             continue
         frac, full = [], []
         for w in detected:
-            f, is_full = word_absorption(x_WD[w] @ p_D, a_WM[w], cos_M, main)
+            f, is_full = word_absorption(x_WD[w] @ p_D, a_WM[w] * along_M, a_WM[w], cos_M, main)
             frac.append(f)
             full.append(is_full)
         row |= {
@@ -137,10 +139,11 @@ def absorption_scores(
 
 
 def word_absorption(
-    act_proj: float, a_M: np.ndarray, cos_M: np.ndarray, main: np.ndarray
+    act_proj: float, proj_M: np.ndarray, a_M: np.ndarray, cos_M: np.ndarray, main: np.ndarray
 ) -> tuple[float, bool]:
-    """(absorption fraction, full absorption) of one word (SAEBench's definitions)."""
-    proj_M = a_M * cos_M
+    """(absorption fraction, full absorption) of one word (SAEBench's definitions) from the
+    input's probe projection, each latent's write projected on the probe a_k·(d_k·p), its
+    activation and its decoder cosine with the probe."""
     main_proj = float(proj_M[main].sum())
     cand = np.ones(len(a_M), bool)
     cand[main] = False

@@ -1,4 +1,5 @@
-"""Checks on files a user may have got from someone else: SAE folders and activation matrices.
+"""Checks on files a user may have got from someone else: SAE folders and activation matrices
+(their types, shapes, and values that no SAE can be trained or scored on).
 
 Each check raises `ConfigError` with one sentence naming the file, the value and what is valid
 (the CLI prints it as one line, exit code 2). Nothing here unpickles: a file that looks like a
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sae.config import ConfigError
@@ -128,3 +131,41 @@ def check_matrix_dtype(dtype: str, path: Path) -> None:
             f"activation file {str(path)!r} has dtype {dtype}; expected a floating-point matrix "
             "(float16, bfloat16, float32 or float64)."
         )
+
+
+SAMPLE_BLOCKS = 16
+"""evenly spaced blocks of rows read to screen an activation matrix's values."""
+SAMPLE_BLOCK_ROWS = 256
+SCAN_ROWS = 65_536
+"""rows per read when a suspicious sample is confirmed over the whole file."""
+
+
+def check_matrix_values(read: Callable[[int, int], torch.Tensor], n_rows: int, path: Path) -> None:
+    """Refuse a matrix whose every value is NaN/infinite, or whose rows are all equal (no
+    variance: every FVU divides by zero), before any output exists. `read(a, b)` returns rows
+    [a, b) as a float tensor. SAMPLE_BLOCKS evenly spaced blocks are screened; only a sample
+    that looks all-NaN or constant is confirmed over the whole file, so a healthy file costs
+    about 4k rows. Some NaN rows are allowed: training skips their batches."""
+    size = min(SAMPLE_BLOCK_ROWS, n_rows)
+    starts = np.unique(np.linspace(0, n_rows - size, min(SAMPLE_BLOCKS, n_rows)).astype(np.int64))
+    sample = torch.cat([read(int(a), int(a) + size) for a in starts])
+    finite = torch.isfinite(sample)
+    where = f"activation file {str(path)!r}"
+    if not finite.any() and not _any_rows(read, n_rows, lambda x: torch.isfinite(x).any()):
+        raise ConfigError(
+            f"{where} holds no finite value (all {n_rows:,} rows are NaN or infinite); "
+            "activations must be finite numbers."
+        )
+    first = sample[0]
+    if finite.all() and bool((sample == first).all()):
+        if not _any_rows(read, n_rows, lambda x: bool((x != first).any())):
+            head = ", ".join(f"{v:g}" for v in first[:3].tolist())
+            rows = "its one row" if n_rows == 1 else f"all {n_rows:,} rows are equal"
+            raise ConfigError(
+                f"{where} is constant ({rows}: [{head}{', ...' if len(first) > 3 else ''}]); "
+                "an SAE needs activations that vary (the FVU divides by their variance)."
+            )
+
+
+def _any_rows(read: Callable[[int, int], torch.Tensor], n_rows: int, test) -> bool:
+    return any(test(read(a, min(a + SCAN_ROWS, n_rows))) for a in range(0, n_rows, SCAN_ROWS))

@@ -94,6 +94,9 @@ class Trainer:
             )
         if isinstance(self.source, CacheSource):
             self.source.check_matches(tcfg.model.name, hooks)
+        if tcfg.eval_activations is not None and tcfg.activations != "synthetic":
+            # read only at the end: a bad file is refused now, before any output exists
+            open_source(tcfg.eval_activations, model_cfg, tcfg.data, tcfg.store, rank, world)
         torch.manual_seed(tcfg.seed)
         self.members = build_members(tcfg, self.source, self.device)
         B = tcfg.store.batch_size
@@ -244,7 +247,11 @@ class Trainer:
         for m in self.members:
             x = batch[m.hook].to(self.device)
             y = batch[m.target].to(self.device) if m.target else None
-            m.sae.init_from_data(x, y, method=B_DEC_INIT, rows=DECODER_INIT)
+            ok = torch.isfinite(x).all(1) & (torch.isfinite(y).all(1) if y is not None else True)
+            if not bool(ok.all()):  # NaN rows (their batch is skipped) must not reach the init
+                x, y = x[ok], (y[ok] if y is not None else None)
+            if len(x):  # no finite row at all: the random init stays
+                m.sae.init_from_data(x, y, method=B_DEC_INIT, rows=DECODER_INIT)
             for t in m.sae.state_dict().values():  # replicas start equal, as under DDP
                 dist.broadcast_(t)
 

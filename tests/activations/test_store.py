@@ -215,3 +215,22 @@ def test_store_announces_every_chunk_read(tmp_path):
     assert n_batches == 20
     chunks = -(-20_000 // 4096)  # buffer_tokens / 2 rows per chunk
     assert calls == [True, False] * (chunks + 1)  # the last read finds the source exhausted
+
+
+def test_normalisation_scale_reads_finite_rows_and_refuses_a_zero_first_chunk(tmp_path):
+    """Issue 24: the scale is (E‖x‖²)^(−1/2) over the first chunk's finite rows (a NaN row made
+    it NaN; known answer: rows of norm 2 and a NaN row give 1/2); a first chunk of zero rows is
+    one ConfigError naming the way out (it raised ZeroDivisionError)."""
+    x = np.zeros((2000, 4), np.float32)
+    x[:, 0] = 2.0
+    x[3] = np.nan
+    x[1500:, 1] = 1.0  # the file varies, so it passes the matrix screen
+    np.save(tmp_path / "a.npy", x)
+    cfg = StoreConfig(buffer_tokens=1000, batch_size=100, normalize=True)
+    store = ActivationStore(MatrixSource(tmp_path / "a.npy"), cfg)
+    next(iter(store))
+    assert store.norm_factor == {H: 0.5}
+    x[:600] = 0.0
+    np.save(tmp_path / "z.npy", x)
+    with pytest.raises(ConfigError, match="are all zero or NaN; shuffle the rows or pass"):
+        next(iter(ActivationStore(MatrixSource(tmp_path / "z.npy"), cfg)))

@@ -202,3 +202,62 @@ def test_sae_edges_are_complete_with_error_and_bias_nodes():
     torch.testing.assert_close(A.sum(-1), want, rtol=1e-10, atol=1e-10)
     An = edge_sums(rows, f, neuron_basis(d + 1), t).A_tKoBKi
     torch.testing.assert_close(An.sum(-1), want, rtol=1e-10, atol=1e-10)
+
+
+def _mixing_section(d: int, T: int):
+    """A linear causal position-mixing block (attention with fixed weights): its Jacobian does
+    not depend on the input, so an input position's share of the output is exactly linear."""
+    mix = torch.tril(torch.rand(T, T, generator=_g(20), dtype=torch.float64) + 0.1)
+    W = torch.randn(d, d, generator=_g(21)).double()
+    return perspective(lambda x: torch.einsum("ts,bsd->btd", mix, x @ W))
+
+
+def test_edges_leave_out_the_positions_the_bases_leave_out():
+    """Issue 24: edges summed over every input position, BOS and special tokens included, while
+    the moments, M′ and the SAE's usage exclude them; a BOS row of large norm (as in LMs) then
+    dominated the edges, and its SAE error inflated the error share. With position 0 left out
+    by keep_BT, scaling the BOS row by 1000 (and its SAE error with it) changes no edge."""
+    d, m, B, T = 4, 6, 3, 5
+    ps = _mixing_section(d, T)
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[:, 0] = False
+    t = torch.arange(T)
+    W_dec = torch.randn(m, d, generator=_g(22)).double()
+    b_dec = torch.randn(d, generator=_g(23)).double()
+    acts = torch.relu(torch.randn(B, T, m, generator=_g(24)).double())
+    x = torch.randn(B, T, d, generator=_g(25)).double()
+    E, E_sae = [], []
+    for bos in (1.0, 1000.0):
+        xs = x.clone()
+        xs[:, 0] *= bos
+        err = xs - (acts @ W_dec + b_dec)
+        f = fold(xs)
+        rows = ig_rows(ps, f, torch.eye(d + 1, dtype=torch.float64), t)
+        E.append(edge_sums(rows, f, neuron_basis(d + 1), t, keep).E_KoKi)
+        E_sae.append(sae_edge_sums(rows, acts, W_dec, err, b_dec, t, keep).E_KoKi)
+    torch.testing.assert_close(E[1], E[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(E_sae[1], E_sae[0], rtol=1e-10, atol=1e-10)
+
+
+def test_edges_and_the_left_out_positions_add_up_to_the_output():
+    """Completeness with left-out positions: Σ_j A_ij over the kept inputs plus `outside_part`
+    (the left-out inputs' share) is ĝ, for a basis and for SAE nodes (1e-10)."""
+    from sae.analysis.interaction_jacobian import outside_part
+
+    d, m, B, T = 4, 6, 3, 5
+    ps = _mixing_section(d, T)
+    keep = torch.rand(B, T, generator=_g(26)) > 0.4
+    t = torch.arange(T)
+    W_dec = torch.randn(m, d, generator=_g(27)).double()
+    b_dec = torch.randn(d, generator=_g(28)).double()
+    acts = torch.relu(torch.randn(B, T, m, generator=_g(29)).double())
+    x = torch.randn(B, T, d, generator=_g(30)).double()
+    f = fold(x)
+    rows = ig_rows(ps, f, torch.eye(d + 1, dtype=torch.float64), t)
+    want = ps(f).permute(1, 2, 0) - outside_part(rows, f, keep)
+    basis = pca_basis(Moments(d + 1).add(f.reshape(-1, d + 1)), centre=True)
+    A = edge_sums(rows, f, basis, t, keep).A_tKoBKi
+    torch.testing.assert_close(A.sum(-1), want, rtol=1e-10, atol=1e-10)
+    err = x - (acts @ W_dec + b_dec)
+    A = sae_edge_sums(rows, acts, W_dec, err, b_dec, t, keep).A_tKoBKi
+    torch.testing.assert_close(A.sum(-1), want, rtol=1e-10, atol=1e-10)

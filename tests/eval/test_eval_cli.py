@@ -70,8 +70,8 @@ def test_cli_writes_report_json_markdown_and_plots(tiny_models, text_file, tmp_p
 
 def _bad_cases(tmp_path: Path, tiny_models) -> dict[str, tuple[list[str], str]]:
     ok = _sae(tmp_path / "ok", 8)
-    np.save(tmp_path / "w16.npy", np.zeros((50, 16), dtype=np.float32))
-    np.save(tmp_path / "w8.npy", np.zeros((50, 8), dtype=np.float32))
+    np.save(tmp_path / "w16.npy", np.eye(50, 16, dtype=np.float32))
+    np.save(tmp_path / "w8.npy", np.eye(50, 8, dtype=np.float32))
     out = ["--out", str(tmp_path / "rep")]
     return {
         "missing folder": ([str(tmp_path / "nope"), *out], "does not exist"),

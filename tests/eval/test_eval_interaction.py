@@ -180,3 +180,61 @@ def test_interaction_options_reach_the_suite_and_bad_values_are_refused(
     assert lib["edges_needed"]["tol"] == 0.05 and lib["leiden"]["gamma"] == 2.0
     assert set(lib["leiden_sweep"]) == {"0.5", "1.0", "2.0"}
     assert r["loss"]["kind"] == "causal_lm" and r["loss"]["clean"] > 0
+
+
+def _panel_labels(monkeypatch, res: dict, E: dict) -> dict[str, list[str]]:
+    """The upstream node labels of each interaction-graph panel, by panel title."""
+    from sae.eval import interaction_plots as iplots
+
+    seen = {}
+
+    def grab(fig, path):
+        for ax in fig.axes:
+            seen[ax.get_title()] = [t.get_text() for t in ax.texts if t.get_position()[0] < 0]
+
+    monkeypatch.setattr(iplots.plots, "save", grab)
+    iplots.interaction_graph(None, res, E, "t")
+    return seen
+
+
+def test_sae_graph_nodes_are_labelled_by_latent_id(monkeypatch):
+    """Issue 24: the SAE panel labelled its nodes by their column among the live latents (1, 2,
+    3), not by latent id. Known answer: live latents 5, 17 and 40 (columns [bias, 5, 17, 40,
+    error]) are labelled 5, 17, 40 and the error node 'error'; basis panels keep direction
+    indices."""
+    E = {
+        "pca": torch.tensor([[0.0, 0, 0], [0, 1, 0], [0, 0, 2]]),
+        "sae": torch.tensor([[0.0, 0, 0, 0, 0], [9, 1, 2, 3, 4], [9, 1, 1, 1, 1]]),
+    }
+    labels = _panel_labels(monkeypatch, {"_sae_latents": [5, 17, 40]}, E)
+    assert sorted(labels["SAE → downstream PCA"]) == sorted(["5", "17", "40", "error"])
+    assert sorted(labels["PCA → downstream PCA"]) == ["1", "2"]
+
+
+def test_trivial_partition_remark_only_when_leiden_finds_one_cluster(
+    tiny_models, text_file, monkeypatch
+):
+    """Issue 24: report.md always said "one cluster is the trivial partition", whatever Leiden
+    found. The remark now names the bases with one cluster and is absent when none has one. On
+    a real analysis, the SAE's live latents (the figure's node labels) are the latents that
+    fire on the kept rows of the edge windows."""
+    from sae.eval.interaction import _first_rows, analyse
+    from sae.eval.interaction_plots import markdown
+
+    _, batches = _batches(tiny_models, text_file, "gpt2", "resid_post.0")
+    sae = _sae()
+    res = {"reads": "block 1 reads resid_post.0", **analyse(batches, sae)}  # as `run` adds it
+    E = res.pop("_E")
+    for b in res["bases"].values():
+        b["leiden"]["n_clusters"] = 3
+    assert "trivial partition" not in markdown(res, {})
+    res["bases"]["lib"]["leiden"]["n_clusters"] = 1
+    md = markdown(res, {})
+    assert "LIB: one cluster, the trivial partition" in md and "PCA:" not in md
+    fired = set()
+    with torch.no_grad():
+        for b in _first_rows(batches, 256):
+            fired |= set(sae.encode(b.call.x_BTD[b.keep_BT]).nonzero()[:, 1].tolist())
+    assert res["_sae_latents"] == sorted(fired)
+    labels = _panel_labels(monkeypatch, res, E)["SAE → downstream PCA"]
+    assert set(labels) <= {str(m) for m in fired} | {"error"}

@@ -69,7 +69,7 @@ def test_synthetic_suite_refuses_an_sae_without_synthetic_metadata(tmp_path):
     s = sae_with_decoder(torch.eye(32))
     save(s, tmp_path / "plain")
     np_path = tmp_path / "acts.npy"
-    np.save(np_path, np.zeros((10, 32), dtype=np.float32))
+    np.save(np_path, np.eye(10, 32, dtype=np.float32))
     cfg = EvalConfig(
         [str(tmp_path / "plain")],
         suite="synthetic",

@@ -100,3 +100,18 @@ def test_update_keeps_other_suites_columns_and_checks_lengths(tmp_path):
     assert df.columns.tolist() == ["latent", "a", "b"] and df["a"].tolist() == [1.0] * 3
     with pytest.raises(ValueError, match="has 2 rows"):
         update_latents_table(path, {"c": [1, 2]}, "three", 3)
+
+
+def test_a_suites_write_drops_the_columns_it_no_longer_writes(tmp_path):
+    """Issue 24: a rerun of a suite that no longer computes a column (interpret without the
+    LLM) left the earlier run's column in place, and the exports published it as current. A
+    suite's write now replaces all its columns; other suites' columns stay."""
+    path = tmp_path / "latents.parquet"
+    update_latents_table(
+        path, {"interp_f1": np.ones(3), "interp_llm_f1": np.ones(3)}, "interpret", 3
+    )
+    update_latents_table(path, {"b": np.zeros(3)}, "records", 3)
+    update_latents_table(path, {"interp_f1": np.zeros(3)}, "interpret", 3)
+    table, owners = read_latents_table(path)
+    assert table.column_names == ["latent", "interp_f1", "b"]
+    assert owners == {"latent": "index", "interp_f1": "interpret", "b": "records"}

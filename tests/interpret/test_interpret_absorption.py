@@ -70,6 +70,21 @@ def test_constructed_absorption_gives_the_designed_fraction():
     assert L["a"]["split_features"] == 0 and L["c"]["split_features"] == 0
 
 
+def test_absorption_reads_the_latents_write_not_its_activation_times_cosine():
+    """Issue 24: a latent's probe projection is its write a_k·(d_k·p), the decoder row's norm
+    included; a_k·cos(d_k, p) dropped it, wrong for SAEs whose decoder rows are not unit norm
+    (ReLU, imported). Known answer: the absorbing latents of the constructed case rescaled to
+    decoder norm 4 with activations / 4 write exactly the same vectors, so the result is the
+    same 0.4 (with a·cos they carried a quarter of the projection and were not absorbers)."""
+    x, a, dec, words, train, designed = constructed()
+    absorbers = np.arange(4 + len(words), len(dec))
+    dec[absorbers] *= 4.0
+    a[:, absorbers] /= 4.0
+    L = absorption_scores(x, a, dec, words, train)["letters"]
+    assert L["a"]["absorption_fraction"] == designed == 0.4
+    assert L["a"]["full_absorption_rate"] == 0.4
+
+
 def test_whole_words_bert_and_gpt_vocabularies():
     """Pins the vocabulary filter: WordPiece keeps 'hello' but not '##ing', specials or
     digits; byte-level BPE keeps 'Ġhello' as 'hello' but not 'hello' without the word mark."""

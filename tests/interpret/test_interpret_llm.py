@@ -152,7 +152,8 @@ def test_config_errors():
 def test_suite_calls_the_llm(tmp_path, script_sae, monkeypatch):
     """Pins the suite's LLM part end to end: sampled latents get the LLM's explanation and
     detection scores in latents.parquet and report.json; the explainer's prompt holds
-    highlighted tokens; the key never reaches the report."""
+    highlighted tokens; the key never reaches the report. A rerun without the LLM drops the
+    interp_llm_* columns (issue 24: they stayed, stale, and the exports published them)."""
     from sae.eval import cli_main
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-on-disk")
@@ -177,3 +178,6 @@ def test_suite_calls_the_llm(tmp_path, script_sae, monkeypatch):
     for f in out.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".md"):
             assert "sk-never-on-disk" not in f.read_text()
+    cli_main(args)
+    cols = pq.read_table(out / "sae" / "latents.parquet").column_names
+    assert "interp_token_f1" in cols and not [c for c in cols if c.startswith("interp_llm_")]

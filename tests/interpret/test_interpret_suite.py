@@ -46,7 +46,7 @@ def test_interpret_suite_writes_scores_split_and_columns(tmp_path, script_sae):
 def test_interpret_suite_needs_text(tmp_path, script_sae):
     """Pins the one-line error: activations from a file carry no tokens to explain with."""
     x = tmp_path / "x.npy"
-    np.save(x, np.zeros((64, 32), np.float32))
+    np.save(x, np.eye(64, 32, dtype=np.float32))
     with pytest.raises(ConfigError, match="interpret suite"):
         cli_main([str(script_sae), "--suite", "interpret", "--activations", str(x)])
 

@@ -146,7 +146,7 @@ def test_live_transcoder_on_tiny_model(tiny_models, text_file, tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    """Pins the skip-and-count path: a few NaN batches are skipped, an all-NaN run stops with
+    """Pins the skip-and-count path: a few NaN batches are skipped, an (almost) all-NaN run stops with
     a one-line reason after MAX_NONFINITE_STEPS in a row, at the first log line (log_every 5)
     since the count is read there."""
     acts = np.load(_planted(tmp_path))
@@ -162,7 +162,10 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     )
     finals = trainer.fit()
     assert finals and 0 < trainer.members[0].skipped_steps < trainer.total_steps
-    np.save(tmp_path / "allnan.npy", np.full((4000, 16), np.nan, dtype=np.float32))
+    # Every row NaN but the first (an all-NaN file is refused before training, issue 24).
+    allnan = np.full((4000, 16), np.nan, dtype=np.float32)
+    allnan[0] = 1.0
+    np.save(tmp_path / "allnan.npy", allnan)
     monkeypatch.setattr(members, "MAX_NONFINITE_STEPS", 3)
     with pytest.raises(RuntimeError, match=r"5 non-finite losses in a row by step 5 \(at most 3"):
         train(
@@ -173,6 +176,22 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
                 store=StoreConfig(buffer_tokens=2048, batch_size=256),
             )
         )
+
+
+def test_nan_rows_in_the_first_chunk_poison_neither_the_scale_nor_the_init(tmp_path):
+    """Issue 24: NaN rows among the first rows (the chunk the normalisation scale is measured on
+    and the batch the init reads) made the scale NaN, so every batch was non-finite: the run
+    stopped, or, shorter than the skip limit, failed saving with a traceback (`scale=nan ...
+    must be > 0`). The scale and the init now read the finite rows: the run ends with finite
+    weights, only the NaN rows' batches skipped."""
+    acts = np.load(_planted(tmp_path))
+    acts[5:8] = np.nan
+    np.save(tmp_path / "nan_first.npy", acts)
+    trainer = Trainer(_cfg(tmp_path, str(tmp_path / "nan_first.npy")))
+    finals = trainer.fit()
+    assert finals and np.isfinite(list(trainer.scale.values())).all()
+    assert all(torch.isfinite(t).all() for t in _weights(finals[0]).values())
+    assert 0 < trainer.members[0].skipped_steps < trainer.total_steps
 
 
 @pytest.mark.parametrize("fused", [True, False])
