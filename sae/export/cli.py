@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tyro
 
-from sae.cliconfig import checked, to_dict, unchecked
+from sae.cliconfig import parse_cli
 from sae.config import ConfigError, DataConfig
 from sae.eval.config import given_data_fields
 
@@ -149,6 +149,5 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
 
 def cli_main(argv: list[str]) -> str:
     """Parse the flags (every bad value one line), then export; returns the output's path."""
-    args = tyro.cli(unchecked(ExportConfig), args=argv, prog="sae export")
-    cfg = checked(ExportConfig, to_dict(args))
+    cfg = parse_cli(ExportConfig, None, argv, "sae export")
     return str(run_export(cfg, given_data_fields(argv)))
