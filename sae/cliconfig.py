@@ -2,14 +2,12 @@
 
     cfg = parse(TrainConfig, ["configs/minilm_topk.yaml", "--sae.k", "64"], "sae train")
 
-A YAML file and the command line take the same road: each becomes a nested dict of plain values
-(the file through `yaml_load`, the flags through tyro), and `checked` builds the dataclasses from
-that dict, refusing unknown keys and wrong types, and runs their `__post_init__` checks; every
-error is one line. tyro does what it is for (the flags, `--help` from the field docstrings) with
-two documented hooks, its constructor registry (`_registry`): dataclasses come back as dicts, and
-a flag's words come back as the values YAML would read (`--lr 1e-3` is a float), so tyro itself
-never rejects a value. Fields in `HIDDEN` get no flag and are set in the YAML file only; `--help`
-names them.
+A YAML file and the flags take one road: a nested dict of plain values (from `yaml_load`, or
+from tyro) that `checked` turns into the dataclasses (unknown keys and wrong types refused, then
+each `__post_init__`), every error in one line. tyro keeps its own dataclass handling and help;
+two rules in its constructor registry (`_registry`) make it return dicts and take a flag's words
+unchecked, so tyro itself never rejects a value. `HIDDEN` fields are set in the YAML file only,
+and `--help` names them.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import functools
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import tyro
 import yaml
@@ -134,23 +132,29 @@ def _word(word: str, hint: Any) -> Any:
     return value
 
 
-def _metavar(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        return "{" + ",".join(map(str, args)) + "}"
-    if origin in (typing.Union, types.UnionType):
-        return "|".join("None" if a is type(None) else _metavar(a) for a in args)
-    if origin in (list, tuple):
-        return f"[{_metavar(args[0])} ...]"
-    return getattr(hint, "__name__", str(hint)).upper()
+_IN_RULE = contextvars.ContextVar("_IN_RULE", default=False)
+
+
+def _tyros_own(get: Any, info: Any) -> Any:
+    """tyro's own spec for a type (`get` is a ConstructorRegistry getter); our rules step aside
+    while tyro finds it."""
+    token = _IN_RULE.set(True)
+    try:
+        return get(info)
+    finally:
+        _IN_RULE.reset(token)
 
 
 def _words(info: tyro.constructors.PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
-    """Any field but a bool (a --flag/--no-flag pair) or a section takes its words unchecked:
-    one word is one value, a list field one value per word, anything else arrives as a list
-    and fails the type check, which names the field."""
+    """tyro's spec for a field (its metavar and default shown in --help), except that any field
+    but a bool (a --flag/--no-flag pair) takes its words unchecked: one word is one value, a
+    list field one value per word, anything else arrives as a list and fails the type check,
+    which names the field."""
     hint = info.type
-    if hint is bool or _dataclass_in(hint):
+    if _IN_RULE.get() or hint is bool or _dataclass_in(hint):
+        return None
+    spec = _tyros_own(ConstructorRegistry.get_primitive_spec, info)
+    if not isinstance(spec, PrimitiveConstructorSpec):
         return None
     is_list = typing.get_origin(hint) in (list, tuple)
     item = typing.get_args(hint)[0] if is_list else hint
@@ -159,16 +163,7 @@ def _words(info: tyro.constructors.PrimitiveTypeInfo) -> PrimitiveConstructorSpe
         values = [_word(w, item) for w in words]
         return values if is_list or len(values) != 1 else values[0]
 
-    return PrimitiveConstructorSpec(
-        nargs="*",
-        metavar=_metavar(hint),
-        instance_from_str=from_words,
-        is_instance=lambda value: type_problem(value, hint) is None,
-        str_from_instance=lambda v: [str(x) for x in v] if isinstance(v, list) else [str(v)],
-    )
-
-
-_IN_RULE = contextvars.ContextVar("_IN_RULE", default=False)
+    return dataclasses.replace(spec, nargs="*", choices=None, instance_from_str=from_words)
 
 
 @functools.cache
@@ -187,13 +182,9 @@ def _registry(cls: type) -> ConstructorRegistry:
 
     @registry.struct_rule
     def sections_as_dicts(info: tyro.constructors.StructTypeInfo):
-        if not dataclasses.is_dataclass(info.type) or _IN_RULE.get():
+        if _IN_RULE.get() or not dataclasses.is_dataclass(info.type):
             return None
-        token = _IN_RULE.set(True)
-        try:
-            spec = ConstructorRegistry.get_struct_spec(info)  # tyro's rule for dataclasses
-        finally:
-            _IN_RULE.reset(token)
+        spec = _tyros_own(ConstructorRegistry.get_struct_spec, info)
         fields = tuple(
             dataclasses.replace(f, type=tyro.conf.Suppress[f.type])
             if f.name in hide.get(info.type, ())
