@@ -98,3 +98,21 @@ def test_every_architecture_trains_from_its_name_alone(tmp_path, capsys, arch):
     )  # fmt: skip
     folder = capsys.readouterr().out.strip().splitlines()[-1]
     assert sae.load(folder).cfg.architecture == arch
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["eval", "{dir}", "--eval-tokens", "abc"], "eval_tokens='abc'"),
+        (["export", "{dir}", "--np-layer", "x"], "np_layer='x'"),
+        (["eval", "{dir}", "--n-boots", "3"], "unknown option --n-boots (did you mean --n-boot?)"),
+    ],
+)
+def test_eval_and_export_flags_fail_in_one_line(tmp_path, capsys, argv, expect):
+    """Pins the defect: only `sae train` turned tyro's multi-line error box into one line;
+    `sae eval DIR --eval-tokens abc` and `sae export DIR --np-layer x` printed the box. All
+    commands now read flags through the same path."""
+    with pytest.raises(SystemExit) as e:
+        main([w.format(dir=tmp_path) for w in argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and expect in err, err
