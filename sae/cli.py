@@ -3,7 +3,7 @@
     sae train                                     # built-in default (MiniLM layer 3, Python docs)
     sae train configs/minilm_topk.yaml --sae.k 64 --out checkpoints/k64
     sae harvest configs/harvest.yaml --data.max-windows 512 --out caches/small
-    sae train --help                              # every field, its unit and its default
+    sae train --help                              # flags, units, defaults; YAML-only fields named
 
 The YAML file gives the defaults, flags override them, and the resolved config is saved beside
 every output. A bad value stops the command with one line on stderr (exit code 2) before any
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sae.config import ConfigError
-from sae.config.parse import load_yaml, parse, saved_run_config
+from sae.config.parse import load_yaml, parse, parse_cli, read_flags
 from sae.config.schema import HarvestConfig
 
 USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
@@ -30,7 +30,8 @@ commands:
   eval      score SAEs: `sae eval SAE_DIR [SAE_DIR ...] --suite core,synthetic --out REPORT_DIR`
   export    `sae export SAE_DIR --format saelens|neuronpedia|dashboard --out DIR`
 
-`sae COMMAND --help` lists every option with its unit and default."""
+`sae COMMAND --help` lists the options with their units and defaults (`sae train --help` also
+names the fields set in the YAML file only)."""
 
 
 def _quiet_libraries() -> None:
@@ -51,18 +52,29 @@ def _harvest(argv: list[str]) -> str:
     return str(harvest(cfg))
 
 
-def _train(argv: list[str]) -> str:
+def _train_config(argv: list[str]):
+    """The base the flags override: the config file if one is given, else DIR/config.yaml for
+    `--resume --out DIR`, else the built-in run unless --activations is given. A first, lenient
+    read of the flags picks it."""
     from sae.config.schema import BUILTIN_TOKENS, TrainConfig
+
+    if argv and not argv[0].startswith("-"):  # a config file is the base
+        return parse(TrainConfig, argv, "sae train")
+    flags = read_flags(TrainConfig, TrainConfig(), argv, "sae train", strict=False)
+    saved = Path(str(flags["out"])) / "config.yaml"
+    if flags["resume"] is True and saved.is_file():
+        base = load_yaml(TrainConfig, saved)  # `--resume --out DIR` continues DIR's run
+    elif flags["activations"] is None:
+        base = TrainConfig(total_tokens=BUILTIN_TOKENS)  # the built-in run: 1M MiniLM tokens
+    else:
+        base = TrainConfig()
+    return parse_cli(TrainConfig, base, argv, "sae train")
+
+
+def _train(argv: list[str]) -> str:
     from sae.training.train import train
 
-    # With no config and no activation file, the built-in default run: 1M MiniLM tokens.
-    given = any(a == "--activations" or a.startswith("--activations=") for a in argv)
-    builtin = not (argv and not argv[0].startswith("-")) and not given
-    default = TrainConfig(total_tokens=BUILTIN_TOKENS) if builtin else None
-    if (saved := saved_run_config(argv)) is not None:
-        default = load_yaml(TrainConfig, saved)  # `--resume --out DIR` continues DIR's run
-    cfg = parse(TrainConfig, argv, "sae train", default)
-    finals = train(cfg)
+    finals = train(_train_config(argv))
     if not finals:  # stopped by a signal after writing a checkpoint
         sys.exit(130)
     for folder in finals[:-1]:

@@ -1,5 +1,6 @@
-"""`sae train`'s command line and YAML: a short --help with units, removed and YAML-only fields
-refused in one line, the configs/ files still loading, and every architecture training alone."""
+"""`sae train`'s command line and YAML: a short --help with units that names the YAML-only
+fields (as README says), unknown and YAML-only flags refused in one line, the configs/ files
+still loading, and every architecture training alone."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import yaml
 import sae
 from sae.cli import main
 from sae.config import ConfigError
-from sae.config.parse import load_yaml, parse
+from sae.config.parse import HIDDEN, hidden_owner, leaf_fields, load_yaml, parse
 from sae.config.schema import HarvestConfig, TrainConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 
 
 def _help(capsys) -> str:
@@ -32,6 +34,31 @@ def test_train_help_shows_at_most_40_leaf_fields(capsys):
     assert "--sae.architecture" in flags and "--synthetic.d-in" not in flags
 
 
+def test_train_help_and_readme_agree_on_the_fields_listed(capsys):
+    """Issue 26: README said `sae train --help` lists every field while 28 were hidden. Now
+    every leaf field is either a flag in --help or named on its YAML-only line, never both, and
+    README's sentence names exactly the YAML-only ones (HIDDEN)."""
+    text = " ".join(_help(capsys).split())
+    flags = set(re.findall(r"(?:^|[ │])(--[a-z][a-z0-9.-]*)", text))
+    (line,) = re.findall(r"Set in the YAML config file only: (.*?)\.(?: |$)", text)
+    named_in_help = set(line.split(", "))
+    hidden = HIDDEN[TrainConfig]
+    for leaf in leaf_fields(TrainConfig):
+        owner = hidden_owner(TrainConfig, leaf)
+        flag = "--" + leaf.replace("_", "-")
+        if owner is None:
+            assert flag in flags, leaf
+        else:
+            assert flag not in flags, leaf
+            assert (owner if owner == leaf else owner + ".*") in named_in_help, leaf
+    assert {n.removesuffix(".*") for n in named_in_help} == hidden
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    start = readme.index("`sae train --help` lists every field")
+    sentence = readme[start : readme.index(" section.", start)]
+    names = re.findall(r"`([a-z_0-9]+(?:\.[a-z_0-9*]+)?)`", sentence)
+    assert {n.removesuffix(".*") for n in names} == hidden, sorted(set(names) ^ hidden)
+
+
 def test_every_train_config_file_still_loads():
     """configs/*.yaml of the README keep working after fields moved or became constants."""
     for path in CONFIGS.glob("*.yaml"):
@@ -39,36 +66,16 @@ def test_every_train_config_file_still_loads():
         load_yaml(cls, path)
 
 
-def test_removed_field_is_one_line_in_yaml_and_as_a_flag(tmp_path, capsys):
-    """A knob that became a constant names its fixed value; an older run's config.yaml that
-    holds exactly that value still loads."""
+def test_field_removed_before_release_is_an_unknown_key(tmp_path):
+    """Issue 26: the pre-release migration table is gone, so a knob that became a constant
+    (grad_clip, lr_warmup) gets the ordinary one-line unknown-key error, naming the key and, in
+    YAML, the valid ones (it used to get a message of its own and load at its old value)."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"grad_clip": 5.0}))
-    with pytest.raises(
-        ConfigError, match=r"grad_clip can no longer be set: it is now fixed at 1.0"
-    ):
+    bad.write_text(yaml.safe_dump({"grad_clip": 1.0}))
+    with pytest.raises(ConfigError, match=r"unknown field 'grad_clip' .* valid fields are \["):
         load_yaml(TrainConfig, bad)
-    with pytest.raises(
-        ConfigError, match=r"lr_warmup can no longer be set: it is now fixed at 0.01"
-    ):
+    with pytest.raises(ConfigError, match=r"unknown option --lr-warmup"):
         parse(TrainConfig, ["--lr-warmup", "0.2"], "sae train")
-    old = tmp_path / "old.yaml"
-    old.write_text(
-        yaml.safe_dump(
-            {"grad_clip": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "keep_checkpoints": 2}
-        )
-    )
-    assert load_yaml(TrainConfig, old) == TrainConfig()
-    # β1 0.9 and β2 0.999 were fixed before they became 0.8 and 0.99: older runs' config.yaml
-    # loads, with a note for each.
-    err = capsys.readouterr().err
-    assert "adam_beta1=0.9 (an older run's value) is ignored" in err
-    assert "adam_beta2=0.999 (an older run's value) is ignored" in err
-    old.write_text(yaml.safe_dump({"adam_beta2": 0.9}))
-    with pytest.raises(
-        ConfigError, match=r"adam_beta2 can no longer be set: it is now fixed at 0.99"
-    ):
-        load_yaml(TrainConfig, old)
 
 
 def test_yaml_only_field_flag_is_refused_but_yaml_sets_it(tmp_path):
@@ -92,3 +99,21 @@ def test_every_architecture_trains_from_its_name_alone(tmp_path, capsys, arch):
     )  # fmt: skip
     folder = capsys.readouterr().out.strip().splitlines()[-1]
     assert sae.load(folder).cfg.architecture == arch
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["eval", "{dir}", "--eval-tokens", "abc"], "eval_tokens='abc'"),
+        (["export", "{dir}", "--np-layer", "x"], "np_layer='x'"),
+        (["eval", "{dir}", "--n-boots", "3"], "unknown option --n-boots (did you mean --n-boot?)"),
+    ],
+)
+def test_eval_and_export_flags_fail_in_one_line(tmp_path, capsys, argv, expect):
+    """Pins the defect: only `sae train` turned tyro's multi-line error box into one line;
+    `sae eval DIR --eval-tokens abc` and `sae export DIR --np-layer x` printed the box. All
+    commands now read flags through the same path."""
+    with pytest.raises(SystemExit) as e:
+        main([w.format(dir=tmp_path) for w in argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and expect in err, err

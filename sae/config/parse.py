@@ -2,130 +2,57 @@
 
     cfg = parse(TrainConfig, ["configs/minilm_topk.yaml", "--sae.k", "64"], "sae train")
 
-tyro turns the dataclasses into flags; `--help` lists the fields everyone sets, each with its
-unit. Fields in `HIDDEN` are set in a YAML file only (a flag for one is refused in one line);
-fields in `REMOVED` are gone: the value they held is now a named constant, and a YAML key or flag
-that names one stops the run with a line saying so. Validation runs after parsing (`unchecked`),
-so every error is one line.
+A YAML file and the flags take one road: a nested dict of plain values (from `yaml_load`, or
+from tyro) that `checked` turns into the dataclasses (unknown keys and wrong types refused, then
+each `__post_init__`), every error in one line. tyro keeps its own dataclass handling and help;
+two rules in its constructor registry (`_registry`) make it return dicts and take a flag's words
+unchecked, so tyro itself never rejects a value. `HIDDEN` fields are set in the YAML file only,
+and `--help` names them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import dataclasses
+import difflib
 import functools
-import io
-import re
-import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import tyro
 import yaml
+from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
 
 from sae.config import ConfigError
-from sae.config import schema as C
 from sae.config.schema import TrainConfig
 from sae.config.values import type_problem, yaml_load
 from sae.fsutil import atomic_write_text
 
 HIDDEN: dict[type, frozenset[str]] = {
     TrainConfig: frozenset(
-        {
-            "synthetic",  # the generator's settings: configs/synthetic.yaml shows them
-            "data.part",  # training reads the training part; `sae eval` reads the held-out one
-            "data.bos",
-            "model.revision",  # pinning a model revision belongs in the run's YAML
-            "store.exclude_bos",
-            "store.exclude_special",
-            "sae.d_in",  # taken from the activations
-            "sae.d_out",  # taken from target_hook
-            "sae.apply_b_dec_to_input",
-            "sae.jumprelu_bandwidth",
-            "sae.jumprelu_init_threshold",
-            "sae.target_l0",
-            "sae.aux_k",
-            "sae.aux_coefficient",
-            "seed",
-            "dead_tokens",
-            "log_every",
-            "wandb_project",
-        }
+        """synthetic sae.d_in sae.d_out data.part data.bos model.revision store.exclude_bos
+        store.exclude_special sae.apply_b_dec_to_input sae.jumprelu_bandwidth
+        sae.jumprelu_init_threshold sae.target_l0 sae.aux_k sae.aux_coefficient seed dead_tokens
+        log_every wandb_project""".split()
     )
 }
-"""Per command config: dotted fields settable in YAML only (kept out of `--help`)."""
-
-REMOVED: dict[type, dict[str, tuple[str, Any]]] = {
-    TrainConfig: {
-        "lr_warmup": ("LR_WARMUP", C.LR_WARMUP),
-        "lr_decay": ("LR_DECAY", C.LR_DECAY),
-        "sparsity_warmup": ("SPARSITY_WARMUP", C.SPARSITY_WARMUP),
-        "adam_beta1": ("ADAM_BETAS[0]", C.ADAM_BETAS[0]),
-        "adam_beta2": ("ADAM_BETAS[1]", C.ADAM_BETAS[1]),
-        "grad_clip": ("GRAD_CLIP", C.GRAD_CLIP),
-        "b_dec_init": ("B_DEC_INIT", C.B_DEC_INIT),
-        "max_nonfinite_steps": ("MAX_NONFINITE_STEPS", C.MAX_NONFINITE_STEPS),
-        "keep_checkpoints": ("KEEP_CHECKPOINTS", C.KEEP_CHECKPOINTS),
-    }
-}
-"""Per command config: removed dotted field -> (constant in sae/config/schema.py, its value). A YAML
-file that sets one to that very value still loads (config.yaml of older runs)."""
-EARLIER: dict[str, tuple[Any, ...]] = {"adam_beta1": (0.9,), "adam_beta2": (0.999,)}
-"""Removed fields' earlier fixed values, which older runs' config.yaml hold: they still load,
-with a note that the constant changed."""
+"""Per command config: the dotted fields (or whole sections) set in the YAML file only, so that
+`sae train --help` shows the fields runs set; its first lines name these. They are the synthetic
+generator's section (configs/synthetic.yaml), widths taken from the data (d_in, d_out), the
+part of the data read (training reads the training part, `sae eval` the held-out one), and
+settings a run rarely changes."""
 
 
-def _removed(root: type, dotted: str, value: Any = ...) -> bool:
-    """True if `dotted` is a removed field set to its fixed value; an error if set otherwise."""
-    if dotted not in REMOVED.get(root, {}):
-        return False
-    const, fixed = REMOVED[root][dotted]
-    if value == fixed:
-        return True
-    if value in EARLIER.get(dotted, ()):
-        print(
-            f"note: {dotted}={value!r} (an older run's value) is ignored; it is now fixed at "
-            f"{fixed!r} ({const} in sae/config/schema.py).",
-            file=sys.stderr,
-        )
-        return True
-    raise ConfigError(
-        f"{dotted} can no longer be set: it is now fixed at {fixed!r} ({const} in sae/config/schema.py)."
-    )
+def hidden_owner(cls: type, dotted: str) -> str | None:
+    """The HIDDEN entry that covers dotted field `dotted` of command config `cls`, if any."""
+    hidden = HIDDEN.get(cls, ())
+    return next((h for h in hidden if dotted == h or dotted.startswith(h + ".")), None)
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "config", root=None, path="") -> Any:
-    """Build dataclass `cls` from a nested dict, refusing unknown keys with the valid ones listed
-    and removed keys with what became of them."""
-    root = root or cls
-    if not isinstance(data, dict):
-        what = f"section {path.rstrip('.')!r} of {where}" if path else where
-        raise ConfigError(f"{what} must be a mapping of field names to values, got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if _removed(root, path + name, value):
-            continue
-        if name not in fields:
-            raise ConfigError(
-                f"unknown field {path + str(key)!r} in {where}; valid fields are {list(fields)}."
-            )
-        sub = _dataclass_in(hints[name])
-        if sub and value is not None:
-            # A partial section keeps the parent's defaults for the rest (TrainConfig's store
-            # normalises; a bare StoreConfig() would not).
-            base = fields[name].default_factory
-            if base is not dataclasses.MISSING and isinstance(value, dict):
-                value = dataclasses.asdict(base()) | value
-            value = from_dict(sub, value, where, root, f"{path}{name}.")
-        elif (problem := type_problem(value, hints[name])) is not None:
-            raise ConfigError(f"{path}{name}={value!r} in {where} {problem}.")
-        kwargs[name] = value
-    return cls(**kwargs)
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
 
 
 def _dataclass_in(hint: Any) -> type | None:
@@ -138,113 +65,42 @@ def _dataclass_in(hint: Any) -> type | None:
     return None
 
 
-@functools.cache
-def unchecked(cls: type, hidden: frozenset[str] = frozenset(), path: str = "") -> type:
-    """A subclass of config dataclass `cls` (and of its nested configs) that skips validation
-    and suppresses the `hidden` dotted fields.
-
-    tyro builds the config while it parses flags and would print a validation error as a
-    multi-line box; parsing into this copy and validating afterwards (`parse_cli`) keeps every
-    error to one line. Literal fields become plain strings here, so an unknown choice also
-    reaches our own one-sentence check.
-    """
-    hints = typing.get_type_hints(cls)
-    fields = []
+def leaf_fields(cls: type, path: str = "") -> list[str]:
+    """Every dotted leaf field of config dataclass `cls` ('sae.k', 'out', ...)."""
+    hints, names = typing.get_type_hints(cls), []
     for f in dataclasses.fields(cls):
-        hint, dotted = hints[f.name], path + f.name
-        default = (
-            {"default": f.default}
-            if f.default is not dataclasses.MISSING
-            else {"default_factory": f.default_factory}
-        )
-        if dotted in hidden:
-            fields.append((f.name, tyro.conf.Suppress[hint], dataclasses.field(**default)))
-        elif dataclasses.is_dataclass(hint):
-            sub = unchecked(hint, hidden, dotted + ".")
-            make = lambda f=f, sub=sub: from_dict(sub, dataclasses.asdict(f.default_factory()))  # noqa: E731
-            fields.append((f.name, sub, dataclasses.field(default_factory=make)))
-        elif typing.get_origin(hint) is Literal:
-            fields.append((f.name, str, dataclasses.field(**default)))
-    namespace = {
-        "__post_init__": lambda self: None,
-        "__doc__": cls.__doc__,
-        "__module__": cls.__module__,
-    }
-    return dataclasses.make_dataclass(
-        cls.__name__,
-        fields,
-        bases=(cls,),
-        namespace=namespace,
-        kw_only=True,
-        frozen=cls.__dataclass_params__.frozen,
-    )
+        sub = _dataclass_in(hints[f.name])
+        names += leaf_fields(sub, f"{path}{f.name}.") if sub else [path + f.name]
+    return names
 
 
-def _check_flags(cls: type, args: list[str]) -> None:
-    """One-line errors for flags naming a removed field or a YAML-only one."""
-    hidden = HIDDEN.get(cls, frozenset())
-    for word in args:
-        if not word.startswith("--"):
-            continue
-        dotted = word[2:].split("=", 1)[0].replace("-", "_")
-        _removed(cls, dotted)
-        parts = dotted.split(".")
-        for i in range(1, len(parts) + 1):
-            if ".".join(parts[:i]) in hidden:
-                raise ConfigError(
-                    f"{'.'.join(parts[:i])} is set in the YAML config file only "
-                    f"(e.g. configs/*.yaml), not as the flag {word.split('=', 1)[0]}."
-                )
-
-
-def hidden_fields(cls: type) -> frozenset[str]:
-    return HIDDEN.get(cls, frozenset())
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
-    """`default` overridden by command-line flags, validated after parsing (one-line errors)."""
-    _check_flags(cls, args)
-    loose = unchecked(cls, hidden_fields(cls))
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            parsed = tyro.cli(
-                loose, default=from_dict(loose, to_dict(default)), args=args, prog=prog
+def from_dict(cls: type, data: dict[str, Any], where: str = "config", path: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, refusing unknown keys with the valid ones listed
+    and values of the wrong type."""
+    if not isinstance(data, dict):
+        what = f"section {path.rstrip('.')!r} of {where}" if path else where
+        raise ConfigError(f"{what} must be a mapping of field names to values, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise ConfigError(
+                f"unknown field {path + str(key)!r} in {where}; valid fields are {list(fields)}."
             )
-    except SystemExit as e:
-        if e.code in (0, None):  # --help
-            print(out.getvalue(), end="")
-            raise
-        raise ConfigError(_one_line(out.getvalue(), prog)) from None
-    return checked(cls, to_dict(parsed))
-
-
-_RULE = re.compile(r"^[\s│╭╮╰╯─-]*$")
-
-
-def _one_line(box: str, prog: str) -> str:
-    """tyro's multi-line error box as one sentence: the error, the flag's usage, a suggestion."""
-    sections: list[list[str]] = [[]]
-    for line in box.splitlines():
-        text = line.strip(" │╭╮╰╯")
-        if _RULE.match(line) or set(text) <= set("─- "):
-            sections.append([])
-        elif text:
-            sections[-1].append(" ".join(text.split()))
-    sections = [s for s in sections if s]
-    body = " ".join(sections[1] if len(sections) > 1 else sections[0] if sections else [])
-    if "Got errors: - " in body:
-        body = body.replace("Got errors: - ", "(").replace(" - ", "; ") + ")"
-    for sec in sections[2:]:
-        if sec[0].startswith("Argument helptext"):
-            body += f"; usage: {sec[1]}" if len(sec) > 1 else ""
-        if sec[0].startswith("Perhaps you meant"):
-            body += f"; perhaps you meant {sec[1].split()[0]}" if len(sec) > 1 else ""
-    return f"{body.rstrip('.')} (`{prog} --help` lists every option)."
+        sub = _dataclass_in(hints[name])
+        if sub and value is not None:
+            # A partial section keeps the parent's defaults for the rest (TrainConfig's store
+            # normalises; a bare StoreConfig() would not).
+            base = fields[name].default_factory
+            if base is not dataclasses.MISSING and isinstance(value, dict):
+                value = dataclasses.asdict(base()) | value
+            value = from_dict(sub, value, where, f"{path}{name}.")
+        elif (problem := type_problem(value, hints[name])) is not None:
+            raise ConfigError(f"{path}{name}={value!r} in {where} {problem}.")
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 def checked(cls: type, data: dict[str, Any], where: str = "config") -> Any:
@@ -255,6 +111,146 @@ def checked(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise
     except (TypeError, ValueError) as e:  # nested configs (SAEConfig, ...) raise ValueError
         raise ConfigError(str(e)) from None
+
+
+# -- the command line through tyro ------------------------------------------------------------
+
+
+def _word(word: str, hint: Any) -> Any:
+    """A command-line word as the value it stands for: the word itself where that fits the field
+    (any string field, a listed choice), None for 'None' where None fits, else what YAML reads,
+    as a float for a float field (`--lr 1` is 1.0)."""
+    if word == "None" and type_problem(None, hint) is None:
+        return None
+    if type_problem(word, hint) is None:
+        return word
+    try:
+        value = yaml_load(word)
+    except yaml.YAMLError:
+        return word  # the type check names it
+    if type(value) is int and type_problem(float(value), hint) is None:
+        return float(value)
+    return value
+
+
+_IN_RULE = contextvars.ContextVar("_IN_RULE", default=False)
+
+
+def _tyros_own(get: Any, info: Any) -> Any:
+    """tyro's own spec for a type (`get` is a ConstructorRegistry getter); our rules step aside
+    while tyro finds it."""
+    token = _IN_RULE.set(True)
+    try:
+        return get(info)
+    finally:
+        _IN_RULE.reset(token)
+
+
+def _words(info: tyro.constructors.PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
+    """tyro's spec for a field (its metavar and default shown in --help), except that any field
+    but a bool (a --flag/--no-flag pair) takes its words unchecked: one word is one value, a
+    list field one value per word, anything else arrives as a list and fails the type check,
+    which names the field."""
+    hint = info.type
+    if _IN_RULE.get() or hint is bool or _dataclass_in(hint):
+        return None
+    spec = _tyros_own(ConstructorRegistry.get_primitive_spec, info)
+    if not isinstance(spec, PrimitiveConstructorSpec):
+        return None
+    is_list = typing.get_origin(hint) in (list, tuple)
+    item = typing.get_args(hint)[0] if is_list else hint
+
+    def from_words(words: list[str]) -> Any:
+        values = [_word(w, item) for w in words]
+        return values if is_list or len(values) != 1 else values[0]
+
+    return dataclasses.replace(spec, nargs="*", choices=None, instance_from_str=from_words)
+
+
+@functools.cache
+def _registry(cls: type) -> ConstructorRegistry:
+    """tyro's rules for command `cls`: tyro's own dataclass handling (field docstrings become the
+    help), except that each section comes back as a dict and HIDDEN fields get no flag."""
+    hide: dict[type, set[str]] = {}
+    for dotted in HIDDEN.get(cls, ()):
+        *sections, name = dotted.split(".")
+        owner = functools.reduce(
+            lambda t, s: _dataclass_in(typing.get_type_hints(t)[s]), sections, cls
+        )
+        hide.setdefault(owner, set()).add(name)
+    registry = ConstructorRegistry()
+    registry.primitive_rule(_words)
+
+    @registry.struct_rule
+    def sections_as_dicts(info: tyro.constructors.StructTypeInfo):
+        if _IN_RULE.get() or not dataclasses.is_dataclass(info.type):
+            return None
+        spec = _tyros_own(ConstructorRegistry.get_struct_spec, info)
+        fields = tuple(
+            dataclasses.replace(f, type=tyro.conf.Suppress[f.type])
+            if f.name in hide.get(info.type, ())
+            else f
+            for f in spec.fields
+        )
+        return dataclasses.replace(spec, fields=fields, instantiate=lambda **values: values)
+
+    return registry
+
+
+def _description(cls: type) -> str:
+    """The help's first lines: the command's docstring and the fields without a flag."""
+    leaves = leaf_fields(cls)
+    hidden = sorted(h if h in leaves else f"{h}.*" for h in HIDDEN.get(cls, ()))
+    doc = (cls.__doc__ or "").strip()
+    return f"{doc}\n\nSet in the YAML config file only: {', '.join(hidden)}." if hidden else doc
+
+
+def _unknown(cls: type, word: str, prog: str) -> ConfigError:
+    """The one-line error for a word tyro did not take."""
+    if not word.startswith("--"):
+        return ConfigError(
+            f"unexpected word {word!r} on the command line: a true/false option takes no value "
+            "(--quiet or --no-quiet), and only the first word may be a config file."
+        )
+    flag = word.split("=", 1)[0]
+    if owner := hidden_owner(cls, flag[2:].replace("-", "_")):
+        return ConfigError(
+            f"{owner} is set in the YAML config file only (e.g. configs/*.yaml), not as the "
+            f"flag {flag}."
+        )
+    flags = ["--" + f.replace("_", "-") for f in leaf_fields(cls) if not hidden_owner(cls, f)]
+    near = difflib.get_close_matches(flag, flags, n=1)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    return ConfigError(f"unknown option {flag}{hint}; `{prog} --help` lists the options.")
+
+
+def read_flags(
+    cls: type, default: Any, args: list[str], prog: str, strict: bool = True
+) -> dict[str, Any]:
+    """`default` (an instance of `cls`, or None for the class defaults) with the command-line flags
+    applied, as a nested dict of unchecked values. `--help` prints the help and exits; a word
+    tyro did not take is an error. `strict=False` ignores both (a first look at the flags)."""
+    values, unknown = tyro.cli(
+        cls,
+        args=args,
+        prog=prog,
+        description=_description(cls),
+        registry=_registry(cls),
+        return_unknown_args=True,
+        add_help=strict,
+        **({} if default is None else {"default": default}),
+    )
+    if unknown and strict:
+        raise _unknown(cls, unknown[0], prog)
+    return values
+
+
+def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
+    """`default` overridden by command-line flags, validated (one-line errors)."""
+    return checked(cls, read_flags(cls, default, args, prog), "the command line")
+
+
+# -- YAML files ----------------------------------------------------------------------------------
 
 
 def load_yaml(cls: type, path: str | Path) -> Any:
@@ -276,25 +272,8 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def parse(cls: type, argv: list[str], prog: str, default=None):
-    """Config from an optional leading YAML path plus tyro overrides."""
-    path = argv[0] if argv and not argv[0].startswith("-") else None
-    rest = argv[1:] if path else argv
-    default = load_yaml(cls, path) if path else (default if default is not None else cls())
-    return parse_cli(cls, default, rest, prog)
-
-
-def saved_run_config(argv: list[str]) -> Path | None:
-    """The config.yaml of the run a `--resume --out DIR` command line continues, if DIR has one:
-    it is the base the command line's flags override (only RESUME_FREE fields may differ)."""
-    if "--resume" not in argv:
-        return None
-    for i, word in enumerate(argv):
-        if word == "--out" and i + 1 < len(argv):
-            saved = Path(argv[i + 1]) / "config.yaml"
-        elif word.startswith("--out="):
-            saved = Path(word.split("=", 1)[1]) / "config.yaml"
-        else:
-            continue
-        return saved if saved.is_file() else None
-    return None
+def parse(cls: type, argv: list[str], prog: str) -> Any:
+    """Config from an optional leading YAML path (else the class defaults) plus flag overrides."""
+    if argv and not argv[0].startswith("-"):
+        return parse_cli(cls, load_yaml(cls, argv[0]), argv[1:], prog)
+    return parse_cli(cls, cls(), argv, prog)

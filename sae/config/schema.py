@@ -30,8 +30,7 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-# -- training constants (were TrainConfig fields; sae/config/parse.py names them when a config
-# still sets one to another value) -------------------------------------------------------------
+# -- training constants (not config fields: a config that names one is refused as unknown) -----
 LR_WARMUP = 0.01
 """Fraction of steps with a linear LR warm-up from zero: Adam's adaptive step has a large
 variance over its first steps, and a short warm-up tames it (Liu et al. 2020, "On the

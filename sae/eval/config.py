@@ -10,7 +10,7 @@ from typing import get_args
 import tyro
 
 from sae.config import ConfigError
-from sae.config.parse import checked, to_dict, unchecked
+from sae.config.parse import checked, read_flags
 from sae.config.schema import DataConfig, StorageDtype
 from sae.eval.base import SUITES
 from sae.interpret.llm import LLMConfig
@@ -156,8 +156,8 @@ class EvalConfig:
 def parse_args(argv: list[str]) -> EvalConfig:
     """EvalConfig from command-line words; records which --data.* fields were given. Values are
     checked after tyro has parsed them, so a bad one raises ConfigError (one line)."""
-    args = tyro.cli(unchecked(EvalConfig), args=argv, prog="sae eval")
-    return checked(EvalConfig, to_dict(args) | {"data_fields": given_data_fields(argv)})
+    flags = read_flags(EvalConfig, None, argv, "sae eval")
+    return checked(EvalConfig, flags | {"data_fields": given_data_fields(argv)}, "the command line")
 
 
 def given_data_fields(argv: list[str]) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import tyro
 
 from sae.config import ConfigError
-from sae.config.parse import checked, to_dict, unchecked
+from sae.config.parse import parse_cli
 from sae.config.schema import DataConfig
 from sae.eval.config import given_data_fields
 
@@ -150,6 +150,5 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
 
 def cli_main(argv: list[str]) -> str:
     """Parse the flags (every bad value one line), then export; returns the output's path."""
-    args = tyro.cli(unchecked(ExportConfig), args=argv, prog="sae export")
-    cfg = checked(ExportConfig, to_dict(args))
+    cfg = parse_cli(ExportConfig, None, argv, "sae export")
     return str(run_export(cfg, given_data_fields(argv)))
