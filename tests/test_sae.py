@@ -236,6 +236,25 @@ def test_transcoder_needs_target_and_skip_starts_at_zero():
     assert torch.allclose(out.x_hat, sae.decode(out.latents) + x @ sae.W_skip.T)
 
 
+@pytest.mark.parametrize(
+    "arch, kw",
+    [(a, {}) for a in ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "gated")]
+    + [("topk", {"apply_b_dec_to_input": False}), ("relu", {"d_out": 12, "skip_connection": True})],
+)
+def test_bfloat16_activations_meet_float32_weights(arch, kw):
+    """Pins issue 24: a bfloat16 model's activations fed to a float32 SAE raised "mat1 and mat2
+    must have the same dtype" wherever nothing promoted them first (no b_dec centring, the skip
+    path); every entry point now computes in the SAE's dtype, equal to casting x by hand."""
+    sae = make(arch, **kw)
+    x16 = data().bfloat16()
+    x32 = x16.float()
+    with torch.no_grad():
+        assert torch.equal(sae.encode(x16), sae.encode(x32))
+        assert torch.equal(sae(x16).x_hat, sae(x32).x_hat)
+        assert torch.equal(sae.forward_sparse(x16).x_hat, sae.forward_sparse(x32).x_hat)
+    assert sae(x16).x_hat.dtype == torch.float32
+
+
 # ---- decoder norms and folding --------------------------------------------------------------
 
 

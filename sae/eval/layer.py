@@ -266,12 +266,17 @@ def block_call(model: nn.Module, rb: ReadingBlock, ids_BT: Tensor, extra: list[s
         block.register_forward_pre_hook(pre, with_kwargs=True),
         block.register_forward_hook(post),
     ]
+
+    def record(name: str):
+        # Returns None: a forward hook's return value replaces the module's output, and a float32
+        # copy in a bfloat16 model broke the next matmul ("mat1 and mat2 must have the same dtype").
+        def hook(m, i, o) -> None:
+            seen.setdefault(name, _first(o).detach().float())
+
+        return hook
+
     for name in extra:
-        handles.append(
-            modules[name].register_forward_hook(
-                lambda m, i, o, n=name: seen.setdefault(n, _first(o).detach().float())
-            )
-        )
+        handles.append(modules[name].register_forward_hook(record(name)))
     ids = ids_BT.to(next(model.parameters()).device)
     try:
         with torch.no_grad():

@@ -34,7 +34,7 @@ from sae.eval.accumulate import MAX_CORR_LATENTS, Accumulator
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult
 from sae.eval.stream import rows, window_batches
 from sae.eval.table import update_latents_table
-from sae.fsutil import atomic_save_safetensors, atomic_write_json, sha256_file, sha256_json
+from sae.fsutil import atomic_save_safetensors, atomic_write_json, sha256_json, sha256_tensors
 
 RECORDS_VERSION = 1
 
@@ -92,6 +92,12 @@ def _batches(target: EvalTarget, ctx: EvalContext, sae, device):
         start += n
 
 
+def sae_sha256(sae) -> str:
+    """Hash of an SAE's config and weights as loaded, so records know their SAE whichever layout
+    or place it came from (a sparsify or dictionary_learning folder, a Hub repo: issue 24)."""
+    return sha256_json([dataclasses.asdict(sae.cfg), sha256_tensors(sae.state_dict())])
+
+
 def _identity(target: EvalTarget, ctx: EvalContext, settings: RecordSettings) -> dict[str, Any]:
     prov = {k: v for k, v in target.provenance.items() if k != "held_out"}
     return {
@@ -100,7 +106,7 @@ def _identity(target: EvalTarget, ctx: EvalContext, settings: RecordSettings) ->
         "eval_tokens": ctx.eval_tokens,
         "batch_windows": ctx.batch_windows,
         "seed": ctx.seed,
-        "sae_weights_sha256": sha256_file(target.folder / "sae_weights.safetensors"),
+        "sae_sha256": sae_sha256(target.sae),
         "activations": prov,
     }
 

@@ -197,7 +197,8 @@ def prepare(cfg: EvalConfig, ctx: EvalContext) -> list[EvalTarget]:
             kw = _synthetic_target(folder, sae, meta)
         else:
             kw = _live_target(folder, sae, meta, cfg, ctx)
-        target = EvalTarget(name=name, folder=folder.resolve(), sae=sae, meta=meta, **kw)
+        where = folder.resolve() if folder.exists() else folder  # a Hub repo id stays as given
+        target = EvalTarget(name=name, folder=where, sae=sae, meta=meta, **kw)
         for suite in cfg.suites:
             suite_module(suite).check(target)
         targets.append(target)

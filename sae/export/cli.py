@@ -32,7 +32,7 @@ class ExportConfig:
     """`sae export SAE_DIR --format saelens|neuronpedia|dashboard --out DIR`."""
 
     sae_dir: tyro.conf.Positional[str]
-    """the SAE folder to export (ours or one SAELens wrote)."""
+    """the SAE to export: a folder of any layout `sae.load` reads, or a Hub repo id."""
     format: str = "dashboard"
     """saelens (v6 folder + README.md model card), neuronpedia (batch JSON), dashboard (HTML)."""
     out: str = "export"
@@ -62,13 +62,17 @@ class ExportConfig:
     """Neuronpedia layer; default: the block number in the hook name."""
 
 
-def _check(cfg: ExportConfig) -> None:
+def _check(cfg: ExportConfig):
+    """Every flag checked, then the SAE loaded (any layout `sae.load` reads, or a Hub repo id);
+    a bad one is one ConfigError before any work. Returns the SAE."""
+    from sae.io import load
+    from sae.io.hub import split_repo_id
+
     folder = Path(cfg.sae_dir)
-    if not folder.is_dir():
-        raise ConfigError(f"SAE folder {cfg.sae_dir!r} does not exist or is not a folder.")
-    for name in ("cfg.json", "sae_weights.safetensors"):
-        if not (folder / name).is_file():
-            raise ConfigError(f"{cfg.sae_dir!r} is not an SAE folder (it has no {name}).")
+    if not folder.is_dir() and (folder.exists() or split_repo_id(cfg.sae_dir) is None):
+        raise ConfigError(
+            f"SAE folder {cfg.sae_dir!r} does not exist or is not a folder (nor a Hub repo id)."
+        )
     if cfg.format not in FORMATS:
         raise ConfigError(f"unknown format {cfg.format!r}; valid formats are {', '.join(FORMATS)}.")
     if Path(cfg.out).is_file():
@@ -77,25 +81,29 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError(f"report={cfg.report!r} is a file; give a `sae eval` report folder.")
     if cfg.eval_tokens <= 0:
         raise ConfigError(f"eval_tokens={cfg.eval_tokens} must be a positive count.")
+    try:
+        return load(folder if folder.exists() else cfg.sae_dir)
+    except Exception as e:  # missing files, bad JSON, corrupt weights, unknown layout
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot load SAE {cfg.sae_dir!r}: {first}") from None
 
 
-def _stale(folder: Path, cfg: ExportConfig, given: list[str]) -> bool:
-    """Records must be (re)made: none, unfinished, or made from other weights, token count, data
+def _stale(folder: Path, cfg: ExportConfig, given: list[str], sae) -> bool:
+    """Records must be (re)made: none, unfinished, or made from another SAE, token count, data
     or activations than asked (the pass itself reuses or resumes whatever still matches)."""
     import json
 
-    from sae.fsutil import sha256_file
+    from sae.eval.records import sae_sha256
 
     if not (folder / "records.json").is_file() or (folder / "state.json").is_file():
         return True
     if given or cfg.activations is not None:
         return True
     ident = json.loads((folder / "records.json").read_text()).get("identity") or {}
-    weights = sha256_file(Path(cfg.sae_dir) / "sae_weights.safetensors")
-    return ident.get("eval_tokens") != cfg.eval_tokens or ident.get("sae_weights_sha256") != weights
+    return ident.get("eval_tokens") != cfg.eval_tokens or ident.get("sae_sha256") != sae_sha256(sae)
 
 
-def _records(cfg: ExportConfig, given: list[str]):
+def _records(cfg: ExportConfig, given: list[str], sae):
     """The SAE's records (made now if the report folder has none) and their provenance."""
     from sae.eval import EvalConfig, run_eval
     from sae.export.view import Records
@@ -103,7 +111,7 @@ def _records(cfg: ExportConfig, given: list[str]):
     report = Path(cfg.report) if cfg.report else Path(cfg.out) / "report"
     name = Path(cfg.sae_dir).resolve().name
     folder = report / name / "records"
-    if _stale(folder, cfg, given):
+    if _stale(folder, cfg, given, sae):
         suites = [
             "records",
             *[s for s in cfg.suite.split(",") if s.strip() and s.strip() != "records"],
@@ -126,13 +134,13 @@ def _records(cfg: ExportConfig, given: list[str]):
 
 
 def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
-    _check(cfg)
+    sae = _check(cfg)
     out, src = Path(cfg.out), Path(cfg.sae_dir)
     if cfg.format == "saelens":
         from sae.export.saelens import export_saelens
 
         return export_saelens(src, out, Path(cfg.report) if cfg.report else None)
-    rec, _ = _records(cfg, given or [])
+    rec, _ = _records(cfg, given or [], sae)
     prov = rec.info["activations"]
     title = src.resolve().name
     if cfg.format == "dashboard":

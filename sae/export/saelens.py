@@ -3,7 +3,7 @@
     sae export checkpoints/default/final/resid_post.3-topk-3072-k32 --format saelens --out hub/l3
     huggingface-cli upload me/minilm-saes hub/l3 .      # the folder is a Hub repository as is
 
-Reads our folders and folders SAELens wrote (through `sae.load`), writes cfg.json,
+Reads any SAE `sae.load` reads (a folder of any layout, a Hub repo id), writes cfg.json,
 sae_weights.safetensors (and sparsity.safetensors when the source has one) with `sae.io.save`,
 and README.md: architecture, model and hook, training tokens, held-out figures
 (train_summary.json of our runs, and report.json's core suite when `--report` is given).
@@ -37,8 +37,9 @@ def _heldout_lines(src: Path, report: Path | None) -> list[str]:
         if key in summary and not isinstance(summary[key], dict | list):
             lines.append(f"| {key} (training run's held-out windows) | {summary[key]} |")
     rep = _json(report / "report.json") if report else {}
+    where = src.resolve() if src.exists() else src  # a Hub repo id stays as given
     for entry in rep.get("saes", []):
-        if Path(entry.get("folder", "")).resolve() != src.resolve():
+        if Path(entry.get("folder", "")) != where:
             continue
         core = entry.get("results", {}).get("core", {}).get("reconstruction", {})
         held = entry.get("activations", {}).get("held_out")
@@ -120,7 +121,7 @@ def export_saelens(src: Path, out: Path, report: Path | None = None) -> Path:
             f"out={str(out)!r} exists and is not an SAE folder; give a new or empty folder."
         )
     try:
-        model = load(src)
+        model = load(src if src.exists() else str(src))  # a folder, or a Hub repo id
     except Exception as e:  # missing files, bad JSON, corrupt weights, unknown architecture
         raise ConfigError(
             f"cannot load SAE folder {str(src)!r}: {(str(e).splitlines() or [type(e).__name__])[0]}"

@@ -261,8 +261,13 @@ class SAE(nn.Module):
             return bool((self.threshold > 0).any())
         return False
 
+    def _in(self, x: Tensor) -> Tensor:
+        """`x` in the SAE's dtype: where a bfloat16 model's activations meet float32 weights."""
+        return x if x.dtype == self.W_enc.dtype else x.to(self.W_enc.dtype)
+
     def pre_activations(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """Encoder pre-activations (for gated: the gate path)."""
+        x = self._in(x)
         b = self.b_gate if self.cfg.architecture == "gated" else self.b_enc
         if not torch.is_grad_enabled() or not (self.W_enc.requires_grad or x.requires_grad):
             # Inference: one fused addmm (no graph to shape).
@@ -288,6 +293,7 @@ class SAE(nn.Module):
         if arch == "relu":
             return pre.relu()
         if arch == "gated":
+            x = self._in(x)
             xc = x - self.b_dec if self.centers_input else x
             mag = (xc @ (self.W_enc * self.r_mag.exp()) + self.b_mag).relu()
             return mag * (pre > 0).to(mag.dtype)
@@ -329,7 +335,7 @@ class SAE(nn.Module):
         return latents @ self.W_dec + self.b_dec
 
     def skip(self, x: Float[Tensor, "... d_in"]) -> Tensor | float:
-        return x @ self.W_skip.T if self.cfg.skip_connection else 0.0
+        return self._in(x) @ self.W_skip.T if self.cfg.skip_connection else 0.0
 
     def forward_sparse(self, x: Float[Tensor, "... d_in"]) -> SparseOutput:
         """`forward` with the latents in sparse form: a TopK SAE never makes a dense

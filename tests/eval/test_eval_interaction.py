@@ -86,6 +86,33 @@ def test_bases_only_without_an_sae(tiny_models, text_file):
     assert r["bases"]["lib"]["edges_needed"]["k"] >= 1
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_block_call_leaves_a_bfloat16_model_in_bfloat16(tiny_models, family):
+    """Pins issue 24's interaction-suite traceback on a bf16 model ("mat1 and mat2 must have the
+    same dtype, but got Float and BFloat16"): the hook recording the MLP preactivation returned
+    its float32 copy, which replaced the module's output inside the forward. The preactivation
+    is still recorded in float32, equal to the module's own bf16 output."""
+    from sae.activations.capture import load_model
+    from sae.config.schema import ModelConfig
+    from sae.eval.layer import block_call, mlp_read, reading_block
+
+    model, _ = load_model(
+        ModelConfig(name=tiny_models[family], hooks=["resid_post.0"], dtype="bfloat16")
+    )
+    mlp = mlp_read(model, "resid_post.0")
+    module = dict(model.named_modules())[mlp.module]
+    seen = []
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    try:
+        ids = torch.randint(3, 100, (2, 8))
+        call = block_call(model, reading_block(model, "resid_post.0"), ids, [mlp.module])
+    finally:
+        handle.remove()
+    pre = call.extra[mlp.module]
+    assert pre.dtype == torch.float32 and torch.equal(pre, seen[0].float())
+    assert call.y_BTD.dtype == torch.float32 and torch.isfinite(call.y_BTD).all()
+
+
 def test_suite_refuses_file_activations_and_the_last_layer(tiny_models, text_file, tmp_path):
     """One-line ConfigErrors before any work: activation files (no model to differentiate) and a
     hook no block reads (the last block's output)."""
