@@ -92,7 +92,8 @@ class EvalConfig:
     revision: str | None = None
     """model revision (Hub branch, tag or commit); None: as recorded (else the default branch)."""
     trust_remote_code: bool | None = None
-    """run the model repository's own code; None: as recorded (else off)."""
+    """run the model repository's own code (True only on the command line: an SAE whose metadata
+    records model_trust_remote_code: true is refused without it; the metadata never turns it on)."""
     batch_windows: int = 16
     """windows per model forward pass (memory: causal LMs hold 2 x batch x context x vocab
     logits in float32)."""
