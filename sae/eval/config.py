@@ -107,8 +107,14 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check(len(self.sae_dirs) > 0, "give at least one SAE folder to evaluate.")
         for d in self.sae_dirs:  # folders of any layout sae.load reads, or Hub 'org/name[/sub]'
+            if Path(d).is_dir():
+                continue
+            try:
+                repo = None if Path(d).exists() else split_repo_id(d)
+            except ValueError as e:  # a Hub path leaving its repo ('org/name/../../x')
+                raise ConfigError(str(e)) from None
             _check(
-                Path(d).is_dir() or (not Path(d).exists() and split_repo_id(d) is not None),
+                repo is not None,
                 f"SAE folder {d!r} does not exist or is not a folder (nor a Hub repo id).",
             )
         _check(
