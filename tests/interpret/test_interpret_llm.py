@@ -217,8 +217,9 @@ def test_config_errors():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_suite_calls_the_llm(tmp_path, script_sae, monkeypatch):
-    """Pins the suite's LLM part end to end: sampled latents get the LLM's explanation and
-    detection scores in latents.parquet and report.json; the explainer's prompt holds
+    """Pins the suite's LLM part end to end: sampled latents get the LLM's explanation, its model's
+    name (issue 25.6: the export named a placeholder) and detection scores in latents.parquet and
+    report.json; the explainer's prompt holds
     highlighted tokens; the key never reaches the report."""
     from sae.eval import cli_main
 
@@ -241,6 +242,12 @@ def test_suite_calls_the_llm(tmp_path, script_sae, monkeypatch):
     assert llm["scores"]["auroc"]["value"] == 0.5  # constant probabilities: chance by design
     table = pq.read_table(out / "sae" / "latents.parquet").to_pandas()
     assert (table["interp_llm_explanation"] == "words").sum() == 3
+    # The model that wrote them is recorded, and it is what the Neuronpedia upload names.
+    from sae.interpret.export_fields import neuronpedia_explanations
+
+    rows = table[table["interp_llm_explanation"] == "words"].to_dict("records")
+    assert {r["interp_llm_model"] for r in rows} == {"tiny"}
+    assert neuronpedia_explanations(rows[0])[-1]["modelName"] == "tiny"
     for f in out.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".md"):
             assert "sk-never-on-disk" not in f.read_text()
