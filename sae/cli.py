@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sae.cliconfig import load_yaml, parse, saved_run_config
 from sae.config import ConfigError, HarvestConfig
+from sae.fsutil import ForeignFolderError
 
 USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     dist.init_from_env()  # under torchrun: join the process group
     try:
         result = COMMANDS[command](rest)
-    except ConfigError as e:
+    except (ConfigError, ForeignFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:

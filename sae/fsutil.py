@@ -68,20 +68,23 @@ def _atomic(path: str | Path, write) -> None:
     fsync_dir(path.parent)  # ... and the rename itself survives a power cut
 
 
+class ForeignFolderError(ValueError):
+    """A folder this package did not write stands where it would replace or delete one; the
+    message is one sentence naming it (the CLI prints it like a ConfigError)."""
+
+
 def require_ours(folder: str | Path, owned: Callable[[Path], bool], what: str) -> None:
     """Before anything replaces or deletes `folder`: it must be absent, an empty folder, or one
     that `owned` recognises as `what` this package wrote (by its manifest or config). Anything
-    else (a home folder, a project given as --out by mistake) is a ConfigError and nothing is
-    touched. Every place that deletes a folder goes through here."""
+    else (a home folder, a project given as --out by mistake) is a ForeignFolderError and nothing
+    is touched. Every place that deletes a folder goes through here."""
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_dir() and not folder.is_symlink():
         if not any(folder.iterdir()) or owned(folder):
             return
-    from sae.config import ConfigError
-
-    raise ConfigError(
+    raise ForeignFolderError(
         f"{str(folder)!r} exists and is not {what}, so it is not replaced or deleted; give a new "
         "or empty folder, or move it away yourself."
     )

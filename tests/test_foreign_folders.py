@@ -14,6 +14,7 @@ import torch
 
 from sae import fsutil
 from sae.activations.harvest import harvest
+from sae.cli import main
 from sae.config import ConfigError, DataConfig, HarvestConfig, ModelConfig
 from sae.export.cli import ExportConfig, run_export
 from sae.io import save
@@ -96,7 +97,7 @@ def test_checkpoint_pruning_and_swaps_leave_foreign_folders_alone(tmp_path):
 
     (run / "000000000400").mkdir()
     (run / "000000000400" / "keep.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="is not a checkpoint"):
+    with pytest.raises(fsutil.ForeignFolderError, match="is not a checkpoint"):
         ckpt.write_checkpoint(run, 400, _parts(400.0), keep=2)
     assert (run / "000000000400" / "keep.txt").read_text() == "mine"
 
@@ -108,7 +109,7 @@ def test_folder_swaps_replace_only_their_own_kind(tmp_path):
     target = tmp_path / "latents"
     target.mkdir()
     (target / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="is not a page folder"):
+    with pytest.raises(fsutil.ForeignFolderError, match="is not a page folder"):
         with fsutil.atomic_folder(target, lambda f: False, "a page folder"):
             raise AssertionError("the body must not run")
     assert (target / "notes.txt").read_text() == "mine"
@@ -121,7 +122,7 @@ def test_folder_swaps_replace_only_their_own_kind(tmp_path):
     assert (sae_dir / "cfg.json").is_file()
 
 
-def test_export_refuses_an_out_that_holds_other_files(tmp_path):
+def test_export_refuses_an_out_that_holds_other_files(tmp_path, capsys):
     """Pins: `sae export --format dashboard|neuronpedia --out X` replaced X/latents whole and
     overwrote index.html in any folder. An OUT holding anything an export does not write (or a
     latents/ holding anything but pages) is one error before the records pass, untouched."""
@@ -130,11 +131,15 @@ def test_export_refuses_an_out_that_holds_other_files(tmp_path):
     out = tmp_path / "site"
     (out / "latents").mkdir(parents=True)
     (out / "latents" / "plan.md").write_text("mine")
-    with pytest.raises(ConfigError, match="is not a dashboard's latents folder"):
+    with pytest.raises(fsutil.ForeignFolderError, match="is not a dashboard's latents folder"):
         run_export(ExportConfig(str(sae_dir), format="dashboard", out=str(out)))
     (out / "latents" / "plan.md").unlink()
     (out / "index.md").write_text("mine")
     for fmt in ("dashboard", "neuronpedia"):
-        with pytest.raises(ConfigError, match="is not an export folder"):
+        with pytest.raises(fsutil.ForeignFolderError, match="is not an export folder"):
             run_export(ExportConfig(str(sae_dir), format=fmt, out=str(out)))
     assert (out / "index.md").read_text() == "mine" and not (out / "report").exists()
+    with pytest.raises(SystemExit) as e:  # the CLI prints it as one line, exit code 2
+        main(["export", str(sae_dir), "--format", "neuronpedia", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error:") and err.count("\n") == 1
