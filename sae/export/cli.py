@@ -52,6 +52,9 @@ class ExportConfig:
     """'auto', 'cpu', 'cuda', ..."""
     batch_windows: int = 16
     """windows per model forward pass."""
+    trust_remote_code: bool | None = None
+    """run the model repository's own code in the records pass (True only on the command line:
+    an SAE whose metadata records model_trust_remote_code: true is refused without it)."""
     seed: int = 0
     """seed of the records' bin samples."""
     np_model_id: str | None = None
@@ -138,6 +141,7 @@ def _records(cfg: ExportConfig, given: list[str]):
             seed=cfg.seed,
             device=cfg.device,
             batch_windows=cfg.batch_windows,
+            trust_remote_code=cfg.trust_remote_code,
             out=str(report),
         )
         run_eval(ecfg)

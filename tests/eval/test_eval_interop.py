@@ -138,6 +138,12 @@ def test_recorded_remote_code_runs_only_with_the_flag(tiny_models, text_file, tm
     assert "--trust-remote-code True" in str(e.value) and "\n" not in str(e.value)
     assert not marker.exists() and not (tmp_path / "rep").exists()
 
+    from sae.export.cli import ExportConfig, run_export  # sae export's records pass: the same
+
+    with pytest.raises(ConfigError, match="--trust-remote-code True"):
+        run_export(ExportConfig(str(folder), out=str(tmp_path / "site")))
+    assert not marker.exists()
+
     entry = _eval(folder, text_file, tmp_path / "rep2", "--trust-remote-code", "False")
     assert entry["activations"]["model_load"]["trust_remote_code"] is False
     assert not marker.exists()
