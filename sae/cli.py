@@ -21,6 +21,7 @@ from pathlib import Path
 from sae.config import ConfigError
 from sae.config.parse import load_yaml, parse, parse_cli, read_flags
 from sae.config.schema import HarvestConfig
+from sae.fsutil import ForeignFolderError
 
 USAGE = """usage: sae COMMAND [CONFIG.yaml] [--section.field VALUE ...]
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     dist.init_from_env()  # under torchrun: join the process group
     try:
         result = COMMANDS[command](rest)
-    except ConfigError as e:
+    except (ConfigError, ForeignFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:

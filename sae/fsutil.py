@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,38 @@ def _atomic(path: str | Path, write) -> None:
     fsync_dir(path.parent)  # ... and the rename itself survives a power cut
 
 
-def replace_dir(tmp: str | Path, final: str | Path) -> None:
-    """Move the complete folder `tmp` to `final` durably; an existing `final` is swapped out
-    first and deleted only once the new one is in place."""
+class ForeignFolderError(ValueError):
+    """A folder this package did not write stands where it would replace or delete one; the
+    message is one sentence naming it (the CLI prints it like a ConfigError)."""
+
+
+def require_ours(folder: str | Path, owned: Callable[[Path], bool], what: str) -> None:
+    """Before anything replaces or deletes `folder`: it must be absent, an empty folder, or one
+    that `owned` recognises as `what` this package wrote (by its manifest or config). Anything
+    else (a home folder, a project given as --out by mistake) is a ForeignFolderError and nothing
+    is touched. Every place that deletes a folder goes through here."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink():
+        if not any(folder.iterdir()) or owned(folder):
+            return
+    raise ForeignFolderError(
+        f"{str(folder)!r} exists and is not {what}, so it is not replaced or deleted; give a new "
+        "or empty folder, or move it away yourself."
+    )
+
+
+def replace_dir(
+    tmp: str | Path, final: str | Path, owned: Callable[[Path], bool], what: str
+) -> None:
+    """Move the complete folder `tmp` to `final` durably; an existing `final` (which must pass
+    `require_ours`) is swapped out first and deleted only once the new one is in place."""
     tmp, final = Path(tmp), Path(final)
-    fsync_tree(tmp)
     old = final.with_name(f".old-{final.name}")
+    require_ours(final, owned, what)
+    require_ours(old, owned, what)  # left by a swap that was killed: the previous `final`
+    fsync_tree(tmp)
     if final.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -136,17 +162,19 @@ def atomic_save_png(fig: Any, path: str | Path, dpi: int = 110) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(folder: str | Path) -> Iterator[Path]:
+def atomic_folder(folder: str | Path, owned: Callable[[Path], bool], what: str) -> Iterator[Path]:
     """Write a whole folder at once: yields an empty temporary folder beside `folder`; on a
     normal exit it replaces `folder` (an old one is moved aside, then deleted), on an error it is
-    removed. Readers see the old folder or the new one, never a half-written mix."""
+    removed. Readers see the old folder or the new one, never a half-written mix. An existing
+    `folder` must be empty or `owned` (`require_ours`), checked before anything is written."""
     folder = Path(folder)
+    require_ours(folder, owned, what)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
-        replace_dir(tmp, folder)
+        replace_dir(tmp, folder, owned, what)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

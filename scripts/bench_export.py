@@ -36,6 +36,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    from sae.fsutil import require_ours
+
+    # Delete only an earlier run of this benchmark (report/, site/, np/) or an empty folder.
+    ours = {"report", "site", "np"}
+    require_ours(out, lambda f: {p.name for p in f.iterdir()} <= ours, "a bench_export folder")
     shutil.rmtree(out, ignore_errors=True)
     load = os.getloadavg()
 

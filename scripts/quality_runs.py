@@ -304,6 +304,10 @@ else:
 if a.kind == "sparsify":
     emit(sparsify_run(a))
     raise SystemExit(0)
+from sae.fsutil import require_ours  # noqa: E402
+
+# Delete only a run folder (its config.yaml says so) or an empty one, never what --out names.
+require_ours(a.out, lambda f: (f / "config.yaml").is_file(), "a training run (with config.yaml)")
 shutil.rmtree(a.out, ignore_errors=True)
 T.CHECKPOINT_SECONDS = 10**9
 t0 = time.time()

@@ -174,3 +174,31 @@ def test_saelens_release_of_dictionary_learning_saes_reads_ae_pt(hub_cache):
         "EleutherAI/pythia-70m-deduped",
         "resid_post.3",
     )
+
+
+def test_paths_that_leave_the_repo_are_refused(hub_cache, tmp_path):
+    """Pins issue 25.5: 'org/name/../../x' kept its '..' and loaded whatever SAE sat outside the
+    repo's snapshot (here: a folder beside the Hub cache). A '..' part, an absolute path or a
+    backslash in the repo path, the subfolder or the sae_id is now one error naming it, from
+    `sae.load`, from `split_repo_id` and from `sae eval`'s config, before anything is read."""
+    from sae.config import ConfigError
+    from sae.eval.config import EvalConfig
+    from sae.io.hub import split_repo_id
+
+    snapshot(hub_cache, "someone/repo")
+    save(tiny(0), tmp_path / "outside")  # what '../../../../outside' resolves to from the snapshot
+    escape = "../../../../outside"
+    for source, sae_id in [
+        (f"someone/repo/{escape}", None),
+        ("someone/repo", escape),
+        ("someone/repo", str(tmp_path / "outside")),
+        ("someone/repo", "..\\..\\outside"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            sae_pkg.load(source, sae_id)
+        assert "refused" in str(e.value) and "\n" not in str(e.value), (source, sae_id)
+    with pytest.raises(ValueError, match="'..' part"):
+        split_repo_id(f"someone/repo/{escape}")
+    assert split_repo_id("someone/repo/layers.3") == ("someone/repo", "layers.3")
+    with pytest.raises(ConfigError, match="'..' part"):
+        EvalConfig([f"someone/repo/{escape}"])

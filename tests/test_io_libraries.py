@@ -176,3 +176,23 @@ def test_dictionary_learning_ae_pt_with_code_is_refused(tmp_path):
     torch.save({"encoder.weight": Boom()}, folder / "ae.pt")
     with pytest.raises(ValueError, match="not a plain state dict of tensors"):
         sae_pkg.load(folder)
+
+
+def test_ae_pt_is_refused_unread_on_a_torch_whose_weights_only_can_be_bypassed(
+    tmp_path, monkeypatch
+):
+    """Pins issue 25.3: weights_only=True had known bypasses before torch 2.10 (CVE-2025-32434,
+    fixed in 2.6.0; CVE-2026-24747, fixed in 2.10.0), yet pyproject allowed torch>=2.2 and ae.pt
+    was read whatever the release. On such a torch, ae.pt is now one error naming the advisory and
+    torch.load is never called (the package's floor: tests/test_requirements.py)."""
+    from sae.config import ConfigError
+
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    torch.save({"encoder.weight": torch.zeros(4, 2)}, folder / "ae.pt")
+    calls = []
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a))
+    with pytest.raises(ConfigError, match="CVE-2025-32434") as e:
+        sae_pkg.load(folder)
+    assert calls == [] and "torch>=2.10" in str(e.value) and "\n" not in str(e.value)

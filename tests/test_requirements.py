@@ -34,3 +34,14 @@ def test_tyro_floor_has_the_constructor_registry_argument():
     source = (ROOT / "sae" / "config" / "parse.py").read_text()
     assert "registry=_registry(cls)" in source
     assert _floor("tyro") >= Version("1.0")
+
+
+def test_torch_floor_has_a_weights_only_loader_without_known_bypass():
+    """Pins issue 25.3: ae.pt files from the Hub are read with torch.load(weights_only=True),
+    whose restricted unpickler could be bypassed before 2.6.0 (CVE-2025-32434) and before 2.10.0
+    (CVE-2026-24747), yet the floor was torch>=2.2. The floor is now at least 2.10, and it is the
+    release below which sae/io/validate.py refuses ae.pt."""
+    from sae.io.validate import SAFE_TORCH_LOAD
+
+    assert _floor("torch") >= Version("2.10")
+    assert _floor("torch").release[:2] == SAFE_TORCH_LOAD

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ import torch
 
 from sae.config import ConfigError
 from sae.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text, sha256_file
+
+CACHE_FORMAT = "sae-activation-cache"
+"""the `format` of every manifest `sae harvest` writes (sae/activations/harvest.py)."""
+CACHE_MANIFEST = re.compile(r"manifest\.rank\d{3}\.json")
 
 
 def is_url(where: str | os.PathLike) -> bool:
@@ -91,7 +96,36 @@ class CacheLocation:
         else:
             self.fs.makedirs(self.root, exist_ok=True)
 
+    def is_cache(self) -> bool:
+        """Whether this folder is absent, empty, or an activation cache this package wrote: a
+        manifest (single or per rank) whose `format` is ours."""
+        names = self.names()
+        if not names:
+            return True
+        manifests = [n for n in names if n == "manifest.json" or CACHE_MANIFEST.fullmatch(n)]
+        for name in manifests:
+            try:
+                if self.read_json(name).get("format") == CACHE_FORMAT:
+                    return True
+            except (OSError, ValueError, AttributeError):
+                continue
+        return False
+
+    def check_removable(self) -> None:
+        """ConfigError unless `remove` may delete this folder (`is_cache`): --overwrite deletes
+        activation caches only, never whatever --out happens to name."""
+        if self.local is not None and self.local.exists() and not self.local.is_dir():
+            raise ConfigError(f"out={self.display!r} is a file, not an activation cache folder.")
+        if not self.is_cache():
+            raise ConfigError(
+                f"out={self.display!r} exists and is not an activation cache (no manifest.json "
+                f"with format {CACHE_FORMAT!r}), so --overwrite does not delete it; choose "
+                "another --out, or move it away yourself."
+            )
+
     def remove(self) -> None:
+        """Delete the cache folder; refused (nothing touched) unless it is one (`is_cache`)."""
+        self.check_removable()
         if self.local is not None:
             shutil.rmtree(self.local, ignore_errors=True)
         elif self.fs.exists(self.root):

@@ -158,12 +158,16 @@ def recorded_model_config(
 ) -> ModelConfig:
     """The ModelConfig that loads the model an SAE was trained on, as its metadata records it
     (`model_metadata`). Explicit settings may fill in what is not recorded but never contradict
-    it: a contradiction is a ConfigError naming the flag. Used by `sae eval` and `sae export`."""
+    it: a contradiction is a ConfigError naming the flag. Used by `sae eval` and `sae export`.
+
+    `trust_remote_code` is the exception: the metadata may come from anyone (a Hub repo's
+    cfg.json), so the model repository's own code runs only when this call's caller (the user's
+    `--trust-remote-code True`) says so. A recorded `true` without it is a ConfigError naming
+    the flag; an explicit False loads the model with the library's own code."""
     settings = {}
     for key, flag, field, default in (
         ("model_revision", revision, "revision", None),
         ("model_dtype", dtype, "dtype", "float32"),
-        ("model_trust_remote_code", trust_remote_code, "trust_remote_code", False),
     ):
         recorded = meta.get(key)
         if flag is not None and recorded is not None and flag != recorded:
@@ -173,6 +177,14 @@ def recorded_model_config(
                 f"{field}={recorded!r}; drop the flag to load the model as it was trained."
             )
         settings[field] = next((v for v in (recorded, flag) if v is not None), default)
+    if meta.get("model_trust_remote_code") is True and trust_remote_code is None:
+        raise ConfigError(
+            f"the SAE in {where!r} records model_trust_remote_code: true, so its model "
+            f"{meta.get('model_name')!r} needs code from its own repository, which runs only "
+            "when you pass --trust-remote-code True (read that code first; the SAE's metadata "
+            "alone never turns it on)."
+        )
+    settings["trust_remote_code"] = trust_remote_code is True
     return ModelConfig(name=hub_model_name(meta["model_name"]), hooks=hooks, **settings, **kw)
 
 

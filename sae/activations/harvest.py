@@ -29,7 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from sae import dist
-from sae.activations.cachefs import CacheLocation
+from sae.activations.cachefs import CACHE_FORMAT, CacheLocation
 from sae.activations.sources import LiveSource
 from sae.activations.store import fixed_chunks, source_position, source_seek
 from sae.config import ConfigError
@@ -37,7 +37,7 @@ from sae.config.parse import to_dict
 from sae.config.schema import HarvestConfig
 from sae.fsutil import sha256_json
 
-FORMAT = "sae-activation-cache"
+FORMAT = CACHE_FORMAT
 VERSION = 1
 
 
@@ -62,8 +62,10 @@ def _names(world: int, rank: int) -> tuple[str, str]:
 
 
 def _prepare(loc: CacheLocation, name: str, identity: dict, overwrite: bool) -> dict | None:
-    """The existing manifest to resume, None to start fresh; refuse a mismatched cache."""
+    """The existing manifest to resume, None to start fresh; refuse a mismatched cache, and a
+    folder --overwrite would delete that is not a cache."""
     if overwrite:
+        loc.check_removable()
         return None
     if not loc.exists(name):
         names = [n for n in loc.names() if not n.endswith(".tmp")]  # a write a kill cut short

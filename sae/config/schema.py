@@ -210,7 +210,8 @@ class HarvestConfig:
     max_tokens: int | None = None
     """stop after this many activation rows; None harvests the whole source."""
     overwrite: bool = False
-    """delete an existing cache at `out` instead of resuming or refusing."""
+    """delete an existing cache at `out` instead of resuming or refusing (only a folder whose
+    manifest says it is an activation cache, or an empty one: anything else is refused)."""
     quiet: bool = False
     """no progress bar (for scripts)."""
 

@@ -39,8 +39,9 @@ Layout: `config.py` (EvalConfig), `runner.py` (check inputs, build streams, run 
 
 Activations. Without --activations the SAE's own model (cfg.json metadata `model_name`,
 `hook_name`, `target_hook_name`, `context_size`, `exclude_bos`, `exclude_special`; loaded with the
-recorded `model_revision`, `model_dtype`, `model_trust_remote_code`, which --revision,
---model-dtype, --trust-remote-code may fill in but not contradict) is run over
+recorded `model_revision` and `model_dtype`, which --revision and --model-dtype may fill in
+but not contradict; the model repository's own code runs only with --trust-remote-code True on
+the command line, and a recorded `model_trust_remote_code: true` without it is refused) is run over
 the held-out windows (`data.part='eval'`) of its training data (metadata `data`, else the run's
 config.yaml two folders up, else the DataConfig defaults); `--data.*` flags override single
 fields. An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.

@@ -93,7 +93,8 @@ class EvalConfig:
     revision: str | None = None
     """model revision (Hub branch, tag or commit); None: as recorded (else the default branch)."""
     trust_remote_code: bool | None = None
-    """run the model repository's own code; None: as recorded (else off)."""
+    """run the model repository's own code (True only on the command line: an SAE whose metadata
+    records model_trust_remote_code: true is refused without it; the metadata never turns it on)."""
     batch_windows: int = 16
     """windows per model forward pass (memory: causal LMs hold 2 x batch x context x vocab
     logits in float32)."""
@@ -107,8 +108,14 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check(len(self.sae_dirs) > 0, "give at least one SAE folder to evaluate.")
         for d in self.sae_dirs:  # folders of any layout sae.load reads, or Hub 'org/name[/sub]'
+            if Path(d).is_dir():
+                continue
+            try:
+                repo = None if Path(d).exists() else split_repo_id(d)
+            except ValueError as e:  # a Hub path leaving its repo ('org/name/../../x')
+                raise ConfigError(str(e)) from None
             _check(
-                Path(d).is_dir() or (not Path(d).exists() and split_repo_id(d) is not None),
+                repo is not None,
                 f"SAE folder {d!r} does not exist or is not a folder (nor a Hub repo id).",
             )
         _check(

@@ -250,7 +250,8 @@ def _llm(
     d_sae = target.sae.cfg.d_sae
     rows = out["latents"]
     cols: dict[str, Any] = {
-        "interp_llm_explanation": [rows.get(m, {}).get("explanation", "") for m in range(d_sae)]
+        "interp_llm_explanation": [rows.get(m, {}).get("explanation", "") for m in range(d_sae)],
+        "interp_llm_model": [cfg.model if m in rows else "" for m in range(d_sae)],
     }
     for k in METRICS:
         col = np.full(d_sae, np.nan)

@@ -14,6 +14,7 @@ table in that report folder (every column any suite wrote) goes into the dashboa
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,9 @@ class ExportConfig:
     """'auto', 'cpu', 'cuda', ..."""
     batch_windows: int = 16
     """windows per model forward pass."""
+    trust_remote_code: bool | None = None
+    """run the model repository's own code in the records pass (True only on the command line:
+    an SAE whose metadata records model_trust_remote_code: true is refused without it)."""
     seed: int = 0
     """seed of the records' bin samples."""
     np_model_id: str | None = None
@@ -77,6 +81,8 @@ def _check(cfg: ExportConfig):
         raise ConfigError(f"unknown format {cfg.format!r}; valid formats are {', '.join(FORMATS)}.")
     if Path(cfg.out).is_file():
         raise ConfigError(f"out={cfg.out!r} is a file; the export needs a folder.")
+    if cfg.format in ("dashboard", "neuronpedia"):
+        _check_out(Path(cfg.out))
     if cfg.report is not None and Path(cfg.report).is_file():
         raise ConfigError(f"report={cfg.report!r} is a file; give a `sae eval` report folder.")
     if cfg.eval_tokens <= 0:
@@ -86,6 +92,23 @@ def _check(cfg: ExportConfig):
     except Exception as e:  # missing files, bad JSON, corrupt weights, unknown layout
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"cannot load SAE {cfg.sae_dir!r}: {first}") from None
+
+
+EXPORT_ENTRY = re.compile(
+    r"index\.html|latents|report|sae_export\.json|(batch|explanations-batch)-\d+\.json"
+)
+"""what the dashboard and neuronpedia exports write into OUT (and the records pass's report/)."""
+
+
+def _check_out(out: Path) -> None:
+    """OUT must be new, empty, or hold only what an export writes: files there are replaced
+    (and latents/ swapped whole), so anyone else's folder is refused before any work."""
+    from sae.export.dashboard import LATENTS_WHAT, is_latents_folder
+    from sae.fsutil import require_ours
+
+    what = "an export folder (only index.html, latents/, report/, sae_export.json, batch-*.json)"
+    require_ours(out, lambda f: all(EXPORT_ENTRY.fullmatch(p.name) for p in f.iterdir()), what)
+    require_ours(out / "latents", is_latents_folder, LATENTS_WHAT)
 
 
 def _stale(folder: Path, cfg: ExportConfig, given: list[str], sae) -> bool:
@@ -127,6 +150,7 @@ def _records(cfg: ExportConfig, given: list[str], sae):
             seed=cfg.seed,
             device=cfg.device,
             batch_windows=cfg.batch_windows,
+            trust_remote_code=cfg.trust_remote_code,
             out=str(report),
         )
         run_eval(ecfg)

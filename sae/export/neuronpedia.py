@@ -10,8 +10,19 @@ activations), `logits_hist_data_bar_values/heights`, `activations[]` (first the 
 bin_min −1, bin_max = max activation, bin_contains −1 as SAEDashboard marks it, then one group
 per equal-mass bin with its bounds and the fraction of all tokens it holds), each with `tokens`,
 `values`, `qualifying_token_index`; correlated neurons/features (`*_pearson`, `*_l1` = cosine, as
-SAEDashboard fills it), `neuron_alignment_*`. OUT/sae_export.json says what was read and how.
-The schema (sae/export/neuronpedia.schema.json) is what the tests validate against.
+SAEDashboard fills it), `neuron_alignment_*`: exactly the keys SAEDashboard's own
+`NeuronpediaDashboardBatch(**batch)` takes (the tests load every batch with it), and the schema
+(sae/export/neuronpedia.schema.json) allows no other.
+
+Explanations, which SAEDashboard's classes do not take, go where Neuronpedia's own upload takes
+them: OUT/explanations-batch-0.json, ... are bodies for `POST /api/feature/upload-batch`
+(`modelId`, `source` = "<layer>-<sae_set>", at most 128 `features`, each with `index`, `density`,
+`topLogits`/`bottomLogits` (at most 20), `activations` (`tokens`, `values`, and the bin's
+`quantileMin`/`quantileMax`/`quantileFraction`) and `explanations` (`text`, `methodName`,
+`modelName`: the LLM that wrote it, null for the offline n-gram method; plus our detection
+`scores`)); only latents that have an explanation and at least one context are listed. Neuronpedia
+accepts only method and model names registered with it. OUT/sae_export.json says what was read
+and how.
 """
 
 from __future__ import annotations
@@ -82,8 +93,45 @@ def feature(rec: Records, m: int, n_windows: int, context_size: int, dataset: st
         "dataset": dataset,
         "decoder_weights_dist": [],
         "activations": acts,
-        # The interpret suite's explanations and detection scores, when it has run on this SAE.
-        "explanations": neuronpedia_explanations(row),
+    }
+
+
+UPLOAD_MAX_LOGITS = 20
+UPLOAD_MAX_TOKENS = 1024
+"""limits of Neuronpedia's upload-batch endpoint (top/bottom logits per feature, tokens per
+activation context)."""
+
+
+def upload_feature(rec: Records, m: int) -> dict | None:
+    """Latent `m` in Neuronpedia's upload-batch shape, or None when it has no explanation (the
+    interpret suite did not run or did not explain it) or no context to show."""
+    row = rec.row(m)
+    explanations = neuronpedia_explanations(row)
+    if not explanations:
+        return None
+    acts = []
+    for c in rec.top_contexts(m):
+        acts.append({"tokens": c["tokens"], "values": c["values"]})
+    for b in rec.bins(m):
+        bounds = {"quantileMin": b["bin_min"], "quantileMax": b["bin_max"]}
+        bounds["quantileFraction"] = min(max(float(b["bin_contains"]), 0.0), 1.0)
+        acts += [{"tokens": c["tokens"], "values": c["values"]} | bounds for c in b["samples"]]
+    acts = [
+        a
+        | {"tokens": a["tokens"][:UPLOAD_MAX_TOKENS], "values": _r(a["values"][:UPLOAD_MAX_TOKENS])}
+        for a in acts
+        if a["tokens"]
+    ]
+    if not acts:
+        return None
+    logits = rec.logits(m) or {"pos": [], "neg": []}
+    return {
+        "index": m,
+        "density": min(max(float(row["frequency"]), 0.0), 1.0),
+        "topLogits": [{"token": t, "value": round(v, 4)} for t, v in logits["pos"][:20]],
+        "bottomLogits": [{"token": t, "value": round(v, 4)} for t, v in logits["neg"][:20]],
+        "explanations": explanations,
+        "activations": acts,
     }
 
 
@@ -122,6 +170,17 @@ def write_neuronpedia(
         path = out / f"batch-{b}.json"
         atomic_write_text(path, safe_json(batch))
         paths.append(path)
+    explained = [f for m in range(rec.d_sae) if (f := upload_feature(rec, m)) is not None]
+    source = f"{layer}-{sae_set}".lower()
+    uploads = []
+    for b, s in enumerate(range(0, len(explained), FEATURES_PER_BATCH)):
+        body = {"modelId": model_id.lower(), "source": source}
+        body["features"] = explained[s : s + FEATURES_PER_BATCH]
+        uploads.append(f"explanations-batch-{b}.json")
+        atomic_write_text(out / uploads[-1], safe_json(body))
+    for stale in out.glob("explanations-batch-*.json"):  # from an earlier export with more
+        if re.fullmatch(r"explanations-batch-\d+\.json", stale.name) and stale.name not in uploads:
+            stale.unlink()
     meta = {
         "format": "neuronpedia batch JSON (SAEDashboard NeuronpediaRunner shape)",
         "features_per_batch": FEATURES_PER_BATCH,
@@ -129,6 +188,11 @@ def write_neuronpedia(
         "tokens": rec.info["tokens"],
         "activations": provenance,
         "logit_effects": rec.info["logit_effects"],
+        "explanations": {
+            "files": uploads,
+            "format": "Neuronpedia POST /api/feature/upload-batch bodies",
+            "n_features": len(explained),
+        },
     }
     atomic_write_text(out / "sae_export.json", safe_json(meta, indent=2))
     return paths

@@ -1,18 +1,17 @@
 """The interpret suite's per-latent results in the shapes the exports show them.
 
 `neuronpedia_explanations(row)` turns one row of latents.parquet into the explanation entries of
-a Neuronpedia feature (description, the explainer that wrote it, and its detection scores), for
-the Neuronpedia export to put under each feature's `explanations` key; the dashboard reads the
-`interp_*` columns from the table directly. Definitions: docs/methods.md#interpretability-scores.
+a feature in Neuronpedia's own upload (`POST /api/feature/upload-batch`: `text`, `methodName`,
+`modelName`, the model that wrote it or null when none did), plus our detection `scores`; the
+Neuronpedia export writes them into its upload-batch files, since SAEDashboard's batch classes
+take no explanations. The dashboard reads the `interp_*` columns from the table directly.
+Definitions: docs/methods.md#interpretability-scores.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
-
-OFFLINE_MODEL = "sae offline n-gram patterns"
-
 
 OFFLINE_SCORES = {
     "detection_token_f1": "interp_token_f1",
@@ -37,25 +36,28 @@ def _scores(row: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def neuronpedia_explanations(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """Explanation entries of one latent (empty when the interpret suite has not run on it)."""
+    """Explanation entries of one latent (empty when the interpret suite has not run on it).
+    The offline n-gram explanation has no model behind it (modelName null); an LLM's names the
+    model that wrote it, as the interpret suite recorded it (`interp_llm_model`)."""
     out = []
     text = row.get("interp_explanation")
     if isinstance(text, str) and text and row.get("interp_scored", False):
         out.append(
             {
-                "description": text,
-                "typeName": "ngram_patterns",
-                "explanationModelName": OFFLINE_MODEL,
+                "text": text[:512],
+                "methodName": "ngram_patterns",
+                "modelName": None,
                 "scores": _scores(row, OFFLINE_SCORES),
             }
         )
     llm = row.get("interp_llm_explanation")
     if isinstance(llm, str) and llm:
+        model = row.get("interp_llm_model")
         out.append(
             {
-                "description": llm,
-                "typeName": "llm_highlighted_contexts",
-                "explanationModelName": "llm (see report.json interpret.llm.model)",
+                "text": llm[:512],
+                "methodName": "llm_highlighted_contexts",
+                "modelName": model if isinstance(model, str) and model else None,
                 "scores": _scores(row, LLM_SCORES),
             }
         )

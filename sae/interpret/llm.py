@@ -10,15 +10,24 @@ scorer sees held-out contexts, firing and not, and says for each how likely the 
 there (the detection scorer of Paulo et al. 2024, "Automatically interpreting millions of
 features in large language models"). Answers must be one JSON object of the asked shape (a single
 ``` fence around it is tolerated, nothing else); a malformed answer, an HTTP error or a timeout is
-retried `retries` times. Answers are cached on disk by a hash of the request (endpoint, model,
-messages), so a rerun costs nothing. The API key is read from the environment variable
-`api_key_env` at request time and is never written anywhere.
+retried `retries` times after an exponential backoff with full jitter (a uniform draw in
+[0, backoff_s * 2^i]). A 429 or 503 answer (rate limit, overload) is waited out instead, for its
+Retry-After when it gives one, else the same backoff, until `max_wait_s` of waiting is spent.
+Answers are cached on disk by a hash of the request (endpoint, model, messages), so a rerun costs
+nothing. The API key is read from the environment variable `api_key_env` at request time, is
+never written anywhere, and is sent only over https or to a loopback address (127.0.0.0/8, ::1,
+localhost): over plain http to any other host it would travel in clear text, so it is withheld.
+Redirects are not followed, so the key never goes anywhere but `base_url`.
 """
 
 from __future__ import annotations
 
+import email.utils
+import ipaddress
 import json
 import os
+import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +55,12 @@ class LLMConfig:
     """seconds allowed per request."""
     retries: int = 2
     """further attempts after a malformed answer, an HTTP error or a timeout."""
+    backoff_s: float = 1.0
+    """base of the backoff between attempts: attempt i waits a uniform draw in
+    [0, backoff_s * 2^i] seconds (full jitter), at most 60 s."""
+    max_wait_s: float = 300.0
+    """seconds one request may spend waiting out 429/503 answers (their Retry-After, else the
+    backoff) before it fails."""
     max_latents: int = 20
     """scored latents explained and scored by the LLM (a seeded random sample)."""
 
@@ -66,6 +81,11 @@ class LLMConfig:
             raise ConfigError(f"llm.timeout_s={self.timeout_s} must be positive (seconds).")
         if self.retries < 0:
             raise ConfigError(f"llm.retries={self.retries} must be >= 0.")
+        if not self.backoff_s >= 0 or not self.max_wait_s >= 0:
+            raise ConfigError(
+                f"llm.backoff_s={self.backoff_s} and llm.max_wait_s={self.max_wait_s} must be "
+                ">= 0 (seconds)."
+            )
         if self.max_latents < 1:
             raise ConfigError(f"llm.max_latents={self.max_latents} must be at least 1.")
 
@@ -92,19 +112,78 @@ def parse_json_object(content: str) -> dict[str, Any]:
     return obj
 
 
-class ChatClient:
-    """POST /chat/completions with retries, a timeout and an on-disk answer cache."""
+def key_may_go_to(url: str) -> bool:
+    """Whether an API key may be sent to `url`: over https, or to a loopback address (plain
+    http elsewhere would carry it in clear text)."""
+    u = httpx.URL(url)
+    if u.scheme == "https":
+        return True
+    host = u.host.strip("[]").lower()
+    if u.scheme != "http" or not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, cfg: LLMConfig, cache_dir: str | Path):
+
+MAX_BACKOFF_S = 60.0
+RATE_LIMITED = (429, 503)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), else None."""
+    if not value:
+        return None
+    try:
+        return max(float(value.strip()), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+class ChatClient:
+    """POST /chat/completions with retries, backoff, a timeout and an on-disk answer cache."""
+
+    def __init__(
+        self, cfg: LLMConfig, cache_dir: str | Path, transport: httpx.BaseTransport | None = None
+    ):
         self.cfg = cfg
         self.cache = Path(cache_dir)
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
-        self.http = httpx.Client(timeout=cfg.timeout_s)
+        self.http = httpx.Client(timeout=cfg.timeout_s, follow_redirects=False, transport=transport)
         self.requests = 0
         """HTTP requests made (cache hits make none)."""
+        self.waited_s = 0.0
+        """seconds spent waiting out 429/503 answers and backing off, over all requests."""
 
     def close(self) -> None:
         self.http.close()
+
+    def _headers(self) -> tuple[dict[str, str], str]:
+        """(request headers, a note for errors when a key was withheld)."""
+        key = os.environ.get(self.cfg.api_key_env)
+        if not key:
+            return {}, ""
+        if not key_may_go_to(self.url):
+            return {}, (
+                f" (${self.cfg.api_key_env} was not sent: a key goes only over https or to a "
+                "loopback address)"
+            )
+        return {"Authorization": f"Bearer {key}"}, ""
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.cfg.backoff_s * 2.0**attempt, MAX_BACKOFF_S))
+
+    def _sleep(self, seconds: float) -> None:
+        self.waited_s += seconds
+        time.sleep(seconds)
 
     def ask(self, messages: list[dict[str, str]], validate: Callable[[dict[str, Any]], T]) -> T:
         """`validate(answer object)` of the first well-formed answer; cached by request."""
@@ -115,15 +194,25 @@ class ChatClient:
                 return validate(json.loads(path.read_text())["answer"])
             except (ValueError, KeyError, TypeError):
                 pass  # a cache entry from an older prompt shape: ask again
-        headers = {}
-        key = os.environ.get(self.cfg.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        last = "no attempt"
-        for _ in range(self.cfg.retries + 1):
+        headers, withheld = self._headers()
+        last, failures, limited, waited = "no attempt", 0, 0, 0.0
+        while True:
             try:
                 self.requests += 1
                 r = self.http.post(self.url, json=body, headers=headers)
+                if r.status_code in RATE_LIMITED:
+                    wait = retry_after(r.headers.get("Retry-After"))
+                    wait = self._backoff(limited) if wait is None else wait
+                    limited += 1
+                    if waited + wait > self.cfg.max_wait_s:
+                        raise LLMError(
+                            f"{self.url} ({self.cfg.model}) answered HTTP {r.status_code} "
+                            f"{limited} times; waiting {wait:.3g} s more would pass "
+                            f"llm.max_wait_s={self.cfg.max_wait_s:g} s."
+                        )
+                    waited += wait
+                    self._sleep(wait)
+                    continue
                 r.raise_for_status()
                 content = r.json()["choices"][0]["message"]["content"]
                 obj = parse_json_object(content)
@@ -131,12 +220,17 @@ class ChatClient:
             except httpx.TimeoutException:
                 last = f"no answer within {self.cfg.timeout_s:g} s"
             except httpx.HTTPError as e:
-                last = f"HTTP error: {e}"
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                last = f"HTTP error: {first}{withheld}"
             except (ValueError, KeyError, TypeError, IndexError) as e:
                 last = f"malformed answer: {e}"
             else:
                 atomic_write_json(path, {"answer": obj})
                 return value
+            if failures >= self.cfg.retries:
+                break
+            self._sleep(self._backoff(failures))
+            failures += 1
         raise LLMError(f"{self.url} ({self.cfg.model}) failed {self.cfg.retries + 1} times: {last}")
 
 

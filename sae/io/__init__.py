@@ -35,6 +35,7 @@ from sae.io.folder import (
     save,
 )
 from sae.io.hub import (
+    check_hub_path,
     fetch,
     load_with_saelens,
     resolve_release,
@@ -112,6 +113,8 @@ def load(
     `revision`: Hub branch, tag or commit (default: main).
     """
     text = os.fspath(source)
+    if sae_id is not None:
+        check_hub_path(sae_id, "sae_id")
     local = Path(text)
     # A path whose first folder exists here is a (mistyped) local path, not a Hub repo id.
     if local.exists() or isinstance(source, os.PathLike) or Path(*local.parts[:1]).is_dir():

@@ -3,7 +3,8 @@
 A folder holds `ae.pt` (a state dict saved with `torch.save`) and `config.json`
 (`{"trainer": {"dict_class": ..., "activation_dim", "dict_size", "k", "lm_name", "layer",
 "submodule_name", ...}, "buffer": {...}}`). `ae.pt` is read with `torch.load(weights_only=True)`:
-tensors and plain containers only, never arbitrary pickled objects. Activation normalisation
+tensors and plain containers only, never arbitrary pickled objects; refused on torch older than
+2.10, whose restricted unpickler had known bypasses (sae/io/validate.py). Activation normalisation
 is already folded: `trainSAE` rescales the biases before it saves.
 
 Each dictionary class maps onto one of our architectures with the same encode and decode:
@@ -16,7 +17,6 @@ BatchTopKSAE / MatryoshkaBatchTopKSAE -> batchtopk / matryoshka with their scala
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from sae.io.build import assemble
+from sae.io.validate import read_torch_state_dict
 from sae.model.sae import SAE, SAEConfig
 
 WEIGHTS_FILE = "ae.pt"
@@ -69,13 +70,7 @@ def _hook_from(trainer: dict) -> str | None:
 
 def load_dictionary_learning(folder: Path) -> SAE:
     path = folder / WEIGHTS_FILE
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ValueError(
-            f"{path} is not a plain state dict of tensors (read with weights_only=True): {first}"
-        ) from None
+    state = read_torch_state_dict(path)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} must hold a state dict of tensors.")
     trainer: dict = {}

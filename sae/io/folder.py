@@ -120,13 +120,17 @@ def save(
     text = json.dumps(cfg_json, indent=2, allow_nan=False) + "\n"
     state = _state_for_saelens(sae)
 
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, _is_sae_folder, f"an SAE folder (one with {CFG_FILE})") as tmp:
         atomic_save_safetensors(tmp / WEIGHTS_FILE, state)
         if sparsity_log10 is not None:
             sp = {"sparsity": sparsity_log10.detach().float().cpu().contiguous()}
             atomic_save_safetensors(tmp / SPARSITY_FILE, sp)
         atomic_write_text(tmp / CFG_FILE, text)
     return folder
+
+
+def _is_sae_folder(folder: Path) -> bool:
+    return (folder / CFG_FILE).is_file()
 
 
 def load_folder(folder: Path) -> SAE:

@@ -22,13 +22,37 @@ WEIGHT_FILES = ("sae_weights.safetensors", "sparsity.safetensors", "sae.safetens
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
+def unsafe_hub_path(text: str) -> str | None:
+    """Why `text` (a repo id, a subfolder, a hookpoint) could name a file outside its repo's
+    folder in the Hub cache, or None when it cannot."""
+    if "\\" in text:
+        return "it holds a backslash"
+    if text.startswith("/") or re.match(r"[A-Za-z]:", text):
+        return "it is an absolute path"
+    if ".." in text.split("/"):
+        return "it has a '..' part"
+    return None
+
+
+def check_hub_path(text: str, what: str) -> None:
+    """ValueError naming `text` when it could leave the repo (see `unsafe_hub_path`)."""
+    why = unsafe_hub_path(text)
+    if why is not None:
+        raise ValueError(
+            f"{what} {text!r} is refused: {why}, so it could name a file outside the repo; "
+            "give a path inside it, e.g. 'org/name/layers.3'."
+        )
+
+
 def split_repo_id(source: str) -> tuple[str, str] | None:
-    """('org/name', 'sub/folder') for 'org/name[/sub/folder]', None if it is not that shape."""
+    """('org/name', 'sub/folder') for 'org/name[/sub/folder]', None if it is not that shape (a
+    local path). A Hub path with a '..' part is a ValueError: it would resolve outside the repo."""
     if source.startswith(("/", ".", "~")) or "\\" in source:
         return None  # a filesystem path
     parts = source.strip("/").split("/")
     if len(parts) < 2 or not _REPO_ID.fullmatch("/".join(parts[:2])):
         return None
+    check_hub_path(source, "Hub path")
     return "/".join(parts[:2]), "/".join(parts[2:])
 
 
@@ -85,6 +109,8 @@ def sae_folders_under(root: Path, max_depth: int = 4) -> list[str]:
 
 def fetch(repo_id: str, subfolder: str, revision: str | None) -> Path:
     """The local folder of one SAE in a Hub repo (configs first, then that SAE's weights)."""
+    check_hub_path(repo_id, "Hub repo id")
+    check_hub_path(subfolder, f"subfolder of Hub repo {repo_id!r}")
     sub = subfolder.strip("/")
     prefix = f"{sub}/" if sub else ""
     root = _snapshot(repo_id, revision, [f"*{name}" for name in CONFIG_FILES])

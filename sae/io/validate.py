@@ -2,9 +2,13 @@
 (their types, shapes, and values that no SAE can be trained or scored on).
 
 Each check raises `ConfigError` with one sentence naming the file, the value and what is valid
-(the CLI prints it as one line, exit code 2). Nothing here unpickles: a file that looks like a
-pickle or a `torch.save` archive is refused by its first bytes, because loading one can run
-arbitrary code.
+(the CLI prints it as one line, exit code 2). A safetensors name holding a pickle or a
+`torch.save` archive is refused by its first bytes, never unpickled, because loading one can run
+arbitrary code. The one pickle format read at all, dictionary_learning's `ae.pt`, goes through
+`read_torch_state_dict`: `torch.load(weights_only=True)`, whose restricted unpickler had known
+bypasses before torch 2.10 (CVE-2025-32434 / GHSA-53q9-r3pm-6pq6, fixed in 2.6.0;
+CVE-2026-24747 / GHSA-63cw-57p8-fm3p, fixed in 2.10.0), so on an older torch it is refused
+unread (pyproject.toml requires torch>=2.10 for the same reason).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import torch
 
 from sae.config import ConfigError
 
+SAFE_TORCH_LOAD = (2, 10)
+"""the first torch release whose `weights_only=True` unpickler has no known bypass (see above)."""
+
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 """weight files we never read (pickle-based); named in errors when found instead of safetensors."""
 
@@ -29,6 +36,34 @@ def _looks_pickled(path: Path) -> bool:
         head = f.read(4)
     # A pickle starts with the PROTO opcode 0x80; torch.save writes a zip archive ("PK").
     return head[:1] == b"\x80" or head[:2] == b"PK"
+
+
+def _torch_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a torch version string such as '2.13.0+cpu' or '2.10.0a0+git1234'."""
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def read_torch_state_dict(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, refused unread on a torch release whose
+    restricted unpickler can be bypassed (before SAFE_TORCH_LOAD; see the module docstring)."""
+    import pickle
+
+    if _torch_release(torch.__version__) < SAFE_TORCH_LOAD:
+        need = ".".join(map(str, SAFE_TORCH_LOAD))
+        raise ConfigError(
+            f"{path} is a pickle (torch.save) file, and torch {torch.__version__} can be made to "
+            f"run code while reading one even with weights_only=True (CVE-2025-32434, "
+            f"CVE-2026-24747); upgrade to torch>={need} to read it, or convert it to "
+            "safetensors with a trusted torch."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"{path} is not a plain state dict of tensors (read with weights_only=True): {first}"
+        ) from None
 
 
 def read_json(path: Path) -> dict:

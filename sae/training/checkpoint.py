@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -105,8 +106,9 @@ def write_checkpoint(run: Path, tokens: int, parts: dict, keep: int = 2) -> Path
     final = run / f"{tokens:012d}"
     if verify_checkpoint(final) is None:
         return final  # the same position was saved already: same step, same state
-    for stale in run.glob(".tmp-*"):  # left by a write that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in run.glob(".tmp-*"):  # left by a write that was killed (our names only)
+        if re.fullmatch(r"\.tmp-\d{12}", stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = run / f".tmp-{tokens:012d}"
     tmp.mkdir(parents=True)
     try:
@@ -116,19 +118,30 @@ def write_checkpoint(run: Path, tokens: int, parts: dict, keep: int = 2) -> Path
             save_fn(tmp / name)
             atomic_save_safetensors(tmp / name / "trainer_state.safetensors", tensors)
         atomic_write_json(tmp / MANIFEST, _manifest(tmp))
-        replace_dir(tmp, final)
+        replace_dir(tmp, final, _is_checkpoint, "a checkpoint (a folder with manifest.json)")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # frees the space a failed write took
         raise
     atomic_write_text(run / "latest", final.name + "\n")
     # Checkpoints past this one belong to a timeline abandoned by a resume from an older one.
-    checkpoints = sorted(p for p in run.iterdir() if p.is_dir() and p.name.isdigit())
+    # Only folders that are checkpoints (their manifest says so) are ever deleted here.
+    checkpoints = sorted(p for p in run.iterdir() if p.name.isdigit() and _is_checkpoint(p))
     for stale in (p for p in checkpoints if int(p.name) > tokens):
         shutil.rmtree(stale)
     older = [p for p in checkpoints if int(p.name) <= tokens]
     for old in older[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A folder `write_checkpoint` wrote: it holds MANIFEST listing files."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        return isinstance(json.loads((path / MANIFEST).read_text()).get("files"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def verify_checkpoint(path: Path) -> str | None:

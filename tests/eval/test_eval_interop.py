@@ -1,6 +1,6 @@
 """`sae eval` on SAEs other libraries wrote: a SAELens folder naming its hook the TransformerLens
 way and a sparsify folder naming it relative to the base model run on the Hugging Face model;
-the model loads with the revision/dtype/remote-code setting the SAE records, and a flag that
+the model loads with the revision/dtype setting the SAE records (remote code only with the flag), and a flag that
 contradicts it is a one-line error."""
 
 from __future__ import annotations
@@ -106,3 +106,50 @@ def test_transformer_lens_model_names_become_hub_names():
     assert hub_model_name("pythia-70m-deduped") == "EleutherAI/pythia-70m-deduped"
     for name in ("EleutherAI/pythia-70m", "builtin", "no-such-model-anywhere"):
         assert hub_model_name(name) == name
+
+
+def test_recorded_remote_code_runs_only_with_the_flag(tiny_models, text_file, tmp_path):
+    """Pins issue 25.1: an SAE's cfg.json (anyone's, e.g. downloaded from the Hub) recording
+    `model_trust_remote_code: true` for a model whose repo carries code used to make `sae eval`
+    import and run that code. Now it is one error naming --trust-remote-code and the code never
+    runs; an explicit `--trust-remote-code False` loads the model with the library's own code,
+    and only `--trust-remote-code True` on the command line runs the repo's code."""
+    import shutil
+
+    model = tmp_path / "evil-model"
+    shutil.copytree(tiny_models["gpt2"], model)
+    marker = tmp_path / "remote-code-ran"
+    (model / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import GPT2Config\n\n\n"
+        "class EvilConfig(GPT2Config):\n    pass\n"
+    )
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(
+        json.dumps(cfg | {"auto_map": {"AutoConfig": "evil.EvilConfig"}})
+    )
+    meta = dict(model_name=str(model), hook_name="resid_post.1", context_size=16)
+    folder = tmp_path / "sae"
+    save(SAE(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4)), folder,
+         metadata=meta | {"model_trust_remote_code": True})  # fmt: skip
+
+    with pytest.raises(ConfigError) as e:
+        _eval(folder, text_file, tmp_path / "rep")
+    assert "--trust-remote-code True" in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists() and not (tmp_path / "rep").exists()
+
+    from sae.export.cli import ExportConfig, run_export  # sae export's records pass: the same
+
+    with pytest.raises(ConfigError, match="--trust-remote-code True"):
+        run_export(ExportConfig(str(folder), out=str(tmp_path / "site")))
+    assert not marker.exists()
+
+    entry = _eval(folder, text_file, tmp_path / "rep2", "--trust-remote-code", "False")
+    assert entry["activations"]["model_load"]["trust_remote_code"] is False
+    assert not marker.exists()
+
+    try:
+        _eval(folder, text_file, tmp_path / "rep3", "--trust-remote-code", "True")
+    except Exception:
+        pass  # whether the repo's code then loads a model is its own business
+    assert marker.exists()

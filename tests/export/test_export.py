@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_fixtures import SCRIPT, make_sae, script_model, script_sae, script_text  # noqa: F401
+from export_fixtures import (  # noqa: F401
+    SCRIPT,
+    load_with_saedashboard,
+    make_sae,
+    script_model,
+    script_sae,
+    script_text,
+)
 
 from sae.cli import main
 from sae.export.cli import ExportConfig, run_export
@@ -67,6 +74,18 @@ def test_neuronpedia_batches_validate_and_keep_tokens_as_data(exported):
         jsonschema.validate({**batch, "features": [{"feature_index": 0}]}, schema())
     meta = json.loads((np_out / "sae_export.json").read_text())
     assert meta["activations"]["held_out"] is True
+
+
+def test_neuronpedia_batches_load_in_saedashboard(exported):
+    """Pins issue 25.6: the batches were checked only against a schema written here. Every batch
+    now loads with SAEDashboard's own NeuronpediaDashboardBatch(**batch), the class its
+    Neuronpedia runner writes them from, and gives back every value (skipped, with the reason,
+    where sae-dashboard is not installed)."""
+    _, np_out, _ = exported
+    paths = sorted(np_out.glob("batch-*.json"))
+    assert paths
+    for path in paths:
+        load_with_saedashboard(json.loads(path.read_text()))
 
 
 def test_dashboard_in_headless_chromium(exported):

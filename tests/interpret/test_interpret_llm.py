@@ -21,8 +21,8 @@ from sae.interpret.llm import ChatClient, LLMConfig, LLMError, detect, explain, 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))  # the shared fixtures
 from export_fixtures import script_model, script_sae, script_text  # noqa: F401
 
-Reply = Callable[[dict], tuple[float, str]]
-"""request body -> (seconds to wait, message content)."""
+Reply = Callable[[dict], tuple]
+"""request body -> (seconds to wait, message content[, HTTP status, {header: value}])."""
 
 
 class Server:
@@ -38,11 +38,13 @@ class Server:
                 outer.bodies.append(body)
                 outer.headers.append(dict(self.headers))
                 i = min(len(outer.bodies), len(outer.replies)) - 1
-                delay, content = outer.replies[i](body)
+                delay, content, status, extra = (*outer.replies[i](body), 200, {})[:4]
                 time.sleep(delay)
                 data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
                 try:
-                    self.send_response(200)
+                    self.send_response(status)
+                    for k, v in extra.items():
+                        self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -76,6 +78,7 @@ def fixed(content: str, delay: float = 0.0) -> Reply:
 
 
 def client(server: Server, tmp_path, **kw) -> ChatClient:
+    kw.setdefault("backoff_s", 0.001)  # milliseconds of backoff: the tests stay fast
     cfg = LLMConfig(base_url=server.url, model="tiny", timeout_s=kw.pop("timeout_s", 5.0), **kw)
     cfg.check()
     return ChatClient(cfg, tmp_path / "cache")
@@ -139,6 +142,70 @@ def test_cache_and_key(tmp_path, monkeypatch):
         assert "sk-secret" not in f.read_text()
 
 
+def busy(status: int, retry_after: str | None) -> Reply:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    return lambda body: (0.0, "", status, headers)
+
+
+def test_rate_limits_are_waited_out_with_retry_after(tmp_path):
+    """Pins issue 25.4: a 429/503 answer counted as a failure, so a rate-limited endpoint stopped
+    the run after retries + 1 answers. They are now waited out, for their Retry-After when given
+    (here 1 s once, so at least 1 s passes) and else a jittered backoff, and the answer that
+    follows is used; past llm.max_wait_s of waiting the request fails in one line."""
+    replies = [busy(429, "0"), busy(429, None), busy(503, "0"), busy(429, "1"), busy(503, None)]
+    replies.append(fixed('{"explanation": "cats"}'))
+    with Server(replies) as s:
+        c = client(s, tmp_path, retries=1, max_wait_s=10.0)
+        t0 = time.monotonic()
+        assert explain(c, CTX) == "cats"
+        assert c.requests == 6 and time.monotonic() - t0 >= 1.0 and c.waited_s >= 1.0
+    with Server([busy(429, "0"), busy(429, "5")]) as s:
+        c = client(s, tmp_path / "b", retries=1, max_wait_s=2.0)
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="HTTP 429 2 times.*max_wait_s=2 s") as e:
+            explain(c, CTX)
+        assert "\n" not in str(e.value) and time.monotonic() - t0 < 2.0 and c.requests == 2
+
+
+def test_the_key_goes_only_over_https_or_to_loopback(tmp_path, monkeypatch):
+    """Pins issue 25.4: $OPENAI_API_KEY was sent to any --llm.base-url, plain http included. It
+    now goes to https and loopback addresses only: to a plain-http host elsewhere the request
+    carries no Authorization header, and an auth failure there says the key was withheld."""
+    import httpx
+
+    from sae.interpret.llm import key_may_go_to
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-do-not-leak")
+    seen: list[httpx.Request] = []
+
+    def remote(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(401, json={"error": "no key"})
+
+    cfg = LLMConfig(base_url="http://llm.example.org/v1", model="m", retries=0)
+    cfg.check()
+    c = ChatClient(cfg, tmp_path / "cache", transport=httpx.MockTransport(remote))
+    with pytest.raises(LLMError, match="OPENAI_API_KEY was not sent") as e:
+        explain(c, CTX)
+    assert len(seen) == 1 and "authorization" not in seen[0].headers
+    assert "sk-do-not-leak" not in str(e.value) and "\n" not in str(e.value)
+
+    with Server([fixed('{"explanation": "cats"}')]) as s:  # loopback over http: sent
+        assert explain(client(s, tmp_path / "b"), CTX) == "cats"
+        assert s.headers[0]["Authorization"] == "Bearer sk-do-not-leak"
+    for url, ok in [
+        ("https://api.example.org/v1", True),
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://127.5.0.1/v1", True),
+        ("http://[::1]:8000/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("http://10.0.0.5:8000/v1", False),
+        ("http://llm.example.org/v1", False),
+        ("http://127.0.0.1.example.org/v1", False),
+    ]:
+        assert key_may_go_to(url) is ok, url
+
+
 def test_config_errors():
     """Pins the one-sentence errors: a base URL without a model, and a URL without a scheme."""
     with pytest.raises(ConfigError, match="give both"):
@@ -150,10 +217,11 @@ def test_config_errors():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_suite_calls_the_llm(tmp_path, script_sae, monkeypatch):
-    """Pins the suite's LLM part end to end: sampled latents get the LLM's explanation and
-    detection scores in latents.parquet and report.json; the explainer's prompt holds
-    highlighted tokens; the key never reaches the report. A rerun without the LLM drops the
-    interp_llm_* columns (issue 24: they stayed, stale, and the exports published them)."""
+    """Pins the suite's LLM part end to end: sampled latents get the LLM's explanation, its model's
+    name (issue 25.6: the export named a placeholder) and detection scores in latents.parquet and
+    report.json; the explainer's prompt holds highlighted tokens; the key never reaches the report.
+    A rerun without the LLM drops the interp_llm_* columns (issue 24: they stayed, stale, and the
+    exports published them)."""
     from sae.eval import cli_main
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-on-disk")
@@ -175,6 +243,12 @@ def test_suite_calls_the_llm(tmp_path, script_sae, monkeypatch):
     assert llm["scores"]["auroc"]["value"] == 0.5  # constant probabilities: chance by design
     table = pq.read_table(out / "sae" / "latents.parquet").to_pandas()
     assert (table["interp_llm_explanation"] == "words").sum() == 3
+    # The model that wrote them is recorded, and it is what the Neuronpedia upload names.
+    from sae.interpret.export_fields import neuronpedia_explanations
+
+    rows = table[table["interp_llm_explanation"] == "words"].to_dict("records")
+    assert {r["interp_llm_model"] for r in rows} == {"tiny"}
+    assert neuronpedia_explanations(rows[0])[-1]["modelName"] == "tiny"
     for f in out.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".md"):
             assert "sk-never-on-disk" not in f.read_text()

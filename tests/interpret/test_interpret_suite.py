@@ -52,8 +52,10 @@ def test_interpret_suite_needs_text(tmp_path, script_sae):
 
 
 def test_neuronpedia_explanation_entries():
-    """Pins the export shape: a scored latent's row gives one offline entry with its finite
-    detection scores (NaN left out); an unscored row gives none; an LLM explanation adds one."""
+    """Pins the upload shape (Neuronpedia's upload-batch `text`, `methodName`, `modelName`): a
+    scored latent's row gives one offline entry, written by no model (modelName null), with its
+    finite detection scores (NaN left out); an unscored row gives none; an LLM explanation adds
+    one naming the model the suite recorded (issue 25.6: it was a placeholder string)."""
     from sae.interpret.export_fields import neuronpedia_explanations
 
     row = {
@@ -64,14 +66,17 @@ def test_neuronpedia_explanation_entries():
         "interp_hard_f1": float("nan"),
     }
     (entry,) = neuronpedia_explanations(row)
-    assert entry["description"].startswith("[cat]")
+    assert entry["text"].startswith("[cat]") and entry["modelName"] is None
+    assert entry["methodName"] == "ngram_patterns"
     assert [s["typeName"] for s in entry["scores"]] == [
         "detection_token_f1",
         "detection_token_auroc",
     ]
     assert neuronpedia_explanations(row | {"interp_scored": False}) == []
-    both = neuronpedia_explanations(row | {"interp_llm_explanation": "cats", "interp_llm_f1": 0.5})
-    assert both[1]["description"] == "cats" and both[1]["scores"][0]["value"] == 0.5
+    llm = {"interp_llm_explanation": "cats", "interp_llm_f1": 0.5, "interp_llm_model": "qwen2.5"}
+    both = neuronpedia_explanations(row | llm)
+    assert both[1]["text"] == "cats" and both[1]["scores"][0]["value"] == 0.5
+    assert both[1]["modelName"] == "qwen2.5"
 
 
 def test_dashboard_index_carries_the_interpret_columns(tmp_path, script_sae):
@@ -91,12 +96,15 @@ def test_dashboard_index_carries_the_interpret_columns(tmp_path, script_sae):
 
 
 def test_neuronpedia_export_carries_the_explanations(tmp_path, script_sae):
-    """Pins the hand-off to the Neuronpedia export (issue 14 item 5): after `records,interpret`,
-    every latent the suite scored has its offline explanation under `explanations`, with its
-    detection scores, and the batch still validates against the packaged schema."""
+    """Pins the hand-off to the Neuronpedia export (issue 14 item 5, issue 25.6): after
+    `records,interpret` the batches still load with SAEDashboard's own NeuronpediaDashboardBatch
+    (an `explanations` key in them made it raise TypeError) and validate against the packaged
+    schema, while every latent the suite explained has its offline explanation, with its
+    detection scores, in the Neuronpedia upload-batch files beside them."""
     import json
 
     import jsonschema
+    from export_fixtures import check_upload_batch, load_with_saedashboard
 
     from sae.export.neuronpedia import schema, write_neuronpedia
     from sae.export.view import Records
@@ -105,15 +113,26 @@ def test_neuronpedia_export_carries_the_explanations(tmp_path, script_sae):
     argv = [str(script_sae), "--suite", "records,interpret", "--out", str(report), "--n-boot", "0"]
     cli_main(argv)
     rec = Records.open(report / "sae" / "records")
-    paths = write_neuronpedia(rec, tmp_path / "np", "m", "s", 0, rec.info["activations"])
-    feats = [f for p in paths for f in json.loads(p.read_text())["features"]]
+    out = tmp_path / "np"
+    paths = write_neuronpedia(rec, out, "m", "s", 0, rec.info["activations"])
     for p in paths:
         jsonschema.validate(json.loads(p.read_text()), schema())
+    uploads = sorted(out.glob("explanations-batch-*.json"))
+    assert json.loads((out / "sae_export.json").read_text())["explanations"]["files"] == [
+        p.name for p in uploads
+    ]
+    bodies = [json.loads(p.read_text()) for p in uploads]
+    for body in bodies:
+        check_upload_batch(body)
+        assert body["modelId"] == "m" and body["source"] == "0-s"
+    feats = {f["index"]: f for body in bodies for f in body["features"]}
     scored = [m for m in range(rec.d_sae) if rec.row(m).get("interp_scored")]
     assert scored, "the fixture SAE should have scored latents"
     explained = [m for m in scored if rec.row(m).get("interp_explanation")]
     assert explained, "some scored latent should carry an explanation"
     for m in explained:
-        (entry,) = [e for e in feats[m]["explanations"] if e["typeName"] == "ngram_patterns"]
-        assert entry["description"] == rec.row(m)["interp_explanation"]
+        (entry,) = [e for e in feats[m]["explanations"] if e["methodName"] == "ngram_patterns"]
+        assert entry["text"] == rec.row(m)["interp_explanation"][:512]
         assert any(s["typeName"] == "detection_token_f1" for s in entry["scores"])
+    for p in paths:
+        load_with_saedashboard(json.loads(p.read_text()))
