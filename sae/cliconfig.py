@@ -20,7 +20,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 import yaml
@@ -164,6 +164,8 @@ def unchecked(cls: type, hidden: frozenset[str] = frozenset(), path: str = "") -
             fields.append((f.name, sub, dataclasses.field(default_factory=make)))
         elif typing.get_origin(hint) is Literal:
             fields.append((f.name, str, dataclasses.field(**default)))
+        elif _bool_or_choice(hint):
+            fields.append((f.name, Annotated[Any, _BOOL_OR_CHOICE], dataclasses.field(**default)))
     namespace = {
         "__post_init__": lambda self: None,
         "__doc__": cls.__doc__,
@@ -177,6 +179,47 @@ def unchecked(cls: type, hidden: frozenset[str] = frozenset(), path: str = "") -
         kw_only=True,
         frozen=cls.__dataclass_params__.frozen,
     )
+
+
+def _bool_or_choice(hint: Any) -> bool:
+    """True for a field that is true, false or a named choice (`autocast: bool | Literal['auto']`)."""
+    args = typing.get_args(hint)
+    unions = (typing.Union, types.UnionType)
+    return (
+        typing.get_origin(hint) in unions
+        and bool in args
+        and len(args) == 2
+        and any(typing.get_origin(a) is Literal for a in args)
+    )
+
+
+_BOOL_OR_CHOICE = tyro.constructors.PrimitiveConstructorSpec(
+    nargs="*",
+    metavar="{auto,true,false}",
+    instance_from_str=lambda words: yaml_load(" ".join(words)) if words else True,
+    is_instance=lambda value: isinstance(value, bool | str),
+    str_from_instance=lambda value: [str(value).lower()],
+)
+"""A `bool | Literal[...]` flag: `--autocast` alone is true (as before it took a value), and a
+value is read as YAML reads it (`true`, `false`, `auto`), so a flag means what the same word in
+a config file means. Anything else reaches the config's own one-sentence check."""
+
+
+def _negated_choices(cls: type, args: list[str], path: str = "") -> list[str]:
+    """`--no-autocast` as `--autocast false`: the bool flag pair a `bool | Literal[...]` field had
+    before it took a choice."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            args = _negated_choices(hints[f.name], args, f"{path}{f.name}.")
+        elif _bool_or_choice(hints[f.name]):
+            negated = {f"--{path}no-{f.name}", f"--{path}no-{f.name.replace('_', '-')}"}
+            args = [
+                w
+                for word in args
+                for w in ([word] if word not in negated else [f"--{path}{f.name}", "false"])
+            ]
+    return args
 
 
 def _check_flags(cls: type, args: list[str]) -> None:
@@ -207,6 +250,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
     """`default` overridden by command-line flags, validated after parsing (one-line errors)."""
     _check_flags(cls, args)
+    args = _negated_choices(cls, args)
     loose = unchecked(cls, hidden_fields(cls))
     out = io.StringIO()
     try:

@@ -1,11 +1,12 @@
-"""What the hardware multiplies natively: the `model.dtype: auto` rule.
+"""What the hardware multiplies natively: the `model.dtype: auto` and `autocast: auto` rule.
 
 A model forward in bfloat16 is fast only where the hardware has bfloat16 matrix units: NVIDIA
 GPUs of compute capability 8.0 (Ampere) and later, and x86 CPUs with AVX512-BF16 or AMX.
 Elsewhere bfloat16 is emulated and slower than float32 (4x slower on an AVX2 CPU: BENCHMARKS.md,
 "bf16 model forward"), so `auto` chooses float32 there. The accuracy cost of a bfloat16 forward
 is measured in the same section (squared error 9e-5 of the activations' variance; the trained
-SAE's FVU moves by 1e-4).
+SAE's FVU moves by 1e-4). The same probe turns on bf16 autocast of the SAE step
+(`sae.training.checkpoint.resolve_autocast`).
 """
 
 from __future__ import annotations
