@@ -19,7 +19,7 @@ import yaml
 
 import sae.hardware
 from sae.cliconfig import load_yaml, parse, save_yaml
-from sae.config import ConfigError, ModelConfig, StoreConfig, TrainConfig
+from sae.config import ConfigError, DataConfig, ModelConfig, StoreConfig, TrainConfig
 from sae.sae import SAEConfig
 from sae.training.checkpoint import check_run_folder, resolve_autocast
 from sae.training.train import Trainer
@@ -179,12 +179,30 @@ def test_bad_value_is_one_sentence(tmp_path):
         parse(TrainConfig, ["--autocast", "fast"], "sae train")
 
 
+def _mean_fvu(cfg: TrainConfig) -> float:
+    """Train `cfg`; check that every step ran under autocast exactly when `cfg.autocast` says and
+    that its loss, every weight and every Adam moment are float32; return the mean held-out FVU
+    of its SAEs."""
+    tr = Trainer(cfg)
+    losses = []
+    for name, forward in list(tr._forward.items()):
+        tr._forward[name] = _recording(forward, losses)
+    finals = tr.fit()
+    assert {(loss.dtype, on) for loss, on in losses} == {(torch.float32, cfg.autocast)}
+    for m in tr.members:
+        assert {p.dtype for p in m.sae.parameters()} == {torch.float32}
+        moments = [t for s in m.opt.state.values() for t in s.values() if t.dim() > 0]
+        assert moments and {t.dtype for t in moments} == {torch.float32}
+    fvu = [json.loads((f / "train_summary.json").read_text())["fvu"] for f in finals]
+    return sum(fvu) / len(fvu)
+
+
 def _recording(forward, losses: list):
-    """`forward` that also keeps each step's loss."""
+    """`forward` that also keeps each step's loss and whether autocast was on."""
 
     def step(*args):
         out = forward(*args)
-        losses.append(out.loss)
+        losses.append((out.loss, torch.is_autocast_enabled("cpu")))
         return out
 
     return step
@@ -219,17 +237,39 @@ def test_autocast_trains_as_well_as_float32(tmp_path, one_torch_thread, arch):
             eval_activations=held,
             eval_tokens=16_384,
         )
-        tr = Trainer(cfg)
-        losses = []
-        for name, forward in list(tr._forward.items()):
-            tr._forward[name] = _recording(forward, losses)
-        finals = tr.fit()
-        assert {loss.dtype for loss in losses} == {torch.float32}
-        for m in tr.members:
-            assert {p.dtype for p in m.sae.parameters()} == {torch.float32}
-            moments = [t for s in m.opt.state.values() for t in s.values() if t.dim() > 0]
-            assert moments and {t.dtype for t in moments} == {torch.float32}
-        runs = [json.loads((f / "train_summary.json").read_text())["fvu"] for f in finals]
-        fvu[autocast] = sum(runs) / len(runs)
+        fvu[autocast] = _mean_fvu(cfg)
     assert fvu[False] < 0.5  # the run learned something: parity of two untrained SAEs is empty
+    assert abs(fvu[True] - fvu[False]) <= 0.002, fvu
+
+
+def test_transcoder_under_autocast_trains_as_well_as_float32(
+    tmp_path, tiny_models, one_torch_thread
+):
+    """Issue 27 item 2 for transcoders (resid_pre.1 -> mlp_out.1 of the tiny GPT-2, live, the
+    only way a transcoder reads two hooks): the same parity as the autoencoders. The mean of
+    eight moved by at most 0.0013 over three seeds here; this is seed 0."""
+    from conftest import CORPUS
+
+    text = tmp_path / "docs.jsonl"
+    text.write_text(
+        "".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i, t in enumerate(CORPUS * 64))
+    )
+    fvu = {}
+    for autocast in (False, True):
+        cfg = TrainConfig(
+            model=ModelConfig(
+                name=tiny_models["gpt2"], hooks=["resid_pre.1"], batch_windows=8, device="cpu"
+            ),
+            data=DataConfig(source=str(text), context_size=16, eval_every=5),
+            store=StoreConfig(buffer_tokens=2048, batch_size=512, normalize=True),
+            sae=SAEConfig(d_in=None, d_sae=128, k=8),
+            target_hook="mlp_out.1",
+            sweep=["k=8"] * MEMBERS,
+            total_tokens=10_240,
+            autocast=autocast,
+            out=str(tmp_path / f"run-{autocast}"),
+            quiet=True,
+        )
+        fvu[autocast] = _mean_fvu(cfg)
+    assert fvu[False] < 0.5
     assert abs(fvu[True] - fvu[False]) <= 0.002, fvu
