@@ -4,7 +4,7 @@ same run, and (with --peers) EleutherAI sparsify on the same rows.
     python scripts/bench_train.py                         # CPU, random rows, about 4 minutes
     python scripts/bench_train.py --activations train.npy --tokens 500000 --threads 2 --peers
     python scripts/bench_train.py --archs topk --peers --pairs 5 ...   # median of 5 ratios
-    python scripts/bench_train.py --device cuda --tokens 20000000 --autocast
+    python scripts/bench_train.py --device cuda --tokens 20000000 --autocast true
     python scripts/bench_train.py --device cuda --archs topk --d-in 4096 --d-sae 65536 --k 64 \
         --batch 8192 --tokens 4000000 --grid        # issue 11 item 7: fp32/bf16 x compile, MFU
 
@@ -16,8 +16,10 @@ takes than the bare step: the cost of the store, the shuffle and the batch scali
 Each architecture trains in a fresh subprocess through the real `sae train` code path
 (Trainer.fit on a [tokens, d_in] .npy: the file given, or random activations of --d-in columns;
 d_sae 3072, batch 4096, k 32 unless set; store, schedules, dead-latent tracking and Adam
-included). `--grid` runs each architecture four times: float32 and bf16 autocast, each with and
-without torch.compile. Tokens/s is the trainer's
+included). `--autocast` is the trainer's own setting, `auto` by default (bf16 autocast where the
+device multiplies bf16 natively); the header names what it resolved to and a row's name ends in
+"bf16" when it was on. `--grid` runs each architecture four times: float32 and bf16 autocast,
+each with and without torch.compile. Tokens/s is the trainer's
 own figure from metrics.jsonl (the loop only, after start-up). Peak RSS is the subprocess's
 ru_maxrss (GPU: torch.cuda.max_memory_allocated). `scripts/make_bench_acts.py` makes a MiniLM
 file.
@@ -51,6 +53,8 @@ import time
 import numpy as np
 import torch
 
+from sae.config.hardware import native_bf16
+
 ARCHS = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"]
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0)}
@@ -60,13 +64,14 @@ WORKER = r"""
 import json, resource, sys, time, torch
 arch, path, tokens, out, device, autocast, threads, d_sae, k, B, comp = sys.argv[1:12]
 d_sae, k, B = int(d_sae), int(k), int(B)
+autocast = {"auto": "auto", "1": True, "0": False}[autocast]
 torch.set_num_threads(int(threads))
 from sae.config.schema import StoreConfig, TrainConfig, ModelConfig
 from sae.model.sae import SAEConfig
 extra = {"matryoshka_prefixes": [d_sae // 8, d_sae // 2, d_sae]} if arch == "matryoshka" else {}
 cfg = TrainConfig(
     activations=path, total_tokens=int(tokens), eval_tokens=B, out=out, quiet=True,
-    model=ModelConfig(device=device), autocast=autocast == "1", compile=comp == "1",
+    model=ModelConfig(device=device), autocast=autocast, compile=comp == "1",
     store=StoreConfig(buffer_tokens=max(65536, 4 * B), batch_size=B, normalize=True),
     sae=SAEConfig(architecture=arch, d_sae=d_sae, k=k, **extra),
 )
@@ -95,7 +100,7 @@ for i in range(12):
     sync(); t = time.perf_counter(); tr._step(m, batch, 1.0, 1.0); sync()
     times.append(time.perf_counter() - t)
 bare = B / sorted(times[2:])[len(times[2:]) // 2]
-print(json.dumps({"tokens_per_s": last["tokens_per_s"], "steady": steady, "bare": bare, "peak_gb": mem}))
+print(json.dumps({"tokens_per_s": last["tokens_per_s"], "steady": steady, "bare": bare, "peak_gb": mem, "autocast": done.tcfg.autocast}))
 """
 
 PEER = r"""
@@ -190,7 +195,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
-    p.add_argument("--autocast", action="store_true")
+    p.add_argument(
+        "--autocast",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="bf16 autocast of the SAE step, as `sae train --autocast` (default: auto)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the step (--compile)")
     p.add_argument("--grid", action="store_true", help="fp32 and autocast, each +/- compile")
     p.add_argument("--peak-tflops", type=float, nargs=2, metavar=("FP32", "BF16"), default=None)
@@ -205,7 +215,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     S, K, B = args.d_sae, args.k, args.batch
     modes = (
-        [(ac, co) for ac in (False, True) for co in (False, True)]
+        [(ac, co) for ac in ("false", "true") for co in (False, True)]
         if args.grid
         else [(args.autocast, args.compile)]
     )
@@ -222,15 +232,23 @@ def main() -> None:
             f"device {args.device}, torch {torch.__version__}, {args.threads} threads; fp32 "
             f"addmm {rate / 1e9:.1f} GFLOP/s; sparse-step bound {sparse_bound:,.0f} tokens/s"
         )
-        print(f"d_in {d_in}, d_sae {S}, k {K}, batch {B}, {args.tokens} tokens each\n")
+        print(f"d_in {d_in}, d_sae {S}, k {K}, batch {B}, {args.tokens} tokens each")
+        choice = args.autocast
+        if args.grid:
+            choice = "false and true (--grid)"
+        elif choice == "auto":
+            native = native_bf16(args.device)
+            choice = f"auto: {'on' if native else 'off'} (bf16 {'native' if native else 'emulated'} on {args.device})"
+        print(f"SAE step autocast: {choice}\n")
         print(
             f"{'arch':22s} {'tokens/s':>10s} {'bound tok/s':>11s} {'of bound':>8s} "
             f"{'peak mem':>9s} {'steady':>8s} {'bare step':>9s} {'data path':>9s} {'MFU':>6s}"
         )
 
-        def worker(arch: str, autocast: bool, comp: bool, tag: str = "") -> dict:
-            out = f"{tmp}/{arch}-{int(autocast)}{int(comp)}{tag}"
-            flags = ["1" if autocast else "0", str(args.threads), str(S), str(K), str(B)]
+        def worker(arch: str, autocast: str, comp: bool, tag: str = "") -> dict:
+            out = f"{tmp}/{arch}-{autocast}{int(comp)}{tag}"
+            flag = {"auto": "auto", "true": "1", "false": "0"}[autocast]
+            flags = [flag, str(args.threads), str(S), str(K), str(B)]
             return _run(
                 [WORKER, arch, path, str(args.tokens), out, args.device, *flags]
                 + ["1" if comp else "0"]
@@ -239,14 +257,14 @@ def main() -> None:
         ours = {}
         for arch in args.archs:
             for autocast, comp in modes:
-                name = arch + (" bf16" if autocast else "") + (" compile" if comp else "")
                 r = worker(arch, autocast, comp)
                 if "error" in r:
-                    print(f"{name:22s} failed: {r['error']}")
+                    print(f"{arch:22s} failed: {r['error']}")
                     continue
+                name = arch + (" bf16" if r["autocast"] else "") + (" compile" if comp else "")
                 ours.setdefault(arch, r)
                 bound = sparse_bound if arch in TOPK_FAMILY else dense_floor
-                peak = peak_flops(args, autocast)
+                peak = peak_flops(args, r["autocast"])
                 mfu = (
                     f"{r['bare'] * flops_per_token(arch, d_in, S, K) / peak:6.1%}"
                     if peak
@@ -297,8 +315,9 @@ def main() -> None:
                 print()
                 for i, (a, b) in enumerate(pairs):
                     print(f"pair {i + 1}: topk {a:,.0f}, sparsify {b:,.0f} tokens/s: {a / b:.2f}x")
+            ours_name = "topk" + (" bf16" if ours["topk"]["autocast"] else "")
             print(
-                f"\ntopk / sparsify: {float(np.median(ratios)):.2f}x"
+                f"\n{ours_name} / sparsify (float32): {float(np.median(ratios)):.2f}x"
                 + (f" (median of {len(ratios)} pairs)" if len(ratios) > 1 else "")
             )
 

@@ -69,6 +69,12 @@ p.add_argument(
     default="signum",
     help="`sparsify`: its Trainer's default (schedule-free sign descent) or its Adam",
 )
+p.add_argument(
+    "--autocast",
+    choices=["false", "true", "auto"],
+    default="false",
+    help="bf16 autocast of the SAE step (default false: the grids in BENCHMARKS.md are float32)",
+)
 p.add_argument("--raw", action="store_true", help="`sparsify`: no unit-norm input scaling")
 p.add_argument("--on", choices=["mini", "syn"], default="mini", help="`sparsify`: which data")
 p.add_argument("patch", nargs="*")
@@ -283,6 +289,7 @@ common = dict(
     out=a.out,
     quiet=True,
     checkpoint_every=0,
+    autocast={"false": False, "true": True, "auto": "auto"}[a.autocast],
 )
 if a.kind == "syn":
     syn = SYN
@@ -323,6 +330,7 @@ res = {
     "lr": tr.members[0].lr,
     "patch": a.patch,
     "seed": a.seed,
+    "autocast": tr.tcfg.autocast,
 }
 summ = json.load(open(finals[0] / "train_summary.json"))
 res["fvu"] = round(summ["fvu"], 4)

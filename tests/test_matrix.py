@@ -9,7 +9,7 @@ a bf16-only failure (issue 24: the interaction suite's "mat1 and mat2 must have 
 once landed unseen. Here every row names its dtype explicitly, whatever the pin:
 
 - `sae train` of every architecture (one sweep over one activation stream) and a transcoder, with
-  `--autocast` off and on;
+  `--autocast false` and `--autocast true`;
 - `sae harvest` (storage in the model's dtype), then `sae train` and `sae eval` from that cache;
 - `sae eval` with every suite (`synthetic` on a synthetic run, which has no model dtype);
 - `sae export` in every format;
@@ -67,7 +67,7 @@ def sae_cmd(command: str, *argv: str) -> str:
 
 def autocast_args(on: bool) -> list[str]:
     """bf16 autocast of the SAE step on or off (TrainConfig.autocast)."""
-    return ["--autocast"] if on else ["--no-autocast"]
+    return ["--autocast", "true" if on else "false"]
 
 
 def data_args(text_file: str) -> list[str]:

@@ -1,10 +1,11 @@
-"""What the hardware multiplies natively: the `model.dtype: auto` rule.
+"""What the hardware multiplies natively: the `model.dtype: auto` and `autocast: auto` rule.
 
 A model forward in bfloat16 is fast only where the hardware has bfloat16 matrix units: NVIDIA
 GPUs of compute capability 8.0 (Ampere) and later, and x86 CPUs with AVX512-BF16 or AMX.
 Elsewhere bfloat16 is emulated and slower than float32, so `auto` chooses float32 there. Both
 the slowdown and the accuracy cost of a bfloat16 forward are measured in BENCHMARKS.md, 'Lower
-precision (bf16): accuracy and speed'.
+precision (bf16): accuracy and speed'. The same probe turns on bf16 autocast of the SAE step
+(`sae.training.checkpoint.resolve_autocast`).
 """
 
 from __future__ import annotations

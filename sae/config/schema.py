@@ -293,8 +293,11 @@ class TrainConfig:
     CHECKPOINT_SECONDS of wall time (whichever comes first), at the end, and on SIGINT/SIGTERM."""
     log_every: int = 10
     """steps between log lines in metrics.jsonl (and wandb)."""
-    autocast: bool = False
-    """bf16 autocast for the SAE step (GPU)."""
+    autocast: bool | Literal["auto"] = "auto"
+    """bf16 autocast for the SAE step (weights, Adam moments and the loss reduction stay float32).
+    'auto': on exactly where `model.dtype: auto` picks bfloat16 (the device multiplies it
+    natively, `sae.config.hardware.native_bf16`), off elsewhere; resolved when training starts, so
+    config.yaml and SAE metadata name the choice that ran, and --resume keeps the saved one."""
     compile: bool = False
     """torch.compile the SAE step (GPU)."""
     wandb: Literal["disabled", "offline", "online"] = "disabled"
@@ -324,6 +327,10 @@ class TrainConfig:
         )
         _check(
             self.lr is None or self.lr > 0, f"lr={self.lr} must be > 0 (or null for the default)."
+        )
+        _check(
+            self.autocast == "auto" or isinstance(self.autocast, bool),
+            f"autocast={self.autocast!r} is not one of 'auto', true or false.",
         )
         _check(
             self.wandb in ("disabled", "offline", "online"),

@@ -35,6 +35,10 @@ def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         return f"one of {list(args)}"
+    literals = [a for a in args if typing.get_origin(a) is Literal]
+    if bool in args and len(literals) == len(args) - 1:  # `bool | Literal[...]`
+        choices = [repr(c) for a in literals for c in typing.get_args(a)]
+        return ", ".join([*choices, "true"]) + " or false"
     if origin in (typing.Union, types.UnionType):
         arms = [_describe(a) for a in args if a is not type(None)]
         return " or ".join(arms) + (" or null" if type(None) in args else "")

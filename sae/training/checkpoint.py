@@ -30,7 +30,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sae import dist
-from sae.config import ConfigError
+from sae.config import ConfigError, hardware
 from sae.config.schema import TrainConfig
 from sae.fsutil import (
     atomic_save_safetensors,
@@ -187,6 +187,21 @@ def read_checkpoint(path: Path, names: list[str]) -> dict:
         "trainer": json.loads((path / "trainer.json").read_text()),
         "saes": {n: load_file(str(path / n / "trainer_state.safetensors")) for n in names},
     }
+
+
+def resolve_autocast(tcfg: TrainConfig) -> TrainConfig:
+    """`tcfg` with `autocast: auto` made true or false. Under --resume it is the choice the run's
+    config.yaml saved (a run keeps its numerics when resumed on other hardware); otherwise on
+    exactly where `model.dtype: auto` picks bfloat16, with the same probe."""
+    if tcfg.autocast != "auto":
+        return tcfg
+    saved = Path(tcfg.out) / "config.yaml"
+    choice = None
+    if tcfg.resume and saved.exists():
+        choice = (yaml.safe_load(saved.read_text()) or {}).get("autocast")
+    if not isinstance(choice, bool):
+        choice = hardware.native_bf16(tcfg.model.device)
+    return dataclasses.replace(tcfg, autocast=choice)
 
 
 def check_run_folder(tcfg: TrainConfig) -> None:

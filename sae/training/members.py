@@ -252,6 +252,7 @@ def run_metadata(tcfg: TrainConfig, tokens: int) -> dict:
         **model_metadata(tcfg.model),  # revision, dtype, trust_remote_code: how to reload it
         "context_size": tcfg.data.context_size,
         "tokens_trained": tokens,
+        "autocast": tcfg.autocast,  # bf16 autocast of the SAE step, as resolved for the run
         "exclude_bos": tcfg.store.exclude_bos,
         "exclude_special": tcfg.store.exclude_special,
         "data": dataclasses.asdict(tcfg.data),

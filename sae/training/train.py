@@ -5,7 +5,7 @@
     sae train --activations acts.npy --eval-activations heldout.npy
     sae train configs/sweep.yaml --sweep k=16 k=32 k=64    # three SAEs, one harvest
     sae train --out checkpoints/k64 --resume             # continue an interrupted run
-    sae train --model.device cuda --autocast --compile   # GPU: bf16 autocast, torch.compile
+    sae train --model.device cuda --compile              # GPU: torch.compile (bf16 autocast: auto)
     torchrun --nproc_per_node 2 -m sae train configs/minilm_topk.yaml   # data-parallel (DDP)
 
 The loop (`Trainer.fit`): next batch (`batches` owns epochs and reshuffling) -> LR and sparsity
@@ -44,6 +44,7 @@ from sae.training.checkpoint import (
     latest_checkpoint,
     rank_store_state,
     read_checkpoint,
+    resolve_autocast,
     write_checkpoint,
 )
 from sae.training.heldout import heldout_store, score_members
@@ -78,7 +79,7 @@ class Trainer:
     def __init__(self, tcfg: TrainConfig):
         """Setup: check the run folder, open the source, build the SAEs, size the schedule,
         and restore the latest checkpoint under --resume."""
-        self.tcfg = tcfg
+        self.tcfg = tcfg = resolve_autocast(tcfg)
         keep_freed_memory()  # the CPU step reuses its freed tensors (sae/training/malloc.py)
         self.device = resolve_device(tcfg.model.device)
         self.run = Path(tcfg.out)
