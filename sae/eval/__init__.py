@@ -24,7 +24,7 @@ in docs/methods.md):
                                           (docs/methods.md#descramble-suite)
     interaction  sae/eval/interaction.py  interaction sparsity of neurons, PCA, LIB and latents on
                                           one layer pair (docs/methods.md#interaction-suite)
-    records      sae/eval/records.py    feature records for `sae export`
+    records      sae/eval/records.py      feature records for `sae export`
                                           (docs/methods.md#records-suite)
     interpret    sae/eval/interpret.py    offline explanations scored by detection
                                           (docs/methods.md#interpret-suite)
@@ -34,7 +34,9 @@ in docs/methods.md):
 Layout: `config.py` (EvalConfig), `runner.py` (check inputs, build streams, run suites),
 `base.py` (EvalTarget, EvalContext, SuiteResult, the SUITES registry), one module per suite
 (above), `stream.py` (activation sources), `splice.py` (model runs with the SAE spliced in),
-`stats.py` (per-window sums, bootstrap), `plots.py`, `report.py`. A new suite is a module with
+`stats.py` (per-window sums, bootstrap), `plots.py`, `report.py`, `table.py` (latents.parquet:
+one row per latent, every suite's columns), `accumulate.py` + `finalize.py` (the records pass's
+streaming state and its end). A new suite is a module with
 `check(target)` and `run(target, ctx) -> SuiteResult` plus one line in `base.SUITES`.
 
 Activations. Without --activations the SAE's own model (cfg.json metadata `model_name`,
