@@ -34,6 +34,7 @@ from sae.fsutil import (
     atomic_save_safetensors,
     atomic_write_json,
     atomic_write_text,
+    remove_write_leftovers,
     replace_dir,
     sha256_file,
 )
@@ -104,8 +105,7 @@ def write_checkpoint(run: Path, tokens: int, parts: dict, keep: int = 2) -> Path
     final = run / f"{tokens:012d}"
     if verify_checkpoint(final) is None:
         return final  # the same position was saved already: same step, same state
-    for stale in run.glob(".tmp-*"):  # left by a write that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_write_leftovers(run)  # a write that was killed left them
     tmp = run / f".tmp-{tokens:012d}"
     tmp.mkdir(parents=True)
     try:
