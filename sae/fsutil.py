@@ -161,20 +161,18 @@ def is_write_leftover(name: str) -> bool:
     )
 
 
-def remove_write_leftovers(folder: str | Path) -> list[Path]:
-    """Delete the leftovers (`is_write_leftover`) of killed writes directly in `folder`; the
-    paths deleted. Only for a folder one process writes: another writer's temporary files
-    would be deleted under it."""
+def remove_write_leftovers(folder: str | Path) -> None:
+    """Delete the leftovers (`is_write_leftover`) of killed writes directly in `folder`. Only
+    for a folder one process writes: another writer's temporary files would be deleted under
+    it."""
     folder = Path(folder)
-    gone = (
-        sorted(p for p in folder.iterdir() if is_write_leftover(p.name)) if folder.is_dir() else []
-    )
-    for path in gone:
+    for path in list(folder.iterdir()) if folder.is_dir() else []:
+        if not is_write_leftover(path.name):
+            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    return gone
 
 
 def _umask() -> int:
