@@ -180,6 +180,29 @@ def atomic_folder(folder: str | Path, owned: Callable[[Path], bool], what: str) 
         raise
 
 
+def is_write_leftover(name: str) -> bool:
+    """Whether `name` is what a write killed midway leaves beside its target: `_atomic`'s
+    `.<name>.<random>.tmp` file, `atomic_folder`'s `.<name>.tmp-<random>` folder, a checkpoint's
+    `.tmp-<tokens>` folder, or `replace_dir`'s `.old-<name>` folder."""
+    return name.startswith(".") and (
+        name.endswith(".tmp") or ".tmp-" in name or name.startswith(".old-")
+    )
+
+
+def remove_write_leftovers(folder: str | Path) -> None:
+    """Delete the leftovers (`is_write_leftover`) of killed writes directly in `folder`. Only
+    for a folder one process writes: another writer's temporary files would be deleted under
+    it."""
+    folder = Path(folder)
+    for path in list(folder.iterdir()) if folder.is_dir() else []:
+        if not is_write_leftover(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)

@@ -166,14 +166,19 @@ def tensor_digests(path: Path) -> dict[str, str]:
 
 
 def train_result(out: Path) -> dict:
-    """Final weights (per tensor sha256) and the stream accounting of the last checkpoint."""
-    finals = sorted((out / "final").iterdir())
+    """Final weights (per tensor sha256), every path under final/ and the run folder's hidden
+    entries (what killed writes left: a resumed run must leave none), and the stream
+    accounting of the last checkpoint."""
+    final = out / "final"
+    finals = sorted(p for p in final.iterdir() if not p.name.startswith("."))
     ckpts = sorted(p for p in out.iterdir() if p.is_dir() and p.name.isdigit())
     last = ckpts[-1]
     trainer = json.loads((last / "trainer.json").read_text())
     ranks = json.loads((last / "store_state.json").read_text())["ranks"]
     return {
         "weights": {f.name: tensor_digests(f / "sae_weights.safetensors") for f in finals},
+        "final_paths": sorted(str(p.relative_to(final)) for p in final.rglob("*")),
+        "hidden": sorted(p.name for p in out.iterdir() if p.name.startswith(".")),
         "tokens": trainer["tokens"],
         "stream": trainer.get("stream"),
         "rows_yielded": [r["rows_yielded"] for r in ranks],

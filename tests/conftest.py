@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +70,58 @@ def _build(family: str, path: str) -> None:
         model.config.bos_token_id, model.config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     model.save_pretrained(path)
     tok.save_pretrained(path)
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+TOOL_CACHES = frozenset(
+    {".git", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".venv", "venv"}
+)
+"""Folders the tools write in (Python's bytecode, pytest's and Hypothesis's caches) or a local
+environment: not what a test wrote, and not walked."""
+
+
+def repository_files(root: Path = REPOSITORY) -> dict[str, tuple[int, int]]:
+    """Every file under `root` outside TOOL_CACHES: relative path -> (size, mtime in ns)."""
+    files = {}
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in TOOL_CACHES]
+        for name in names:
+            path = Path(folder, name)
+            try:
+                st = path.lstat()
+            except OSError:  # removed meanwhile
+                continue
+            files[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return files
+
+
+def repository_changes(before: dict, after: dict) -> list[str]:
+    """'added x', 'removed y', 'changed z' between two `repository_files` listings."""
+    return sorted(
+        [f"added {p}" for p in after.keys() - before.keys()]
+        + [f"removed {p}" for p in before.keys() - after.keys()]
+        + [f"changed {p}" for p in before.keys() & after.keys() if before[p] != after[p]]
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_unchanged():
+    """Nothing a test does writes under the repository: the files there (a run the README's
+    first command left in checkpoints/default included) are listed before the session and
+    compared after it; any difference is an error of the session's last test."""
+    before = repository_files()
+    yield
+    changes = repository_changes(before, repository_files())
+    assert not changes, f"the tests wrote under the repository {REPOSITORY}: {changes[:20]}"
+
+
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty folder of its own, so a relative default (`sae train`'s
+    out=checkpoints/default, `sae harvest`'s caches/default) never lands in, or collides with, the
+    folder pytest was started from: a clone where `sae train` already wrote checkpoints/default
+    made three hostile-input tests fail with 'already holds a run'."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(scope="session", autouse=True)

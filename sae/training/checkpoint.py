@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from sae.fsutil import (
     atomic_save_safetensors,
     atomic_write_json,
     atomic_write_text,
+    remove_write_leftovers,
     replace_dir,
     sha256_file,
 )
@@ -106,9 +106,7 @@ def write_checkpoint(run: Path, tokens: int, parts: dict, keep: int = 2) -> Path
     final = run / f"{tokens:012d}"
     if verify_checkpoint(final) is None:
         return final  # the same position was saved already: same step, same state
-    for stale in run.glob(".tmp-*"):  # left by a write that was killed (our names only)
-        if re.fullmatch(r"\.tmp-\d{12}", stale.name):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_write_leftovers(run)  # a write that was killed left them
     tmp = run / f".tmp-{tokens:012d}"
     tmp.mkdir(parents=True)
     try:

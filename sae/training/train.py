@@ -37,7 +37,7 @@ from sae.config.schema import (
     KEEP_CHECKPOINTS,
     TrainConfig,
 )
-from sae.fsutil import atomic_write_json
+from sae.fsutil import atomic_write_json, remove_write_leftovers
 from sae.training.checkpoint import (
     CheckpointClock,
     check_run_folder,
@@ -126,6 +126,10 @@ class Trainer:
         tcfg = self.tcfg
         if dist.is_main():
             self.run.mkdir(parents=True, exist_ok=True)
+            # A run killed while writing its config, a checkpoint or a final SAE folder left
+            # temporaries (hidden, never read); the run that continues it deletes them.
+            for folder in (self.run, self.run / "final"):
+                remove_write_leftovers(folder)
             save_yaml(tcfg, self.run / "config.yaml")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda s, f: setattr(self, "_stop_signal", s))

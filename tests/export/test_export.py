@@ -23,7 +23,15 @@ from sae.export.cli import ExportConfig, run_export
 from sae.export.neuronpedia import schema
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-ARTIFACTS = Path(os.environ.get("SAE_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+
+
+@pytest.fixture
+def artifacts(tmp_path) -> Path:
+    """Where the dashboard screenshots go: $SAE_TEST_ARTIFACTS when set (to keep them), else a
+    folder of the test (tests write nothing under the repository)."""
+    folder = Path(os.environ.get("SAE_TEST_ARTIFACTS") or tmp_path / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture
@@ -88,7 +96,7 @@ def test_neuronpedia_batches_load_in_saedashboard(exported):
         load_with_saedashboard(json.loads(path.read_text()))
 
 
-def test_dashboard_in_headless_chromium(exported):
+def test_dashboard_in_headless_chromium(exported, artifacts):
     """Pins: the index lists every latent and sorts; a latent page shows a highlighted context;
     a `<script>alert(1)</script>` token renders as text and never runs; no network request."""
     from cdp import Browser, chromium
@@ -118,20 +126,20 @@ def test_dashboard_in_headless_chromium(exported):
             "[...document.querySelectorAll('tr.latent')].map(r => +r.cells[1].textContent)"
         )
         assert freqs == sorted(freqs, reverse=True)
-        b.screenshot(ARTIFACTS / "dashboard_index.png")
+        b.screenshot(artifacts / "dashboard_index.png")
         b.open(site.parent / "latents" / f"{latent}.html")
         assert b.eval("document.querySelectorAll('.ctx .q').length") > 0
         assert b.eval("document.querySelectorAll('.ctx .q[class*=\"a\"]').length") > 0
         spans = b.eval("[...document.querySelectorAll('.ctx span')].map(s => s.textContent.trim())")
         assert SCRIPT in spans
         assert b.eval("document.scripts.length") == 0
-        b.screenshot(ARTIFACTS / "dashboard_latent.png")
+        b.screenshot(artifacts / "dashboard_latent.png")
         urls = b.requests()
         assert urls and all(u.startswith("file://") for u in urls), urls
         assert not b.dialogs()
     finally:
         b.close()
-    assert (ARTIFACTS / "dashboard_latent.png").stat().st_size > 1000
+    assert (artifacts / "dashboard_latent.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])

@@ -152,3 +152,26 @@ def test_checkpoint_clock_fires_on_tokens_or_time_whichever_first():
     off = ckpt.CheckpointClock(0, 0, tokens=0, clock=lambda: now[0])
     now[0] = 1e9
     assert not off.due(10**12)
+
+
+def test_write_leftovers_are_deleted_and_nothing_else(tmp_path):
+    """Pins what `remove_write_leftovers` (run by the trainer on the run folder and final/ before
+    a run continues it) deletes: the temporaries each writer leaves when killed (`_atomic`'s
+    file, `atomic_folder`'s folder, a checkpoint's `.tmp-N`, `replace_dir`'s `.old-N`), and no
+    checkpoint, SAE folder, config or other hidden file."""
+    leftovers = [
+        ".config.yaml.k2j4.tmp",
+        ".s.tmp-ab12/",
+        ".tmp-000000001024/",
+        ".old-000000001024/",
+    ]
+    keep = ["config.yaml", ".gitkeep", ".hidden.tmpl", "000000001024/", "s/"]
+    for name in leftovers + keep:
+        path = tmp_path / name.rstrip("/")
+        if name.endswith("/"):
+            path.mkdir()
+            (path / "f.safetensors").write_text("x")
+        else:
+            path.write_text("x")
+    fsutil.remove_write_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n.rstrip("/") for n in keep)

@@ -57,11 +57,52 @@ def test_a_kill_reaches_workers_in_sessions_of_their_own(tmp_path):
             os.kill(worker, signal.SIGKILL)
 
 
-def test_quick_fault_campaign(tmp_path):
+KILLED_IN_THE_FINAL_SAVE = """
+import os, signal, sys
+import sae.fsutil
+replace_dir = sae.fsutil.replace_dir
+def killed_before_the_rename(tmp, final):
+    if os.path.basename(os.path.dirname(final)) == "final":
+        os.kill(os.getpid(), signal.SIGKILL)  # the SAE folder is written whole, not yet renamed
+    replace_dir(tmp, final)
+sae.fsutil.replace_dir = killed_before_the_rename
+from sae.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_kill_during_the_final_save_then_resume(tmp_path):
+    """Pins the quick campaign's `matrix-topk: chain 1 (2 kills): DIFFERENT` (issue 24): a
+    SIGKILL while `final/<sae>/` was being written (its temporary folder complete, not yet
+    renamed: a window of some 50 ms at the end of a run, hit when a kill's seeded moment met a
+    loaded machine) left `final/.<sae>.tmp-<random>/`, weights included, beside the folder the
+    resume then wrote. The resumed run now deletes such leftovers, and the campaign compares
+    every path under final/, so the chain ends identical to the uninterrupted run."""
+    fc = _campaign_module()
+    fc._rows = 4096
+    args = fc._matrix(tmp_path, "--sae.k", "4", *fc.CKPT)
+    ref = fc.run(fc.sae_cmd([*args, "--out", "ref"]), tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    cut = fc.run([sys.executable, "-c", KILLED_IN_THE_FINAL_SAVE, *args, "--out", "cut"], tmp_path)
+    assert cut.returncode == -signal.SIGKILL, cut.stderr
+    assert any(p.name.startswith(".") for p in (tmp_path / "cut" / "final").iterdir())
+    end = fc.run(fc.sae_cmd([*args, "--out", "cut", "--resume"]), tmp_path)
+    assert end.returncode == 0, end.stderr
+    assert fc.train_result(tmp_path / "cut") == fc.train_result(tmp_path / "ref")
+
+
+REPEAT = int(os.environ.get("SAE_FAULT_REPEAT") or 1)
+"""How many times the default suite runs the quick campaign, with seeds 0, 1, ...
+(`SAE_FAULT_REPEAT=20 python -m pytest`): a defect that shows once in many runs, as the final-save
+kill did, shows within the suite's own conditions."""
+
+
+@pytest.mark.parametrize("seed", range(REPEAT))
+def test_quick_fault_campaign(tmp_path, seed):
     """SIGKILLs at seeded random moments then --resume: bit-identical weights and the same token
     count; a byte-flipped newest checkpoint is reported and skipped; a file-size limit hit while
     writing a checkpoint is one line on stderr and leaves the previous checkpoint resumable."""
-    report = _campaign_module().campaign(tmp_path, seed=0, quick=True, only=None, log=print)
+    report = _campaign_module().campaign(tmp_path, seed=seed, quick=True, only=None, log=print)
     _check(report)
 
 
