@@ -180,13 +180,21 @@ def atomic_folder(folder: str | Path, owned: Callable[[Path], bool], what: str) 
         raise
 
 
-def is_write_leftover(name: str) -> bool:
-    """Whether `name` is what a write killed midway leaves beside its target: `_atomic`'s
-    `.<name>.<random>.tmp` file, `atomic_folder`'s `.<name>.tmp-<random>` folder, a checkpoint's
-    `.tmp-<tokens>` folder, or `replace_dir`'s `.old-<name>` folder."""
-    return name.startswith(".") and (
-        name.endswith(".tmp") or ".tmp-" in name or name.startswith(".old-")
-    )
+LEFTOVER_NAMES = re.compile(
+    r"\..+\.[a-z0-9_]+\.tmp"  # _atomic's file: .<name>.<random>.tmp
+    r"|\..+\.tmp-[a-z0-9_]+"  # atomic_folder's folder: .<name>.tmp-<random>
+    r"|\.(tmp|old)-\d{12}"  # a checkpoint's .tmp-<tokens>, replace_dir's .old-<tokens>
+)
+"""The names our killed writes leave beside their target (and nobody else's hidden files)."""
+
+
+def is_write_leftover(path: Path) -> bool:
+    """Whether `path` is what a write killed midway left beside its target: a name of
+    `LEFTOVER_NAMES`, or `replace_dir`'s `.old-<name>` folder of an SAE folder (one that holds
+    cfg.json). Anything else, a user's `.tmp-photos` included, is not ours to delete."""
+    if LEFTOVER_NAMES.fullmatch(path.name):
+        return True
+    return path.name.startswith(".old-") and (path / "cfg.json").is_file()
 
 
 def remove_write_leftovers(folder: str | Path) -> None:
@@ -195,7 +203,7 @@ def remove_write_leftovers(folder: str | Path) -> None:
     it."""
     folder = Path(folder)
     for path in list(folder.iterdir()) if folder.is_dir() else []:
-        if not is_write_leftover(path.name):
+        if not is_write_leftover(path):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

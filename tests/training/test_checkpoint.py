@@ -158,15 +158,24 @@ def test_write_leftovers_are_deleted_and_nothing_else(tmp_path):
     """Pins what `remove_write_leftovers` (run by the trainer on the run folder and final/ before
     a run continues it) deletes: the temporaries each writer leaves when killed (`_atomic`'s
     file, `atomic_folder`'s folder, a checkpoint's `.tmp-N`, `replace_dir`'s `.old-N`), and no
-    checkpoint, SAE folder, config or other hidden file."""
+    checkpoint, SAE folder, config or other hidden file (issue 25: a user's `.tmp-photos` folder
+    beside the checkpoints was deleted by a pattern that took any `.tmp-` name)."""
     leftovers = [
         ".config.yaml.k2j4.tmp",
         ".s.tmp-ab12/",
         ".tmp-000000001024/",
         ".old-000000001024/",
+        ".old-s/cfg.json",
     ]
-    keep = ["config.yaml", ".gitkeep", ".hidden.tmpl", "000000001024/", "s/"]
+    keep = [
+        "config.yaml", ".gitkeep", ".hidden.tmpl", "000000001024/", "s/", ".tmp-photos/",
+        ".old-photos/", ".photos.tmp",
+    ]  # fmt: skip
     for name in leftovers + keep:
+        if name.endswith("/cfg.json"):  # an SAE folder that replace_dir moved aside
+            (tmp_path / name).parent.mkdir()
+            (tmp_path / name).write_text("{}")
+            continue
         path = tmp_path / name.rstrip("/")
         if name.endswith("/"):
             path.mkdir()
@@ -175,3 +184,4 @@ def test_write_leftovers_are_deleted_and_nothing_else(tmp_path):
             path.write_text("x")
     fsutil.remove_write_leftovers(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n.rstrip("/") for n in keep)
+    assert not (tmp_path / ".old-s").exists()

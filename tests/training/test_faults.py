@@ -61,10 +61,10 @@ KILLED_IN_THE_FINAL_SAVE = """
 import os, signal, sys
 import sae.fsutil
 replace_dir = sae.fsutil.replace_dir
-def killed_before_the_rename(tmp, final):
+def killed_before_the_rename(tmp, final, *args):
     if os.path.basename(os.path.dirname(final)) == "final":
         os.kill(os.getpid(), signal.SIGKILL)  # the SAE folder is written whole, not yet renamed
-    replace_dir(tmp, final)
+    replace_dir(tmp, final, *args)
 sae.fsutil.replace_dir = killed_before_the_rename
 from sae.cli import main
 main(sys.argv[1:])
