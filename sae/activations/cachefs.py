@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from sae.config import ConfigError
+from sae.config import ConfigError, first_line
 from sae.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text, sha256_file
 
 CACHE_FORMAT = "sae-activation-cache"
@@ -53,7 +53,7 @@ class CacheLocation:
             try:
                 fs, root = fsspec.core.url_to_fs(self.display)
             except (ImportError, ValueError) as e:
-                first = (str(e).splitlines() or [type(e).__name__])[0]
+                first = first_line(e)
                 raise ConfigError(
                     f"cannot open {self.display!r}: {first} (s3:// needs `pip install 'sae[s3]'`, "
                     "gs:// needs gcsfs)."

@@ -5,6 +5,6 @@ Importing this package is light: `from sae.config import ConfigError` loads no t
 model code, so every stage can raise it.
 """
 
-from sae.config.errors import ConfigError
+from sae.config.errors import ConfigError, first_line
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "first_line"]

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from sae.activations.sources import MATRIX_HOOK, CacheSource, LiveSource, MatrixSource, open_source
-from sae.config import ConfigError
+from sae.config import ConfigError, first_line
 from sae.config.schema import DataConfig, ModelConfig, StoreConfig
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, suite_module
 from sae.eval.config import EvalConfig, parse_args
@@ -184,7 +184,7 @@ def prepare(cfg: EvalConfig, ctx: EvalContext) -> list[EvalTarget]:
         try:
             sae = load_sae(folder if folder.exists() else d)  # a folder, or a Hub repo id
         except Exception as e:  # missing files, bad JSON, corrupt safetensors, shape mismatch
-            first = (str(e).splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise ConfigError(f"cannot load SAE folder {d!r}: {first}") from None
         meta = dict(sae.metadata)
         name, i = folder.resolve().name, 2

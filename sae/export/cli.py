@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tyro
 
-from sae.config import ConfigError
+from sae.config import ConfigError, first_line
 from sae.config.parse import parse_cli
 from sae.config.schema import DataConfig
 from sae.eval.config import given_data_fields
@@ -90,7 +90,7 @@ def _check(cfg: ExportConfig):
     try:
         return load(folder if folder.exists() else cfg.sae_dir)
     except Exception as e:  # missing files, bad JSON, corrupt weights, unknown layout
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ConfigError(f"cannot load SAE {cfg.sae_dir!r}: {first}") from None
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from sae.config import ConfigError
+from sae.config import ConfigError, first_line
 from sae.fsutil import atomic_write_text
 from sae.io import CFG_FILE, SPARSITY_FILE, saelens_architecture, save
 from sae.model.sae import SAE
@@ -123,9 +123,7 @@ def export_saelens(src: Path, out: Path, report: Path | None = None) -> Path:
     try:
         model = load(src if src.exists() else str(src))  # a folder, or a Hub repo id
     except Exception as e:  # missing files, bad JSON, corrupt weights, unknown architecture
-        raise ConfigError(
-            f"cannot load SAE folder {str(src)!r}: {(str(e).splitlines() or [type(e).__name__])[0]}"
-        ) from None
+        raise ConfigError(f"cannot load SAE folder {str(src)!r}: {first_line(e)}") from None
     sparsity = None
     if (src / SPARSITY_FILE).is_file():
         sparsity = load_file(str(src / SPARSITY_FILE)).get("sparsity")

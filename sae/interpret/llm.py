@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from sae.config import ConfigError
+from sae.config import ConfigError, first_line
 from sae.fsutil import atomic_write_json, sha256_json
 
 T = TypeVar("T")
@@ -220,7 +220,7 @@ class ChatClient:
             except httpx.TimeoutException:
                 last = f"no answer within {self.cfg.timeout_s:g} s"
             except httpx.HTTPError as e:
-                first = (str(e).splitlines() or [type(e).__name__])[0]
+                first = first_line(e)
                 last = f"HTTP error: {first}{withheld}"
             except (ValueError, KeyError, TypeError, IndexError) as e:
                 last = f"malformed answer: {e}"

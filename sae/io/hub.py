@@ -17,6 +17,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from sae.config import first_line
+
 CONFIG_FILES = ("cfg.json", "config.json")
 WEIGHT_FILES = ("sae_weights.safetensors", "sparsity.safetensors", "sae.safetensors", "ae.pt")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -89,7 +91,7 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
             f"and {why}."
         ) from None
     except Exception as e:  # network errors, bad ids: one line, not a traceback
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ValueError(f"cannot fetch Hub repo {repo_id!r}: {first}") from None
 
 
@@ -172,7 +174,7 @@ def load_with_saelens(release: str, sae_id: str) -> Path:
     try:
         model = SAELensSAE.from_pretrained(release, sae_id, device="cpu")
     except Exception as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ValueError(f"SAELens could not load {release!r} / {sae_id!r}: {first}") from None
     folder = Path(tempfile.mkdtemp(prefix="sae-saelens-"))
     model.save_model(str(folder))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae.config import ConfigError
+from sae.config import ConfigError, first_line
 
 SAFE_TORCH_LOAD = (2, 10)
 """the first torch release whose `weights_only=True` unpickler has no known bypass (see above)."""
@@ -60,7 +60,7 @@ def read_torch_state_dict(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ValueError(
             f"{path} is not a plain state dict of tensors (read with weights_only=True): {first}"
         ) from None
