@@ -202,3 +202,22 @@ def test_paths_that_leave_the_repo_are_refused(hub_cache, tmp_path):
     assert split_repo_id("someone/repo/layers.3") == ("someone/repo", "layers.3")
     with pytest.raises(ConfigError, match="'..' part"):
         EvalConfig([f"someone/repo/{escape}"])
+
+
+@pytest.mark.parametrize("command", ["export", "eval"])
+def test_hub_path_leaving_the_repo_is_one_line_in_every_command(command, tmp_path):
+    """Pins issue 30.6: `sae export 'org/name/../x'` printed a ValueError traceback (exit 1)
+    because only `sae eval`'s config turned the Hub-path refusal into a ConfigError. The refusal
+    is a ConfigError where it is raised, so every command prints one line and exits 2."""
+    import subprocess
+    import sys
+
+    args = {
+        "export": ["export", "org/name/../x", "--format", "saelens", "--out", str(tmp_path / "o")],
+        "eval": ["eval", "org/name/../x", "--out", str(tmp_path / "o")],
+    }[command]
+    r = subprocess.run([sys.executable, "-m", "sae", *args], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'..' part" in lines[0], r.stderr
+    assert not (tmp_path / "o").exists()

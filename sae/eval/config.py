@@ -110,10 +110,7 @@ class EvalConfig:
         for d in self.sae_dirs:  # folders of any layout sae.load reads, or Hub 'org/name[/sub]'
             if Path(d).is_dir():
                 continue
-            try:
-                repo = None if Path(d).exists() else split_repo_id(d)
-            except ValueError as e:  # a Hub path leaving its repo ('org/name/../../x')
-                raise ConfigError(str(e)) from None
+            repo = None if Path(d).exists() else split_repo_id(d)  # '..' parts: ConfigError
             _check(
                 repo is not None,
                 f"SAE folder {d!r} does not exist or is not a folder (nor a Hub repo id).",

@@ -1,6 +1,6 @@
 """Run a model with activations captured, or replaced, at hook points; downstream losses.
 
-Hooks follow sae/hooks.py (module path + output, or ':input' through a forward pre-hook). A
+Hooks follow sae/activations/capture.py (module path + output, or ':input' through a forward pre-hook). A
 replacement swaps the hooked tensor for a given one, so "the SAE spliced in" is: clean pass ->
 reconstruct -> second pass with the reconstruction in place of the activation at the positions
 the SAE was trained on (the caller keeps the clean values elsewhere, e.g. at BOS).

@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from sae.config import first_line
+from sae.config import ConfigError, first_line
 
 CONFIG_FILES = ("cfg.json", "config.json")
 WEIGHT_FILES = ("sae_weights.safetensors", "sparsity.safetensors", "sae.safetensors", "ae.pt")
@@ -37,10 +37,12 @@ def unsafe_hub_path(text: str) -> str | None:
 
 
 def check_hub_path(text: str, what: str) -> None:
-    """ValueError naming `text` when it could leave the repo (see `unsafe_hub_path`)."""
+    """ConfigError naming `text` when it could leave the repo (see `unsafe_hub_path`): bad
+    input, so every command prints it as one line (a ConfigError is a ValueError for callers of
+    `sae.load`)."""
     why = unsafe_hub_path(text)
     if why is not None:
-        raise ValueError(
+        raise ConfigError(
             f"{what} {text!r} is refused: {why}, so it could name a file outside the repo; "
             "give a path inside it, e.g. 'org/name/layers.3'."
         )
@@ -48,7 +50,7 @@ def check_hub_path(text: str, what: str) -> None:
 
 def split_repo_id(source: str) -> tuple[str, str] | None:
     """('org/name', 'sub/folder') for 'org/name[/sub/folder]', None if it is not that shape (a
-    local path). A Hub path with a '..' part is a ValueError: it would resolve outside the repo."""
+    local path). A Hub path with a '..' part is a ConfigError: it would resolve outside the repo."""
     if source.startswith(("/", ".", "~")) or "\\" in source:
         return None  # a filesystem path
     parts = source.strip("/").split("/")

@@ -3,7 +3,7 @@
     sae train                                            # built-in default: MiniLM resid_post.3, TopK
     sae train configs/minilm_topk.yaml --sae.k 64 --out checkpoints/k64
     sae train --activations acts.npy --eval-activations heldout.npy
-    sae train configs/sweep.yaml --sweep k=16 k=32 k=64    # three SAEs, one harvest
+    sae train configs/sweep_k.yaml --sweep k=16 k=32 k=64  # three SAEs, one activation stream
     sae train --out checkpoints/k64 --resume             # continue an interrupted run
     sae train --model.device cuda --compile              # GPU: torch.compile (bf16 autocast: auto)
     torchrun --nproc_per_node 2 -m sae train configs/minilm_topk.yaml   # data-parallel (DDP)
