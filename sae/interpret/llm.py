@@ -9,8 +9,8 @@ highlighted (Bills et al. 2023, "Language models can explain neurons in language
 scorer sees held-out contexts, firing and not, and says for each how likely the latent fires
 there (the detection scorer of Paulo et al. 2024, "Automatically interpreting millions of
 features in large language models"). Answers must be one JSON object of the asked shape (a single
-``` fence around it is tolerated, nothing else); a malformed answer, an HTTP error or a timeout is
-retried `retries` times after an exponential backoff with full jitter (a uniform draw in
+``` fence around it is tolerated, nothing else); a malformed answer, an HTTP error or a timeout (the
+whole answer must arrive within `timeout_s`, however slowly its bytes trickle in) is retried `retries` times after an exponential backoff with full jitter (a uniform draw in
 [0, backoff_s * 2^i], at most MAX_BACKOFF_S). A 429 or 503 answer (rate limit, overload) is
 waited out instead, for its Retry-After when it gives a readable one (delay-seconds or an HTTP
 date; `nan`, `inf`, negative numbers and junk are unreadable and get the backoff), else the same
@@ -65,7 +65,7 @@ class LLMConfig:
     api_key_env: str = "OPENAI_API_KEY"
     """environment variable holding the API key (unset: no Authorization header is sent)."""
     timeout_s: float = 60.0
-    """seconds allowed per request."""
+    """seconds allowed per request (connecting, and the whole answer arriving)."""
     retries: int = 2
     """further attempts after a malformed answer, an HTTP error or a timeout."""
     backoff_s: float = 1.0
@@ -159,6 +159,8 @@ llm.max_wait_s, ends the request at once)."""
 MAX_RATE_LIMITED = 50
 """429/503 answers one request may receive before it fails, however short their waits."""
 RATE_LIMITED = (429, 503)
+MAX_ANSWER_BYTES = 4 << 20
+"""the longest answer body read (a chat completion of one JSON object is a few kB)."""
 _DELAY_SECONDS = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
@@ -220,6 +222,24 @@ class ChatClient:
             )
         return {"Authorization": f"Bearer {key}"}, ""
 
+    def _post(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str | None, bytes]:
+        """(status, Retry-After header, answer body) of one POST; raises httpx errors. The body
+        must arrive whole within timeout_s and hold at most MAX_ANSWER_BYTES: httpx's timeout
+        bounds each read, so a server sending a byte at a time could hold a request for ever."""
+        deadline = time.monotonic() + self.cfg.timeout_s
+        with self.http.stream("POST", self.url, json=body, headers=headers) as r:
+            if r.status_code in RATE_LIMITED:
+                return r.status_code, r.headers.get("Retry-After"), b""
+            r.raise_for_status()
+            data = bytearray()
+            for chunk in r.iter_bytes():
+                data += chunk
+                if len(data) > MAX_ANSWER_BYTES:
+                    raise ValueError(f"the answer is longer than {MAX_ANSWER_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the answer did not end in time", request=r.request)
+        return r.status_code, None, bytes(data)
+
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0.0, min(self.cfg.backoff_s * 2.0 ** min(attempt, 64), MAX_BACKOFF_S))
 
@@ -241,27 +261,26 @@ class ChatClient:
         while True:
             try:
                 self.requests += 1
-                r = self.http.post(self.url, json=body, headers=headers)
-                if r.status_code in RATE_LIMITED:
-                    wait = retry_after(r.headers.get("Retry-After"))
+                status, retry_header, data = self._post(body, headers)
+                if status in RATE_LIMITED:
+                    wait = retry_after(retry_header)
                     wait = self._backoff(limited) if wait is None else wait
                     limited += 1
                     if waited + wait > self.cfg.max_wait_s:
                         raise LLMError(
-                            f"{self.url} ({self.cfg.model}) answered HTTP {r.status_code} "
+                            f"{self.url} ({self.cfg.model}) answered HTTP {status} "
                             f"{limited} times; waiting {wait:.3g} s more would pass "
                             f"llm.max_wait_s={self.cfg.max_wait_s:g} s."
                         )
                     if limited >= MAX_RATE_LIMITED:
                         raise LLMError(
-                            f"{self.url} ({self.cfg.model}) answered HTTP {r.status_code} "
+                            f"{self.url} ({self.cfg.model}) answered HTTP {status} "
                             f"{limited} times (at most {MAX_RATE_LIMITED} rate-limited answers per request)."
                         )
                     waited += wait
                     self._sleep(wait)
                     continue
-                r.raise_for_status()
-                content = r.json()["choices"][0]["message"]["content"]
+                content = json.loads(data)["choices"][0]["message"]["content"]
                 obj = parse_json_object(content)
                 value = validate(obj)
             except httpx.TimeoutException:

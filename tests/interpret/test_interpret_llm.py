@@ -343,6 +343,48 @@ def test_config_rejects_endless_waits():
             LLMConfig(base_url="http://127.0.0.1:1/v1", model="m", **kw).check()
 
 
+def test_an_answer_trickling_in_is_cut_at_the_timeout(tmp_path):
+    """Pins issue 30.3: llm.timeout_s bounded each read, not the answer, so an endpoint sending
+    one byte every 0.1 s held a request as long as it liked (here 4 s, then a valid answer that
+    was accepted). The whole answer must now arrive within timeout_s."""
+    answer = json.dumps({"choices": [{"message": {"content": '{"explanation": "cats"}'}}]})
+    data = (" " * 40 + answer).encode()
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(40):  # 40 blanks, 0.1 s apart, then the rest at once
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                self.wfile.write(data[40:])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        cfg = LLMConfig(base_url=url, model="m", timeout_s=0.5, retries=0)
+        c = ChatClient(cfg, tmp_path / "cache")
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="no answer within 0.5 s") as e:
+            explain(c, CTX)
+        assert time.monotonic() - t0 < 2.0 and "\n" not in str(e.value)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_config_errors():
     """Pins the one-sentence errors: a base URL without a model, and a URL without a scheme."""
     with pytest.raises(ConfigError, match="give both"):
