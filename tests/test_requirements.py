@@ -130,3 +130,23 @@ def test_each_optional_part_names_its_extra(monkeypatch, tmp_path):
     assert {"wandb", "s3", "saelens"} <= set(extras) and set(OPTIONAL_IMPORTS.values()) <= set(
         extras
     )
+
+
+# Releases below which a package that reads files or answers from elsewhere has a known
+# vulnerability on a path sae uses (pyproject.toml's comments say which).
+FIXED_IN = {
+    "pyarrow": ("14.0.1", "CVE-2023-47248: a crafted Parquet/IPC file ran code"),
+    "transformers": ("5.5", "CVE-2026-4372, CVE-2026-5241: a Hub config.json ran Hub code"),
+    "torch": ("2.10", "CVE-2025-32434, CVE-2026-24747: weights_only=True bypassed"),
+    "httpx": ("0.23", "CVE-2021-41945: URL parsing"),
+}
+
+
+def test_floors_have_no_known_vulnerability():
+    """Pins issue 30.5: the floors admitted releases with known vulnerabilities on paths sae
+    uses: pyarrow>=14 allowed 14.0.0, whose Parquet reader runs code from a crafted file
+    (CVE-2023-47248), and transformers>=4.56 allowed the releases before 5.3/5.5 in which a
+    model's config.json from the Hub runs code despite trust_remote_code=False (CVE-2026-4372,
+    CVE-2026-5241)."""
+    for name, (fixed, why) in FIXED_IN.items():
+        assert _floor(name) >= Version(fixed), f"{name} floor {_floor(name)} < {fixed} ({why})"
