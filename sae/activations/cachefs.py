@@ -55,8 +55,8 @@ class CacheLocation:
             except (ImportError, ValueError) as e:
                 first = first_line(e)
                 raise ConfigError(
-                    f"cannot open {self.display!r}: {first} (s3:// needs `pip install 'sae[s3]'`, "
-                    "gs:// needs gcsfs)."
+                    f"cannot open {self.display!r}: {first} (s3:// needs the s3 extra: "
+                    "`pip install -e '.[s3]'`; gs:// needs `pip install gcsfs`)."
                 ) from None
             if isinstance(fs, LocalFileSystem):
                 self.local = Path(root)

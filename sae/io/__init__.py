@@ -40,6 +40,7 @@ from sae.io.hub import (
     load_with_saelens,
     resolve_release,
     sae_folders_under,
+    saelens_installed,
     saelens_release,
     split_repo_id,
 )
@@ -107,7 +108,8 @@ def load(
     """Load an SAE from a local folder, a Hugging Face Hub repo, or a SAELens release.
 
     `source`: a folder (any layout in LAYOUTS), a Hub repo id 'org/name' (optionally
-    'org/name/sub/folder'), or a SAELens release name (needs `pip install sae-lens`).
+    'org/name/sub/folder'), or a SAELens release name (needs the saelens extra:
+    `pip install -e '.[saelens]'`).
     `sae_id`: for a release, the SAE's id in the SAELens registry; for a folder or a repo, the
     subfolder holding one SAE (a sparsify hookpoint such as 'layers.6').
     `revision`: Hub branch, tag or commit (default: main).
@@ -137,12 +139,15 @@ def load(
         return model.to(device=device, dtype=dtype)
     repo = split_repo_id(text)
     if repo is None:
-        hint = (
-            "it is neither a local folder nor a Hub repo id"
-            if sae_id is None
-            else "it is neither a local folder, a Hub repo id, nor a SAELens release "
-            "(is sae-lens installed?)"
-        )
+        if sae_id is None:
+            hint = "it is neither a local folder nor a Hub repo id"
+        elif saelens_installed():
+            hint = "it is neither a local folder, a Hub repo id, nor a SAELens release"
+        else:
+            hint = (
+                "it is neither a local folder nor a Hub repo id, and SAELens releases need the "
+                "saelens extra (`pip install -e '.[saelens]'`)"
+            )
         raise _unknown(text, hint)
     repo_id, sub = repo
     sub = "/".join(filter(None, (sub, sae_id)))

@@ -12,6 +12,7 @@ weights of the one SAE asked for follow, so a repo holding hundreds of SAEs cost
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tempfile
@@ -138,6 +139,11 @@ def fetch(repo_id: str, subfolder: str, revision: str | None) -> Path:
 
 # Registry formats we read ourselves from the repo; every other one goes through SAELens.
 _NATIVE_CONVERSIONS = (None, "sparsify", "dictionary_learning_1")
+
+
+def saelens_installed() -> bool:
+    """Whether sae-lens (the `saelens` extra) can be imported."""
+    return importlib.util.find_spec("sae_lens") is not None
 
 
 def saelens_release(release: str) -> object | None:

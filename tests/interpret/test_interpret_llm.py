@@ -206,6 +206,185 @@ def test_the_key_goes_only_over_https_or_to_loopback(tmp_path, monkeypatch):
         assert key_may_go_to(url) is ok, url
 
 
+def test_loopback_means_a_loopback_address():
+    """Pins issue 30.3: `http://evil.localhost` counted as loopback (any name ending in
+    .localhost), so the key went over plain http to whatever that name resolves to. Loopback is
+    now a loopback IP literal or exactly `localhost`."""
+    from sae.interpret.llm import key_may_go_to
+
+    for url, ok in [
+        ("http://evil.localhost/v1", False),
+        ("http://a.b.localhost:8000/v1", False),
+        ("http://localhost.evil.com/v1", False),
+        ("http://127.0.0.1.nip.io/v1", False),
+        ("http://localhost:8000/v1", True),
+        ("http://LOCALHOST/v1", True),
+        ("http://127.0.0.1/v1", True),
+        ("http://[::1]/v1", True),
+        ("http://[::ffff:127.0.0.1]/v1", True),
+        ("http://localhost./v1", False),
+        ("http://0.0.0.0/v1", False),
+        ("ftp://127.0.0.1/v1", False),
+    ]:
+        assert key_may_go_to(url) is ok, url
+
+
+class CapturingProxy:
+    """An HTTP proxy on 127.0.0.1 that records every request it receives (any method, CONNECT
+    included) with its headers, and answers 502."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n).decode(errors="replace") if n else ""
+                outer.seen.append((self.requestline, {**dict(self.headers), "body": body}))
+                self.send_response(502)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_CONNECT = do_PUT = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def test_the_key_never_goes_through_an_http_proxy(tmp_path, monkeypatch):
+    """Pins issue 30.3: with HTTP_PROXY / ALL_PROXY set, the request to a plain-http loopback
+    base_url (key in its Authorization header) went through the proxy in clear text. A
+    plain-http endpoint is now reached directly: the proxy sees nothing, the endpoint the key."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-proxies")
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with CapturingProxy() as proxy, Server([fixed('{"explanation": "cats"}')]) as s:
+        for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(var, proxy.url)
+        c = client(s, tmp_path, retries=0)
+        try:
+            assert explain(c, CTX) == "cats"
+        except LLMError:
+            pass  # the proxy answered: the assertions below say why
+        assert not any("sk-not-for-proxies" in str(r) for r in proxy.seen), proxy.seen
+        assert proxy.seen == []
+        assert s.headers[0]["Authorization"] == "Bearer sk-not-for-proxies"
+
+
+def test_retry_after_is_finite_and_capped():
+    """Pins issue 30.3: `Retry-After: nan` parsed to nan (and `inf` to inf), which no budget
+    comparison stops. Every value now reads as a finite wait in [0, MAX_RETRY_AFTER_S], or None
+    (unreadable: the backoff applies)."""
+    import email.utils
+
+    from sae.interpret import llm
+    from sae.interpret.llm import retry_after
+
+    for junk in ["nan", "NaN", "inf", "-inf", "Infinity", "-5", "1e3", "soon", "", " ", "0x10"]:
+        assert retry_after(junk) is None, junk
+    assert retry_after(None) is None
+    assert retry_after("0") == 0.0 and retry_after(" 7 ") == 7.0 and retry_after("1.5") == 1.5
+    MAX_RETRY_AFTER_S = llm.MAX_RETRY_AFTER_S
+    assert retry_after("9" * 400) == MAX_RETRY_AFTER_S  # float() of it is inf
+    assert retry_after("99999999999") == MAX_RETRY_AFTER_S
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25.0 <= retry_after(soon) <= 31.0
+    assert retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER_S
+    for date in ["Mon, 32 Foo 2015 07:28:00 GMT", "Sun, 06 Nov 1994 08:49:37 +9999"]:
+        value = retry_after(date)
+        assert value is None or 0.0 <= value <= MAX_RETRY_AFTER_S, date
+
+
+@pytest.mark.parametrize("header", ["nan", "0"])
+def test_an_endlessly_rate_limited_endpoint_costs_bounded_requests(tmp_path, header):
+    """Pins issue 30.3: `Retry-After: nan` became a nan wait, which no budget comparison stops
+    (here time.sleep(nan) raised and the request failed as a "malformed answer"; with the sleep
+    patched out it went on for ever), and an endpoint answering `Retry-After: 0` was never given
+    up on (0 adds nothing to the budget). The request now fails, in one line naming the status,
+    after at most MAX_RATE_LIMITED answers, having waited a finite time. (This server relents
+    after 300 answers, so the old code ends too.)"""
+    import math
+
+    from sae.interpret import llm
+
+    def reply(body):
+        return (0.0, '{"explanation": "cats"}') if len(s.bodies) > 300 else busy(429, header)(body)
+
+    with Server([reply]) as s:
+        c = client(s, tmp_path, retries=1, max_wait_s=10.0)
+        with pytest.raises(LLMError, match="HTTP 429") as e:
+            explain(c, CTX)
+    assert "\n" not in str(e.value)
+    assert c.requests <= llm.MAX_RATE_LIMITED and math.isfinite(c.waited_s)
+
+
+def test_config_rejects_endless_waits():
+    """Pins issue 30.3: llm.max_wait_s=inf or llm.timeout_s=inf passed the checks, so a
+    rate-limited or silent endpoint could hold a request forever. Both must be finite now."""
+    inf = float("inf")
+    for kw in ({"max_wait_s": inf}, {"timeout_s": inf}, {"backoff_s": inf}, {"max_wait_s": -1}):
+        with pytest.raises(ConfigError, match="finite"):
+            LLMConfig(base_url="http://127.0.0.1:1/v1", model="m", **kw).check()
+
+
+def test_an_answer_trickling_in_is_cut_at_the_timeout(tmp_path):
+    """Pins issue 30.3: llm.timeout_s bounded each read, not the answer, so an endpoint sending
+    one byte every 0.1 s held a request as long as it liked (here 4 s, then a valid answer that
+    was accepted). The whole answer must now arrive within timeout_s."""
+    answer = json.dumps({"choices": [{"message": {"content": '{"explanation": "cats"}'}}]})
+    data = (" " * 40 + answer).encode()
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(40):  # 40 blanks, 0.1 s apart, then the rest at once
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                self.wfile.write(data[40:])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        cfg = LLMConfig(base_url=url, model="m", timeout_s=0.5, retries=0)
+        c = ChatClient(cfg, tmp_path / "cache")
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="no answer within 0.5 s") as e:
+            explain(c, CTX)
+        assert time.monotonic() - t0 < 2.0 and "\n" not in str(e.value)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_config_errors():
     """Pins the one-sentence errors: a base URL without a model, and a URL without a scheme."""
     with pytest.raises(ConfigError, match="give both"):
