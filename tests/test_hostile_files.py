@@ -77,7 +77,7 @@ def _saelens_with(**kw):
 
 SAE_CASES = {
     "mismatched shapes": (_edit_weights(W_enc=torch.zeros(8, 12)), "size mismatch for W_enc"),
-    "a 1-D weight": (_edit_weights(W_dec=torch.zeros(16)), "W_dec has shape \\[16\\]"),
+    "a 1-D weight": (_edit_weights(W_dec=torch.zeros(16)), "W_dec: the file holds \\[16\\]"),
     "NaN weights": (_edit_weights(W_dec=torch.full((16, 8), float("nan"))), "W_dec holds 128 NaN"),
     "infinite bias": (_edit_weights(b_enc=torch.full((16,), float("inf"))), "b_enc holds 16 NaN"),
     "integer weights": (
