@@ -250,7 +250,7 @@ def check_matrix_values(read: Callable[[int, int], torch.Tensor], n_rows: int, p
     variance: every FVU divides by zero), before any output exists. `read(a, b)` returns rows
     [a, b) as a float tensor. SAMPLE_BLOCKS evenly spaced blocks are screened; only a sample
     that looks all-NaN or constant is confirmed over the whole file, so a healthy file costs
-    about 4k rows. Some NaN rows are allowed: training skips their batches."""
+    about 4k rows. A file with only some non-finite rows is `check_rows_finite`'s to refuse."""
     size = min(SAMPLE_BLOCK_ROWS, n_rows)
     starts = np.unique(np.linspace(0, n_rows - size, min(SAMPLE_BLOCKS, n_rows)).astype(np.int64))
     sample = torch.cat([read(int(a), int(a) + size) for a in starts])
@@ -274,3 +274,59 @@ def check_matrix_values(read: Callable[[int, int], torch.Tensor], n_rows: int, p
 
 def _any_rows(read: Callable[[int, int], torch.Tensor], n_rows: int, test) -> bool:
     return any(test(read(a, min(a + SCAN_ROWS, n_rows))) for a in range(0, n_rows, SCAN_ROWS))
+
+
+class NonFiniteRows(ConfigError):
+    """Activation rows holding NaN or infinite values: one line with their count and the first
+    one's index (no SAE can be trained or scored on them; `store.skip_nonfinite` drops them)."""
+
+
+SKIP_HINT = (
+    "remove those rows, or set store.skip_nonfinite: true in the YAML config of `sae train` to "
+    "drop them"
+)
+
+START_SCAN_BYTES = 8 * 2**30
+"""An activation file or cache up to this size (as float32) is scanned whole for non-finite rows
+when it is opened, before any output exists: one sequential read, seconds per GiB, against a
+training run that pushes every row through an SAE of d_sae latents forward and backward, and
+the read warms the page cache the first pass then uses. A larger one has its first
+START_SCAN_BYTES scanned then, and the rest as training reads it (`nonfinite_mask` on each
+piece), where a bad piece stops the run at its last checkpoint."""
+
+
+def nonfinite_mask(rows: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """[n] bool, True for rows holding a NaN or infinite value at any hook, or None when every
+    row is finite: one vectorised pass per hook (torch.isfinite(x).all(dim=1)), no Python loop
+    over rows, so it runs on every piece of the training stream."""
+    ok = None
+    for x in rows.values():
+        row_ok = torch.isfinite(x).all(dim=1)
+        ok = row_ok if ok is None else ok & row_ok
+    if ok is None or bool(ok.all()):
+        return None
+    return ~ok
+
+
+def check_rows_finite(
+    read: Callable[[int, int], dict[str, torch.Tensor]], n_rows: int, row_values: int, where: str
+) -> int:
+    """Refuse (NonFiniteRows) the rows [0, n) holding NaN or infinity, with their count and the
+    first one's index, where n is all `n_rows` when they fit in START_SCAN_BYTES (at
+    `row_values` float32 values a row), else as many as do; returns n. `read(a, b)` gives rows
+    [a, b) per hook."""
+    n = min(n_rows, max(1, START_SCAN_BYTES // (4 * max(row_values, 1))))
+    count, first = 0, -1
+    for a in range(0, n, SCAN_ROWS):
+        bad = nonfinite_mask(read(a, min(a + SCAN_ROWS, n)))
+        if bad is not None:
+            if first < 0:
+                first = a + int(bad.nonzero()[0, 0])
+            count += int(bad.sum())
+    if count:
+        among = f"of its {n_rows:,}" if n == n_rows else f"among its first {n:,}"
+        raise NonFiniteRows(
+            f"{where} has {count:,} rows {among} holding NaN or infinite values (the first is "
+            f"row {first:,}); {SKIP_HINT}."
+        )
+    return n
