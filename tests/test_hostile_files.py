@@ -77,7 +77,7 @@ def _saelens_with(**kw):
 
 SAE_CASES = {
     "mismatched shapes": (_edit_weights(W_enc=torch.zeros(8, 12)), "size mismatch for W_enc"),
-    "a 1-D weight": (_edit_weights(W_dec=torch.zeros(16)), "W_dec has shape \\[16\\]"),
+    "a 1-D weight": (_edit_weights(W_dec=torch.zeros(16)), "W_dec: the file holds \\[16\\]"),
     "NaN weights": (_edit_weights(W_dec=torch.full((16, 8), float("nan"))), "W_dec holds 128 NaN"),
     "infinite bias": (_edit_weights(b_enc=torch.full((16,), float("inf"))), "b_enc holds 16 NaN"),
     "integer weights": (
@@ -198,8 +198,8 @@ def test_unusable_values_are_refused_by_every_command_before_any_output(tmp_path
 
 def test_value_screen_confirms_over_the_whole_file(tmp_path):
     """The screen reads a sample; a sample that looks all-NaN or constant is confirmed over the
-    whole file, so one varying (or finite) row between the sampled blocks keeps the file usable
-    (partly NaN files train: their batches are skipped)."""
+    whole file, so one varying (or finite) row between the sampled blocks keeps the file usable.
+    Its NaN rows are then refused with their count (issue 30 item 4), or dropped on request."""
     from sae.activations.sources import MatrixSource
     from sae.io.validate import SAMPLE_BLOCK_ROWS
 
@@ -213,7 +213,9 @@ def test_value_screen_confirms_over_the_whole_file(tmp_path):
     x[:] = np.nan
     x[row] = 1.0
     np.save(tmp_path / "one_finite.npy", x)
-    assert MatrixSource(tmp_path / "one_finite.npy").n_rows == n
+    with pytest.raises(ConfigError, match="has 19,999 rows of its 20,000 holding NaN"):
+        MatrixSource(tmp_path / "one_finite.npy")
+    assert MatrixSource(tmp_path / "one_finite.npy", skip_nonfinite=True).n_rows == n
 
 
 def test_float16_and_float64_matrices_train_in_float32(tmp_path):

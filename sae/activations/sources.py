@@ -8,7 +8,8 @@ cursor is all the store and the harvester need to resume a stream exactly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -18,7 +19,14 @@ import torch
 from sae.activations.passfile import PassFile, Spilled
 from sae.config import ConfigError
 from sae.config.schema import DataConfig, ModelConfig, StoreConfig
-from sae.io.validate import check_matrix_dtype, check_matrix_values
+from sae.io.validate import (
+    SKIP_HINT,
+    NonFiniteRows,
+    check_matrix_dtype,
+    check_matrix_values,
+    check_rows_finite,
+    nonfinite_mask,
+)
 
 MATRIX_HOOK = "activations"
 """hook name of the single tensor in a plain `[tokens, d_in]` matrix file."""
@@ -46,6 +54,33 @@ class Piece(NamedTuple):
     """per-row token id, window index and position (live and cache sources; empty otherwise)."""
 
 
+class SkipsNonFinite:
+    """Rows holding NaN or infinity, met as pieces are read: refused in one line (the default)
+    or, with `skip_nonfinite`, dropped from the piece and counted per piece cursor (so a piece
+    read again, on a later pass or a resume, is counted once)."""
+
+    skip_nonfinite: bool = False
+    skipped: dict[int, int] | None = None
+
+    def screen(self, cursor: int, rows, meta, message: Callable[[torch.Tensor], str]):
+        """`rows`, `meta` without their non-finite rows; `message(bad)` is the refusal."""
+        bad = nonfinite_mask(rows)
+        if bad is None:
+            return rows, meta
+        if not self.skip_nonfinite:
+            raise NonFiniteRows(message(bad))
+        if self.skipped is None:
+            self.skipped = {}
+        self.skipped[cursor] = int(bad.sum())
+        keep = ~bad
+        return {k: v[keep] for k, v in rows.items()}, {k: v[keep] for k, v in meta.items()}
+
+    @property
+    def skipped_rows(self) -> int:
+        """Rows dropped so far for holding NaN or infinity (`skip_nonfinite`)."""
+        return sum((self.skipped or {}).values())
+
+
 class ActivationSource(Protocol):
     hooks: list[str]
     d: dict[str, int]
@@ -55,8 +90,9 @@ class ActivationSource(Protocol):
     def describe(self) -> dict: ...
 
 
-class LiveSource:
-    """Run a Hugging Face model over token windows; rows are captured at `model_cfg.hooks`."""
+class LiveSource(SkipsNonFinite):
+    """Run a Hugging Face model over token windows; rows are captured at `model_cfg.hooks`.
+    Rows the model computes as NaN or infinite are refused (or dropped: `skip_nonfinite`)."""
 
     def __init__(
         self,
@@ -76,6 +112,7 @@ class LiveSource:
         if model is None:
             model, tokenizer = load_model(model_cfg)
         self.model_cfg, self.data_cfg, self.store_cfg = model_cfg, data_cfg, store_cfg
+        self.skip_nonfinite = store_cfg.skip_nonfinite
         self.hooks = list(model_cfg.hooks)
         self.capture = ActivationCapture(model, self.hooks)  # validates hooks before any work
         limit = max_positions(model)
@@ -184,7 +221,17 @@ class LiveSource:
                 "window": window_BT[keep_BT],
                 "position": pos_BT[keep_BT],
             }
+            rows, meta = self.screen(idx[0], rows, meta, partial(self._refusal, meta))
             yield Piece(idx[0], rows, meta)
+
+    def _refusal(self, meta: dict[str, torch.Tensor], bad: torch.Tensor) -> str:
+        i = int(bad.nonzero()[0, 0])
+        w, at = int(meta["window"][i]), int(meta["position"][i])
+        return (
+            f"model {self.model_cfg.name!r} computed NaN or infinite activations at "
+            f"{', '.join(self.hooks)} for {int(bad.sum()):,} of {len(bad):,} tokens (the first "
+            f"in window {w}, position {at}); {SKIP_HINT}."
+        )
 
     def held_out(self, store_cfg: StoreConfig, rank: int = 0, world_size: int = 1) -> LiveSource:
         """The held-out windows (`data.part='eval'`) through the same, already loaded model."""
@@ -209,12 +256,15 @@ class LiveSource:
         }
 
 
-class _RowFile:
-    """Fixed-size row pieces over a row-indexable reader; rank r takes pieces j % world == r."""
+class _RowFile(SkipsNonFinite):
+    """Fixed-size row pieces over a row-indexable reader; rank r takes pieces j % world == r.
+    Each piece read is screened for non-finite rows (`SkipsNonFinite`): the part of the file
+    not scanned when it was opened (`check_rows_finite`) is checked here, as training reads it."""
 
     rank: int = 0
     world_size: int = 1
     n_rows: int = 0
+    label: str = "activation file"
 
     def read(self, a: int, b: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -231,15 +281,35 @@ class _RowFile:
         for a in range(start, self.n_rows, _FILE_PIECE_ROWS):
             if (a // _FILE_PIECE_ROWS) % self.world_size != self.rank:
                 continue
-            rows, meta = self.read(a, min(a + _FILE_PIECE_ROWS, self.n_rows))
+            b = min(a + _FILE_PIECE_ROWS, self.n_rows)
+            rows, meta = self.read(a, b)
+            rows, meta = self.screen(a, rows, meta, partial(self._refusal, a, b))
             yield Piece(a, rows, meta)
+
+    def _refusal(self, a: int, b: int, bad: torch.Tensor) -> str:
+        first = a + int(bad.nonzero()[0, 0])
+        return (
+            f"{self.label}: {int(bad.sum()):,} of rows {a:,} to {b - 1:,} hold NaN or infinite "
+            f"values (the first is row {first:,}); {SKIP_HINT}."
+        )
+
+    def screen_start(self) -> None:
+        """Refuse non-finite rows now, before any output (`check_rows_finite`: the whole
+        source when it is small enough), unless they are to be skipped."""
+        if not self.skip_nonfinite:
+            check_rows_finite(
+                lambda a, b: self.read(a, b)[0], self.n_rows, sum(self.d.values()), self.label
+            )
 
 
 class MatrixSource(_RowFile):
     """A plain `[tokens, d_in]` matrix in .npy (memory-mapped) or .safetensors."""
 
-    def __init__(self, path: str | Path, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, path: str | Path, rank: int = 0, world_size: int = 1, skip_nonfinite: bool = False
+    ):
         self.path, self.rank, self.world_size = Path(path), rank, world_size
+        self.skip_nonfinite, self.label = skip_nonfinite, f"activation file {str(self.path)!r}"
         if not self.path.is_file():
             raise ConfigError(f"activation file {str(self.path)!r} does not exist.")
         suffix = self.path.suffix.lower()
@@ -287,6 +357,7 @@ class MatrixSource(_RowFile):
         check_matrix_dtype(dtype, self.path)
         self.n_rows, self.hooks, self.d = int(shape[0]), [MATRIX_HOOK], {MATRIX_HOOK: int(shape[1])}
         check_matrix_values(lambda a, b: self.read(a, b)[0][MATRIX_HOOK], self.n_rows, self.path)
+        self.screen_start()
 
     def read(self, a: int, b: int):
         if self.path.suffix.lower() == ".npy":
@@ -310,10 +381,12 @@ class CacheSource(_RowFile):
         rank: int = 0,
         world_size: int = 1,
         verify: bool = True,
+        skip_nonfinite: bool = False,
     ):
         from sae.activations.cachefs import CacheLocation
 
         self.path, self.rank, self.world_size, self.verify = path, rank, world_size, verify
+        self.skip_nonfinite, self.label = skip_nonfinite, f"activation cache {str(path)!r}"
         self.loc = CacheLocation(path)
         if not self.loc.exists("manifest.json"):
             raise ConfigError(f"{str(self.path)!r} is not an activation cache (no manifest.json).")
@@ -335,6 +408,8 @@ class CacheSource(_RowFile):
         self.starts = np.cumsum([0] + [s["n_tokens"] for s in self.shards])
         self.n_rows = int(self.starts[-1])
         self._open: dict[int, object] = {}
+        if self.loc.local is not None:  # a remote cache is screened as it is read
+            self.screen_start()
 
     def _shard(self, i: int):
         if i not in self._open:
@@ -406,6 +481,7 @@ class SyntheticSource(_RowFile):
         self.rank, self.world_size = rank, world_size
         self.data = SyntheticData(cfg)
         self.hooks, self.d = [SYNTHETIC_HOOK], {SYNTHETIC_HOOK: cfg.d_in}
+        self.label = "synthetic data"
 
     def read(self, a: int, b: int):
         # Pieces are generated whole, so batch j depends only on (seed, j): resumable anywhere.
@@ -441,6 +517,8 @@ def open_source(
         keep = (MEMO_BYTES, MEMO_DISK_SHARE) if passes else (0, 0.0)
         return LiveSource(model_cfg, data_cfg, store_cfg, rank, world_size, None, None, *keep)
     path = Path(activations)
+    skip = store_cfg.skip_nonfinite
     if "://" in activations or path.is_dir():  # a cache folder or any fsspec URL
-        return CacheSource(activations if "://" in activations else path, None, rank, world_size)
-    return MatrixSource(path, rank, world_size)
+        where = activations if "://" in activations else path
+        return CacheSource(where, None, rank, world_size, skip_nonfinite=skip)
+    return MatrixSource(path, rank, world_size, skip)

@@ -33,7 +33,7 @@ from sae.fsutil import atomic_write_text
 HIDDEN: dict[type, frozenset[str]] = {
     TrainConfig: frozenset(
         """synthetic sae.d_in sae.d_out data.part data.bos model.revision store.exclude_bos
-        store.exclude_special sae.apply_b_dec_to_input sae.jumprelu_bandwidth
+        store.exclude_special store.skip_nonfinite sae.apply_b_dec_to_input sae.jumprelu_bandwidth
         sae.jumprelu_init_threshold sae.target_l0 sae.aux_k sae.aux_coefficient seed dead_tokens
         log_every wandb_project""".split()
     )

@@ -183,6 +183,9 @@ class StoreConfig:
     training, rank 0's factor for every rank, folded into the saved SAE)."""
     seed: int = 0
     """seed of the shuffle; the same seed and data give the same stream."""
+    skip_nonfinite: bool = False
+    """drop activation rows holding NaN or infinity (counted at the end) instead of stopping
+    with their count and first row index."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"store.batch_size={self.batch_size} must be positive.")
@@ -249,6 +252,7 @@ class TrainConfig:
         "wandb_project",
         "log_every",
         "checkpoint_every",
+        "store.skip_nonfinite",  # a run stopped at NaN rows resumes past them with it
     )
 
     data: DataConfig = field(default_factory=DataConfig)

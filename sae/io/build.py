@@ -49,17 +49,37 @@ class LoadedConfig(SAEConfig):
         return self._meta("model_name")
 
 
-def assemble(cfg: SAEConfig, state: dict[str, Tensor], metadata: dict, where: str) -> SAE:
-    """An SAE holding `state` exactly; `where` names the weights file in error messages."""
-    model = SAE(cfg, dtype=state["W_enc"].dtype)
-    expected = set(model.state_dict())
+def check_fits(cfg: SAEConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """The tensors named in `shapes` are exactly the ones an SAE of `cfg` holds, shape for
+    shape, so that nothing of the size a config claims is allocated before the weights are seen
+    to match it. The expected shapes come from the SAE itself built on the meta device (shapes
+    only, no memory); `where` names the weights file in error messages."""
+    try:
+        model = SAE(cfg, device="meta")
+    except (RuntimeError, OverflowError) as e:  # sizes past what any tensor can hold
+        raise ValueError(f"{where}: its config describes an SAE that cannot exist ({e}).") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     optional = {"threshold"} if cfg.architecture in ("batchtopk", "matryoshka") else set()
-    missing = sorted(expected - set(state) - optional)
-    extra = sorted(set(state) - expected)
+    missing = sorted(set(expected) - set(shapes) - optional)
+    extra = sorted(set(shapes) - set(expected))
     if missing or extra:
         raise ValueError(
             f"{where} does not fit a {cfg.architecture} SAE: missing {missing}, unexpected {extra}."
         )
+    sizes = f"d_in={cfg.d_in}, d_sae={cfg.d_sae}" + (f", d_out={cfg.d_out}" if cfg.d_out else "")
+    for name, shape in expected.items():
+        if name in shapes and tuple(shapes[name]) != shape:
+            raise ValueError(
+                f"{where} does not match its config: size mismatch for {name}: the file holds "
+                f"{list(shapes[name])}, the config ({sizes}) needs {list(shape)}."
+            )
+
+
+def assemble(cfg: SAEConfig, state: dict[str, Tensor], metadata: dict, where: str) -> SAE:
+    """An SAE holding `state` exactly; `where` names the weights file in error messages.
+    `check_fits` runs first, so the SAE built is never larger than the weights given."""
+    check_fits(cfg, {k: tuple(v.shape) for k, v in state.items()}, where)
+    model = SAE(cfg, dtype=state["W_enc"].dtype)
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:

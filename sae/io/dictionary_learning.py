@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sae.io import validate
 from sae.io.build import assemble
-from sae.io.validate import read_torch_state_dict
 from sae.model.sae import SAE, SAEConfig
 
 WEIGHTS_FILE = "ae.pt"
@@ -70,9 +70,12 @@ def _hook_from(trainer: dict) -> str | None:
 
 def load_dictionary_learning(folder: Path) -> SAE:
     path = folder / WEIGHTS_FILE
-    state = read_torch_state_dict(path)
+    validate.check_torch_archive(path)  # memory for the read is at most the file's size
+    state = validate.read_torch_state_dict(path)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} must hold a state dict of tensors.")
+    # Before any tensor is copied (a view over one stored value can claim any shape).
+    validate.check_tensors(state, path, integer_ok=("k", "group_sizes"))
     trainer: dict = {}
     if (folder / CONFIG_FILE).is_file():
         try:
@@ -81,6 +84,8 @@ def load_dictionary_learning(folder: Path) -> SAE:
             raise ValueError(
                 f"{folder / CONFIG_FILE} is not a dictionary_learning config."
             ) from None
+        if not isinstance(trainer, dict):
+            raise ValueError(f"{folder / CONFIG_FILE}: trainer must be an object.")
     dict_class = trainer.get("dict_class") or _guess_class(state)
     if dict_class not in DICT_CLASSES:
         raise ValueError(
@@ -88,6 +93,13 @@ def load_dictionary_learning(folder: Path) -> SAE:
             f"{', '.join(DICT_CLASSES)}."
         )
     cfg, ours = _convert(dict_class, state, trainer, path)
+    declared = {
+        "activation_dim": trainer.get("activation_dim"),
+        "dict_size": trainer.get("dict_size"),
+    }
+    found = {"activation_dim": cfg.d_in, "dict_size": cfg.d_sae}
+    held = f"{path} holds W_enc {[cfg.d_in, cfg.d_sae]} (in our orientation)"
+    validate.check_declared(declared, found, folder / CONFIG_FILE, held)
     metadata: dict = {"source_format": "dictionary_learning", "dict_class": dict_class}
     if trainer.get("lm_name"):
         metadata["model_name"] = trainer["lm_name"]

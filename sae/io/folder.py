@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sae.fsutil import atomic_folder, atomic_save_safetensors, atomic_write_text
 from sae.io import validate
-from sae.io.build import assemble
+from sae.io.build import assemble, check_fits
 from sae.model.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
@@ -138,8 +138,10 @@ def load_folder(folder: Path) -> SAE:
     matryoshka_batchtopk, jumprelu, gated, transcoders; pre-6 SAELens cfg keys too)."""
     raw = validate.read_json(folder / CFG_FILE)
     validate.check_cfg(raw, folder / CFG_FILE)
-    state = validate.read_safetensors(folder / WEIGHTS_FILE)
-    validate.check_weights(state, folder / WEIGHTS_FILE)
+    weights = folder / WEIGHTS_FILE
+    # The config is checked against the shapes in the weights' header before any tensor data
+    # is read or any SAE of the size the config claims is built.
+    shapes = validate.safetensors_shapes(weights)
     if OUR_KEY in raw:
         known = {f.name for f in fields(SAEConfig)}
         ours = raw[OUR_KEY]
@@ -147,10 +149,30 @@ def load_folder(folder: Path) -> SAE:
         if unknown:
             raise ValueError(f"{folder / CFG_FILE} has unknown sae_config keys {unknown}.")
         cfg = SAEConfig(**ours)
+        check_fits(cfg, shapes, str(weights))
+        state = validate.read_safetensors(weights)
+        validate.check_weights(state, weights)
         metadata = dict(raw.get("metadata") or {})
     else:
+        _check_saelens_sizes(folder, raw, shapes)
+        state = validate.read_safetensors(weights)
+        validate.check_weights(state, weights)
         cfg, state, metadata = _from_saelens(folder, raw, state)
     return assemble(cfg, state, metadata, str(folder / WEIGHTS_FILE))
+
+
+def _check_saelens_sizes(folder: Path, raw: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    """cfg.json's d_in, d_sae and d_out (where given) are the sizes of W_enc [d_in, d_sae] and
+    W_dec [d_sae, d_out] in the weights' header."""
+    enc, dec = shapes.get("W_enc"), shapes.get("W_dec")
+    if enc is None or dec is None or len(enc) != 2 or len(dec) != 2:
+        return  # named in full by check_weights / _from_saelens once read
+    found = {"d_in": enc[0], "d_sae": enc[1]}
+    declared = {k: raw.get(k) for k in ("d_in", "d_sae")}
+    if raw.get("d_out") is not None:
+        found["d_out"], declared["d_out"] = dec[1], raw["d_out"]
+    held = f"{folder / WEIGHTS_FILE} holds W_enc {list(enc)} and W_dec {list(dec)}"
+    validate.check_declared(declared, found, folder / CFG_FILE, held)
 
 
 def _from_saelens(folder: Path, raw: dict, state: dict[str, Tensor]):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file
-
+from sae.config import ConfigError
+from sae.io import validate
 from sae.io.build import assemble
 from sae.model.sae import SAE, SAEConfig
 
@@ -28,21 +28,40 @@ def is_sparsify_folder(folder: Path) -> bool:
     return (folder / CFG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
 
 
+def _check_sizes(raw: dict, enc: tuple[int, ...], where: Path, weights: Path) -> None:
+    """cfg.json's d_in, and num_latents (0: expansion_factor x d_in, as sparsify sizes it),
+    match encoder.weight [num_latents, d_in] in the weights' header."""
+    if len(enc) != 2:
+        raise ConfigError(f"{weights}: encoder.weight has shape {list(enc)}; it must be 2-D.")
+    for key in ("d_in", "num_latents", "expansion_factor"):
+        v = raw.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise ConfigError(f"{where}: {key}={v!r} must be a whole number >= 0.")
+    d_in = raw.get("d_in")
+    latents = raw.get("num_latents") or None
+    if latents is None and raw.get("expansion_factor") and isinstance(d_in, int):
+        latents = raw["expansion_factor"] * d_in
+    held = f"{weights} holds encoder.weight {list(enc)}"
+    found = {"d_in": enc[1], "num_latents": enc[0]}
+    validate.check_declared({"d_in": d_in, "num_latents": latents}, found, where, held)
+
+
 def load_sparsify(folder: Path) -> SAE:
     where = folder / CFG_FILE
-    try:
-        raw = json.loads(where.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where} is not valid JSON ({e}).") from None
+    weights = folder / WEIGHTS_FILE
+    raw = validate.read_json(where)
     if raw.get("activation", "topk") != "topk":
         raise ValueError(
             f"{where} has activation={raw['activation']!r}; only sparsify's 'topk' coders load "
             "(groupmax has no equivalent here)."
         )
-    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    shapes = validate.safetensors_shapes(weights)
     for key in ("encoder.weight", "encoder.bias", "W_dec", "b_dec"):
-        if key not in state:
-            raise ValueError(f"{folder / WEIGHTS_FILE} has no {key!r}; it holds {sorted(state)}.")
+        if key not in shapes:
+            raise ValueError(f"{weights} has no {key!r}; it holds {sorted(shapes)}.")
+    _check_sizes(raw, shapes["encoder.weight"], where, weights)
+    state = validate.read_safetensors(weights)
+    validate.check_tensors(state, weights)
     W_enc = state["encoder.weight"].T.contiguous()
     b_enc, W_dec, b_dec = state["encoder.bias"], state["W_dec"], state["b_dec"]
     d_in, d_sae = (int(n) for n in W_enc.shape)

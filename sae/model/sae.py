@@ -227,7 +227,8 @@ class SAE(nn.Module):
             self.register_buffer("threshold", torch.zeros(S, **kw))
         if cfg.skip_connection:
             self.W_skip = nn.Parameter(torch.zeros(D_out, D, **kw))
-        self.reset_parameters()
+        if self.W_dec.device.type != "meta":  # a meta SAE holds shapes only: nothing to draw
+            self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

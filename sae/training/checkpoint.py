@@ -230,7 +230,7 @@ def resume_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, objec
     """(dotted field, saved value, new value) for each field outside RESUME_FREE that differs."""
     out = []
     for key, value in new.items():
-        if not prefix and key in TrainConfig.RESUME_FREE:
+        if prefix + key in TrainConfig.RESUME_FREE:
             continue
         before = old.get(key)
         if isinstance(value, dict) and isinstance(before, dict):

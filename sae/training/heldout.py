@@ -67,6 +67,7 @@ def heldout_store(tcfg: TrainConfig, train_source: ActivationSource) -> tuple[Ac
         batch_size=tcfg.store.batch_size,
         exclude_bos=tcfg.store.exclude_bos,
         exclude_special=tcfg.store.exclude_special,
+        skip_nonfinite=tcfg.store.skip_nonfinite,
     )
     rank, world = dist.rank(), dist.world_size()
     if tcfg.activations == "synthetic":

@@ -38,6 +38,7 @@ from sae.config.schema import (
     TrainConfig,
 )
 from sae.fsutil import atomic_write_json, remove_write_leftovers
+from sae.io.validate import NonFiniteRows
 from sae.training.checkpoint import (
     CheckpointClock,
     check_run_folder,
@@ -315,9 +316,24 @@ class Trainer:
                 m.save(folder, self.scale or {}, meta, sparsity=density)
                 atomic_write_json(folder / "train_summary.json", results[m.name])
             print_summary(results, self.members)
+        sources = {id(s): s for s in (self.source, store.source)}.values()
+        skipped = sum(getattr(s, "skipped_rows", 0) for s in sources)
+        skipped = int(dist.all_reduce(torch.tensor(skipped, dtype=torch.int64)))
+        if skipped:
+            dist.print0(
+                f"skipped {skipped:,} activation rows holding NaN or infinite values "
+                "(store.skip_nonfinite)"
+            )
         dist.barrier()  # no rank leaves before the final folders exist
         return finals
 
 
 def train(tcfg: TrainConfig) -> list[Path]:
-    return Trainer(tcfg).fit()
+    trainer = Trainer(tcfg)
+    try:
+        return trainer.fit()
+    except NonFiniteRows as e:  # rows past those scanned at the start (or held-out ones)
+        raise NonFiniteRows(
+            f"{e} The run stopped there; its last checkpoint in {str(trainer.run)!r} is intact "
+            "and continues with --resume once the rows are removed or skipped."
+        ) from None

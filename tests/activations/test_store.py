@@ -217,10 +217,17 @@ def test_store_announces_every_chunk_read(tmp_path):
     assert calls == [True, False] * (chunks + 1)  # the last read finds the source exhausted
 
 
-def test_normalisation_scale_reads_finite_rows_and_refuses_a_zero_first_chunk(tmp_path):
+def test_normalisation_scale_reads_finite_rows_and_refuses_a_zero_first_chunk(
+    tmp_path, monkeypatch
+):
     """Issue 24: the scale is (E‖x‖²)^(−1/2) over the first chunk's finite rows (a NaN row made
     it NaN; known answer: rows of norm 2 and a NaN row give 1/2); a first chunk of zero rows is
-    one ConfigError naming the way out (it raised ZeroDivisionError)."""
+    one ConfigError naming the way out (it raised ZeroDivisionError). The sources' row screen
+    (issue 30 item 4) is off, so the NaN row reaches the scale, as a model's overflow would."""
+    from sae.activations import sources
+
+    monkeypatch.setattr(sources, "nonfinite_mask", lambda rows: None)
+    monkeypatch.setattr(sources, "check_rows_finite", lambda *args: 0)
     x = np.zeros((2000, 4), np.float32)
     x[:, 0] = 2.0
     x[3] = np.nan

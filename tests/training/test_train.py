@@ -145,10 +145,20 @@ def test_live_transcoder_on_tiny_model(tiny_models, text_file, tmp_path):
     assert summary["eval_source"].startswith("held-out windows") and summary["eval_tokens"] > 0
 
 
+def _screen_off(monkeypatch):
+    """NaN rows reach training as a model's own overflow would: the sources' row screen (which
+    refuses them in files since issue 30 item 4) is turned off, so the paths behind it run."""
+    from sae.activations import sources
+
+    monkeypatch.setattr(sources, "nonfinite_mask", lambda rows: None)
+    monkeypatch.setattr(sources, "check_rows_finite", lambda *args: 0)
+
+
 def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     """Pins the skip-and-count path: a few NaN batches are skipped, an (almost) all-NaN run stops with
     a one-line reason after MAX_NONFINITE_STEPS in a row, at the first log line (log_every 5)
     since the count is read there."""
+    _screen_off(monkeypatch)
     acts = np.load(_planted(tmp_path))
     acts[8000:8100] = np.nan  # a few poisoned rows after initialisation: their batches are skipped
     np.save(tmp_path / "nan.npy", acts)
@@ -178,12 +188,13 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
         )
 
 
-def test_nan_rows_in_the_first_chunk_poison_neither_the_scale_nor_the_init(tmp_path):
+def test_nan_rows_in_the_first_chunk_poison_neither_the_scale_nor_the_init(tmp_path, monkeypatch):
     """Issue 24: NaN rows among the first rows (the chunk the normalisation scale is measured on
     and the batch the init reads) made the scale NaN, so every batch was non-finite: the run
     stopped, or, shorter than the skip limit, failed saving with a traceback (`scale=nan ...
     must be > 0`). The scale and the init now read the finite rows: the run ends with finite
     weights, only the NaN rows' batches skipped."""
+    _screen_off(monkeypatch)
     acts = np.load(_planted(tmp_path))
     acts[5:8] = np.nan
     np.save(tmp_path / "nan_first.npy", acts)
