@@ -1,6 +1,6 @@
 """Trust (DESIGN.md; issue 30 item 2): a model's own code runs only when this command line says
 so, resume included; an SAE's metadata never makes a command read a local file the user did not
-name.
+name; a dataset's loading script never runs.
 
 The model here is the tiny GPT-2 with an `auto_map` whose code writes a marker file when it is
 imported, as a hostile Hub repo's would."""
@@ -8,6 +8,7 @@ imported, as a hostile Hub repo's would."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from sae.io import save
 from sae.model.sae import SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -211,3 +214,25 @@ def test_local_or_hub_names_from_metadata(tmp_path, monkeypatch):
         assert is_local(name), name
     (tmp_path / "org" / "name").mkdir(parents=True)
     assert is_local("org/name")
+
+
+def test_dataset_loading_script_never_runs(tiny_models, tmp_path, capsys):
+    """Pins issue 30.2: a dataset folder (or Hub repo) holding a loading script `NAME.py` ran it
+    under `datasets` 2.x/3.x when remote code was allowed (HF_DATASETS_TRUST_REMOTE_CODE or
+    their default), and pyproject.toml allowed datasets>=2.18. datasets 4.0 removed loading
+    scripts altogether, and pyproject now requires it: the script never runs and the command
+    stops in one line."""
+    folder = tmp_path / "evilset"
+    folder.mkdir()
+    marker = tmp_path / "script-ran"
+    (folder / "evilset.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (folder / "rows.jsonl").write_text('{"text": "hello world"}\n' * 50)
+    out = tmp_path / "cache"
+    err = _refused(capsys, ["harvest", "--model.name", tiny_models["gpt2"], "--model.hooks",
+                            "resid_post.1", "--data.source", str(folder), "--data.context-size",
+                            "16", "--out", str(out), "--quiet"])  # fmt: skip
+    assert "data.source=" in err and "evilset.py" in err, err
+    assert not marker.exists() and not out.exists()
+
+    (floor,) = re.findall(r'^\s*"datasets>=([\d.]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert tuple(map(int, floor.split("."))) >= (4, 0), floor
