@@ -1,4 +1,4 @@
-"""Trust (DESIGN.md; issue 30 item 2): a model's own code runs only when this command line says
+"""Trust (issue 30 item 2): a model's own code runs only when this command line says
 so, resume included; an SAE's metadata never makes a command read a local file the user did not
 name; a dataset's loading script never runs.
 

@@ -1,4 +1,4 @@
-"""Trust (DESIGN.md, Trust): what may run a model's own code, and what may name a local file.
+"""Trust: what may run a model's own code, and what may name a local file.
 
 Two rules, each in one function that every command goes through:
 
