@@ -210,7 +210,7 @@ def test_local_or_hub_names_from_metadata(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("builtin", "wikitext", "org/name", "EleutherAI/pythia-70m"):
         assert not is_local(name), name
-    for name in ("/etc/passwd", "./x", "~/notes", "corpus.txt", "rows.jsonl", "a\\b"):
+    for name in ("/etc/passwd", "./x", "~/notes", "corpus.txt", "rows.jsonl", "a\\b", "C:/d"):
         assert is_local(name), name
     (tmp_path / "org" / "name").mkdir(parents=True)
     assert is_local("org/name")

@@ -8,9 +8,10 @@ Two rules, each in one function that every command goes through:
   continues, and an SAE's metadata (`recorded_model_config` in sae/activations/capture.py) never
   turn it on.
 - `not_local_from_metadata`: metadata that came with an SAE (its cfg.json, from the Hub or any
-  library's folder, or the run's config.yaml above it) names a data source or a model; it may
-  name the built-in one or a Hub repo, never a local file or folder: the user names those on
-  the command line.
+  library's folder, or the run's config.yaml above it) names the data source `sae eval` and
+  `sae export` read; it may name the built-in corpus or a Hub dataset, never a local file or
+  folder: the user names those on the command line (`--data.source`). A recorded local model
+  folder is used as recorded (`recorded_model_config` says why).
 """
 
 from __future__ import annotations
@@ -44,15 +45,17 @@ def trust_from_command_line(
         *parents, name = dotted.split(".")
         setattr(functools.reduce(getattr, parents, base), name, False)
     values = read(base)
-    for dotted in trusted:
-        if _field(values, dotted) is True:
-            continue  # the flag is on this command line
-        if _field(read(default), dotted) is True:  # and not --model.no-trust-remote-code
-            flag = "--" + dotted.replace("_", "-")
-            raise ConfigError(
-                f"{dotted}: true in {source} is not taken from a file: a model's own code runs "
-                f"only when this command line says {flag} (read that code, then pass {flag})."
-            )
+    unflagged = [d for d in trusted if _field(values, d) is not True]
+    if unflagged:
+        as_filed = read(default)  # the file's value stays true unless --model.no-... is given
+        for dotted in unflagged:
+            if _field(as_filed, dotted) is True:
+                flag = "--" + dotted.replace("_", "-")
+                raise ConfigError(
+                    f"{dotted}: true in {source} is not taken from a file: a model's own code "
+                    f"runs only when this command line says {flag} (read that code, then pass "
+                    f"{flag})."
+                )
     return values
 
 
@@ -82,11 +85,13 @@ _FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv", ".arrow", ".saf
 def is_local(name: str) -> bool:
     """Whether the loaders would read `name` (a data source or a model name) from this
     machine's files: it exists here, or it is written as a path (absolute, ./, ~, a backslash, a
-    file suffix). 'builtin' and Hub repo names ('org/name', 'name') that exist nowhere here are
+    drive letter, a file suffix). 'builtin' and Hub repo names ('org/name', 'name') that exist nowhere here are
     not local: they come from the Hub (or its cache) or from the installed package."""
     if name == "builtin":
         return False
-    if name.startswith(("/", ".", "~")) or "\\" in name or name.lower().endswith(_FILE_SUFFIXES):
+    if name.startswith(("/", ".", "~")) or "\\" in name or name[1:2] == ":":
+        return True
+    if name.lower().endswith(_FILE_SUFFIXES):
         return True
     return Path(name).exists()
 
