@@ -63,13 +63,15 @@ def _train_config(argv: list[str]):
         return parse(TrainConfig, argv, "sae train")
     flags = read_flags(TrainConfig, TrainConfig(), argv, "sae train", strict=False)
     saved = Path(str(flags["out"])) / "config.yaml"
+    source = "the defaults"
     if flags["resume"] is True and saved.is_file():
         base = load_yaml(TrainConfig, saved)  # `--resume --out DIR` continues DIR's run
+        source = f"{str(saved)!r} (the run --resume continues)"
     elif flags["activations"] is None:
         base = TrainConfig(total_tokens=BUILTIN_TOKENS)  # the built-in run: 1M MiniLM tokens
     else:
         base = TrainConfig()
-    return parse_cli(TrainConfig, base, argv, "sae train")
+    return parse_cli(TrainConfig, base, argv, "sae train", source)
 
 
 def _train(argv: list[str]) -> str:

@@ -173,17 +173,19 @@ def test_train_every_architecture(runs, dtype, autocast):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_every_suite_and_export(runs, dtype, tmp_path):
+def test_every_suite_and_export(runs, dtype, text_file, tmp_path):
     """Pins issue 24's `RuntimeError: mat1 and mat2 must have the same dtype, but got Float and
     BFloat16` (the interaction suite on a bfloat16 model): every live suite on one SAE, the core
     suite on every architecture and the transcoder, and every export format, with the model in
-    `dtype`."""
-    saes = runs(dtype, False)
-    (entry,) = run_eval([saes["topk"]], tmp_path / "all", "--suite", LIVE_SUITES)
+    `dtype`. The runs' text is a local file, so each command names it (sae.config.trust)."""
+    saes, data = runs(dtype, False), data_args(text_file)
+    (entry,) = run_eval([saes["topk"]], tmp_path / "all", "--suite", LIVE_SUITES, *data)
     check_entry(entry, LIVE_SUITES, dtype)
-    for entry in run_eval(list(saes.values()), tmp_path / "core", "--suite", "core"):
+    for entry in run_eval(list(saes.values()), tmp_path / "core", "--suite", "core", *data):
         check_entry(entry, "core", dtype)
-    check_exports(saes["topk"], tmp_path / "export", "--device", DEVICE, "--eval-tokens", "128")
+    check_exports(
+        saes["topk"], tmp_path / "export", "--device", DEVICE, "--eval-tokens", "128", *data
+    )
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])

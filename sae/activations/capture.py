@@ -163,7 +163,15 @@ def recorded_model_config(
     `trust_remote_code` is the exception: the metadata may come from anyone (a Hub repo's
     cfg.json), so the model repository's own code runs only when this call's caller (the user's
     `--trust-remote-code True`) says so. A recorded `true` without it is a ConfigError naming
-    the flag; an explicit False loads the model with the library's own code."""
+    the flag; an explicit False loads the model with the library's own code.
+
+    A recorded model name that is a local folder is used as recorded, unlike a recorded local
+    data.source (sae.config.trust.not_local_from_metadata): an SAE trained here on a local model
+    records its folder, and no flag names a model for `sae eval`. A model folder is code and
+    weights; its code runs only under the rule above, and without it the folder is read as a
+    config, weights and a tokenizer whose widths must match the SAE. None of its files' text is
+    copied into an output, as a data file's was; what reaches one is activations computed
+    through it and tokens of the text read."""
     settings = {}
     for key, flag, field, default in (
         ("model_revision", revision, "revision", None),

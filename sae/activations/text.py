@@ -4,7 +4,9 @@
 
 Sources: the built-in corpus (Python's own English documentation: `pydoc_data.topics` plus the
 standard library's docstrings, read with `ast`), local .txt/.jsonl/.parquet files or folders,
-and Hugging Face datasets by name (streamed with `datasets.load_dataset`). Windows are
+and Hugging Face datasets by name (streamed with `datasets.load_dataset`; pyproject requires
+datasets >= 4.0, which removed loading scripts, so a dataset's own `NAME.py` never runs and a
+folder or Hub repo holding one is refused in one line). Windows are
 deterministic for a given source and tokenizer. Every `eval_every`-th window is held out for
 evaluation, and the windows of each part are dealt to ranks round-robin.
 """

@@ -27,6 +27,7 @@ from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
 
 from sae.config import ConfigError
 from sae.config.schema import TrainConfig
+from sae.config.trust import trust_from_command_line
 from sae.config.values import type_problem, yaml_load
 from sae.fsutil import atomic_write_text
 
@@ -245,9 +246,13 @@ def read_flags(
     return values
 
 
-def parse_cli(cls: type, default: Any, args: list[str], prog: str) -> Any:
-    """`default` overridden by command-line flags, validated (one-line errors)."""
-    return checked(cls, read_flags(cls, default, args, prog), "the command line")
+def parse_cli(
+    cls: type, default: Any, args: list[str], prog: str, source: str = "the defaults"
+) -> Any:
+    """`default` (read from `source`, a file's name) overridden by command-line flags, validated
+    (one-line errors). A model's own code is trusted only as `sae.config.trust` says."""
+    values = trust_from_command_line(default, lambda d: read_flags(cls, d, args, prog), source)
+    return checked(cls, values, "the command line")
 
 
 # -- YAML files ----------------------------------------------------------------------------------
@@ -275,5 +280,5 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 def parse(cls: type, argv: list[str], prog: str) -> Any:
     """Config from an optional leading YAML path (else the class defaults) plus flag overrides."""
     if argv and not argv[0].startswith("-"):
-        return parse_cli(cls, load_yaml(cls, argv[0]), argv[1:], prog)
+        return parse_cli(cls, load_yaml(cls, argv[0]), argv[1:], prog, repr(argv[0]))
     return parse_cli(cls, cls(), argv, prog)

@@ -46,7 +46,8 @@ but not contradict; the model repository's own code runs only with --trust-remot
 the command line, and a recorded `model_trust_remote_code: true` without it is refused) is run over
 the held-out windows (`data.part='eval'`) of its training data (metadata `data`, else the run's
 config.yaml two folders up, else the DataConfig defaults); `--data.*` flags override single
-fields. An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.
+fields. A local file or folder recorded as data.source is read only when --data.source names it
+(metadata can come from anyone: sae.config.trust). An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.
 
 report.json (schema_version 1):
 

@@ -76,7 +76,8 @@ class EvalConfig:
     running the model (downstream fidelity then needs the model and is skipped)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(part="eval"))
     """held-out text for live activations; the SAE's recorded training data is the default and
-    only the data fields given on the command line override it."""
+    only the data fields given on the command line override it (a local data.source recorded
+    there is read only when --data.source names it)."""
     data_fields: tyro.conf.Suppress[list[str]] = field(default_factory=list)
     """names of `data` fields that override the SAE's recorded data (the CLI fills this in)."""
     eval_tokens: int = 100_000

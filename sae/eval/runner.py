@@ -14,6 +14,7 @@ import yaml
 from sae.activations.sources import MATRIX_HOOK, CacheSource, LiveSource, MatrixSource, open_source
 from sae.config import ConfigError, first_line
 from sae.config.schema import DataConfig, ModelConfig, StoreConfig
+from sae.config.trust import not_local_from_metadata
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, suite_module
 from sae.eval.config import EvalConfig, parse_args
 from sae.eval.stream import SYNTHETIC_HELDOUT_START
@@ -25,7 +26,9 @@ _DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
 def _data_config(folder: Path, meta: dict, cfg: EvalConfig) -> tuple[DataConfig, str, dict | None]:
     """Held-out windows: the SAE's recorded training data (cfg.json metadata 'data', else the run's
     config.yaml two folders up), part='eval', then the --data.* fields given on the command line.
-    Also returns the recorded training data fields (None when nothing is recorded)."""
+    A local data.source recorded there is read only when --data.source names it (a recorded
+    source can come from anyone: sae.config.trust.not_local_from_metadata). Also returns the
+    recorded training data fields (None when nothing is recorded)."""
     base, origin = None, "defaults"
     if isinstance(meta.get("data"), dict):
         base, origin = meta["data"], "cfg.json metadata"
@@ -44,6 +47,9 @@ def _data_config(folder: Path, meta: dict, cfg: EvalConfig) -> tuple[DataConfig,
     train = dataclasses.asdict(DataConfig(**{**fields, "part": fields.get("part", "train")}))
     fields["part"] = "eval"
     overrides = cfg.data_overrides()
+    if isinstance(fields.get("source"), str) and "source" not in overrides:
+        where = f"{str(folder)!r} ({origin})"
+        not_local_from_metadata(fields["source"], "data.source", "--data.source", where)
     fields |= overrides
     if overrides:
         origin += f" + command line ({', '.join(overrides)})"

@@ -48,7 +48,8 @@ class ExportConfig:
     activations: str | None = None
     """read activations from this cache or [tokens, d_in] file instead of running the model."""
     data: DataConfig = field(default_factory=lambda: DataConfig(part="eval"))
-    """text for the records pass; the SAE's recorded held-out windows unless a field is given."""
+    """text for the records pass; the SAE's recorded held-out windows unless a field is given
+    (a local data.source recorded there is read only when --data.source names it)."""
     device: str = "auto"
     """'auto', 'cpu', 'cuda', ..."""
     batch_windows: int = 16
@@ -113,16 +114,22 @@ def _check_out(out: Path) -> None:
 
 def _stale(folder: Path, cfg: ExportConfig, given: list[str], sae) -> bool:
     """Records must be (re)made: none, unfinished, or made from another SAE, token count, data
-    or activations than asked (the pass itself reuses or resumes whatever still matches)."""
+    or activations than asked (the pass itself reuses or resumes whatever still matches). A
+    `--data.*` field given with the value the records were read with asks for the same data (a
+    local data.source must be named on every command line: sae.config.trust)."""
     import json
 
     from sae.eval.records import sae_sha256
 
     if not (folder / "records.json").is_file() or (folder / "state.json").is_file():
         return True
-    if given or cfg.activations is not None:
+    if cfg.activations is not None:
         return True
-    ident = json.loads((folder / "records.json").read_text()).get("identity") or {}
+    info = json.loads((folder / "records.json").read_text())
+    read = (info.get("activations") or {}).get("data") or {}
+    if any(name not in read or read[name] != getattr(cfg.data, name) for name in given):
+        return True
+    ident = info.get("identity") or {}
     return ident.get("eval_tokens") != cfg.eval_tokens or ident.get("sae_sha256") != sae_sha256(sae)
 
 

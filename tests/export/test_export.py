@@ -19,6 +19,7 @@ from export_fixtures import (  # noqa: F401
 )
 
 from sae.cli import main
+from sae.config.schema import DataConfig
 from sae.export.cli import ExportConfig, run_export
 from sae.export.neuronpedia import schema
 
@@ -35,9 +36,10 @@ def artifacts(tmp_path) -> Path:
 
 
 @pytest.fixture
-def exported(tmp_path, script_sae):
-    """The tiny SAE's records (made once), then a dashboard and a Neuronpedia export of them."""
-    report = tmp_path / "report"
+def exported(tmp_path, script_sae, script_text):
+    """The tiny SAE's records (made once), then a dashboard and a Neuronpedia export of them.
+    The SAE records a local text file, which is read only when named (--data.source)."""
+    report, data = tmp_path / "report", DataConfig(source=script_text, part="eval")
     site = run_export(
         ExportConfig(
             str(script_sae),
@@ -45,12 +47,19 @@ def exported(tmp_path, script_sae):
             out=str(tmp_path / "site"),
             report=str(report),
             batch_windows=2,
-        )
+            data=data,
+        ),
+        ["source"],
     )
     np_out = run_export(
         ExportConfig(
-            str(script_sae), format="neuronpedia", report=str(report), out=str(tmp_path / "np")
-        )
+            str(script_sae),
+            format="neuronpedia",
+            report=str(report),
+            out=str(tmp_path / "np"),
+            data=data,
+        ),
+        ["source"],
     )
     return site, np_out, report
 
@@ -190,13 +199,14 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_te
     cfg = json.loads((sae_dir / "cfg.json").read_text())
     cfg["metadata"]["hook_name"] = "resid_post.7"
     (sae_dir / "cfg.json").write_text(json.dumps(cfg))
-    err = _one_line_error(capsys, ["export", str(sae_dir), "--out", str(out)])
+    named = ["--data.source", script_text]
+    err = _one_line_error(capsys, ["export", str(sae_dir), "--out", str(out), *named])
     assert "unknown hook 'resid_post.7'" in err
     from sae.io import save
     from sae.model.sae import SAE, SAEConfig
 
     narrow = SAE(SAEConfig(architecture="topk", d_in=16, d_sae=8, k=2))
     save(narrow, tmp_path / "narrow", metadata={**cfg["metadata"], "hook_name": "resid_post.0"})
-    err = _one_line_error(capsys, ["export", str(tmp_path / "narrow"), "--out", str(out)])
+    err = _one_line_error(capsys, ["export", str(tmp_path / "narrow"), "--out", str(out), *named])
     assert "has width 32" in err and "d_in=16" in err
     assert not (out / "index.html").exists()

@@ -4,6 +4,7 @@ its resume, and the held-out provenance computed from the windows actually read.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,9 +38,13 @@ def _brute(sae_dir, model_path, text):
 
 
 def _records(tmp_path, sae_dir, name="rep", extra=()):
+    """The records suite on the SAE's own recorded text, a local file and so named by flag."""
+    source = json.loads((Path(sae_dir) / "cfg.json").read_text())["metadata"]["data"]["source"]
     cli_main(
         [
             str(sae_dir),
+            "--data.source",
+            source,
             "--suite",
             "records",
             "--out",

@@ -132,13 +132,14 @@ def test_absorption_suite_on_a_bert_vocabulary(tiny_models, text_file, tmp_path)
     assert all("probe_f1" in r for r in res["letters"].values())
 
 
-def test_unsupported_vocabulary_is_one_line(tmp_path, script_sae):
+def test_unsupported_vocabulary_is_one_line(tmp_path, script_sae, script_text):
     """Pins the one-line refusal: a word-level vocabulary of a dozen words cannot support the
     first-letter task, and says so before any work."""
     from sae.eval import cli_main
 
     with pytest.raises(ConfigError, match="cannot support the first-letter task"):
-        cli_main([str(script_sae), "--suite", "absorption", "--out", str(tmp_path / "r")])
+        cli_main([str(script_sae), "--suite", "absorption", "--out", str(tmp_path / "r"),
+                  "--data.source", script_text])  # fmt: skip
 
 
 def test_report_says_why_nothing_was_scored():
