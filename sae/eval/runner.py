@@ -149,7 +149,9 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
         trust_remote_code=cfg.trust_remote_code,
     )
     model_name = mcfg.name
-    settings = {k: getattr(mcfg, k) for k in ("revision", "dtype", "trust_remote_code")}
+    settings = {
+        k: getattr(mcfg, k) for k in ("revision", "dtype", "trust_remote_code", "gguf_file")
+    }
     key = (model_name, *settings.values())
     if key not in ctx.models:
         ctx.models[key] = load_model(mcfg)

@@ -83,7 +83,7 @@ def test_model_loads_as_recorded_and_a_contradicting_flag_is_refused(
          metadata=meta | {"model_dtype": "bfloat16", "model_revision": None})  # fmt: skip
     entry = _eval(folder, text_file, tmp_path / "rep")
     assert entry["activations"]["model_load"] == {
-        "revision": None, "dtype": "bfloat16", "trust_remote_code": False
+        "revision": None, "dtype": "bfloat16", "trust_remote_code": False, "gguf_file": None
     }  # fmt: skip
     with pytest.raises(ConfigError) as e:
         _eval(folder, text_file, tmp_path / "rep2", "--model-dtype", "float32")
