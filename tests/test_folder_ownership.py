@@ -1,0 +1,243 @@
+"""A folder is ours only if it carries the marker we wrote when we created it (sae/fsutil.py):
+every command pointed at a non-empty folder without it stops with one line, before any work, and
+touches nothing; killed writes' leftovers are found in the staging folder our marker records,
+never by their names (issue 30)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+
+from sae import fsutil
+from sae.cli import main
+from sae.io import save
+from sae.model.sae import SAE, SAEConfig
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SMALL = ["--sae.d-sae", "32", "--sae.k", "4", "--store.batch-size", "128"]
+SMALL += ["--store.buffer-tokens", "1024", "--eval-tokens", "512", "--quiet"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` with its bytes (None for a folder)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _user_folder(folder: Path, files: dict[str, str]) -> dict[str, bytes | None]:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return _snapshot(folder)
+
+
+def _refused(capsys, argv: list[str], folder: Path) -> str:
+    """Run the CLI; it must exit 2 with one line on stderr that names `folder`."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.startswith("error:") and err.count("\n") == 1, err
+    assert str(folder) in err and "choose a new or empty folder, or move it away" in err
+    return err
+
+
+def _acts(tmp_path: Path) -> str:
+    path = tmp_path / "acts.npy"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        np.save(path, rng.standard_normal((2048, 16)).astype(np.float32))
+    return str(path)
+
+
+def _sae(folder: Path) -> Path:
+    save(SAE(SAEConfig(architecture="topk", d_in=4, d_sae=8, k=2)), folder)
+    return folder
+
+
+# -- the four cases of the issue, through the real command lines --------------------------------
+
+
+def test_export_saelens_refuses_a_folder_that_merely_holds_a_cfg_json(tmp_path, capsys):
+    """Pins: `sae export SAE --format saelens --out DIR` (and `sae.io.save`) deleted any folder
+    holding a cfg.json, the user's other files with it."""
+    src = _sae(tmp_path / "sae")
+    out = tmp_path / "mine"
+    out.mkdir()
+    before = _user_folder(out, {"cfg.json": '{"my": "settings"}', "thesis.tex": "years of work"})
+    err = _refused(capsys, ["export", str(src), "--format", "saelens", "--out", str(out)], out)
+    assert "has no .sae-folder.json" in err
+    assert _snapshot(out) == before
+    with pytest.raises(fsutil.ForeignFolderError):
+        _sae(out)
+    assert _snapshot(out) == before
+
+
+def test_train_refuses_a_folder_that_is_not_a_run_before_any_work(tmp_path, capsys):
+    """Pins: `sae train --out DIR` into an existing folder that was not a run deleted the user's
+    `.old-backup/` (with its files) and `.notes.txt.tmp` as a killed write's leftovers,
+    overwrote their `latest` and appended to their `metrics.jsonl`."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    before = _user_folder(
+        out,
+        {
+            ".old-backup/cfg.json": "{}",
+            ".old-backup/sae_weights.safetensors": "weights",
+            ".notes.txt.tmp": "draft",
+            "latest": "my bookmark\n",
+            "metrics.jsonl": '{"mine": 1}\n',
+        },
+    )
+    argv = ["train", "--activations", _acts(tmp_path), *SMALL, "--out", str(out)]
+    err = _refused(capsys, argv, out)
+    assert "as a training run" in err
+    assert _snapshot(out) == before
+    _refused(capsys, [*argv, "--resume"], out)
+    assert _snapshot(out) == before
+
+
+def test_harvest_refuses_a_folder_that_merely_holds_a_manifest_named_file(
+    tiny_models, text_file, tmp_path, capsys
+):
+    """Pins: `sae harvest --out DIR` (without --overwrite) took any folder holding a file whose
+    name starts with `manifest` for a cache, and wrote its shards and its config.yaml over the
+    user's."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    before = _user_folder(out, {"manifest-notes.txt": "my list", "config.yaml": "mine: true\n"})
+    argv = ["harvest", "--model.name", tiny_models["llama"], "--model.hooks", "resid_post.1",
+            "--data.source", text_file, "--data.context-size", "16", "--max-tokens", "300",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    err = _refused(capsys, argv, out)
+    assert "as an activation cache" in err
+    assert _snapshot(out) == before
+    _refused(capsys, [*argv, "--overwrite"], out)
+    assert _snapshot(out) == before
+
+
+def test_quality_runs_script_refuses_an_out_that_merely_holds_a_config_yaml(tmp_path):
+    """Pins: scripts/quality_runs.py deleted any --out holding a config.yaml before training
+    into it."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    before = _user_folder(out, {"config.yaml": "mine: true\n", "results.csv": "1,2,3\n"})
+    cmd = [sys.executable, str(SCRIPTS / "quality_runs.py"), "syn", "--tokens", "2048",
+           "--batch", "256", "--d-sae", "64", "--eval-tokens", "1024", "--out", str(out)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.count("\n") == 1 and str(out) in run.stderr, run.stderr
+    assert _snapshot(out) == before
+
+
+# -- the rule's other edges -----------------------------------------------------------------------
+
+
+def test_one_kind_never_replaces_another(tmp_path, capsys):
+    """Pins: `sae export --format saelens --out <a run>` would delete the run (it holds no
+    cfg.json at its top, but any marker-less rule could not tell a run from an export). Each
+    folder's marker names its kind; another kind is refused in one line, untouched."""
+    src = _sae(tmp_path / "sae")
+    run = tmp_path / "run"
+    main(["train", "--activations", _acts(tmp_path), *SMALL, "--out", str(run)])
+    capsys.readouterr()
+    assert fsutil.kind_of(run) == "run"
+    before = _snapshot(run)
+    err = _refused(capsys, ["export", str(src), "--format", "saelens", "--out", str(run)], run)
+    assert "was written by sae as a training run" in err
+    _refused(capsys, ["export", str(src), "--format", "dashboard", "--out", str(run)], run)
+    _refused(capsys, ["eval", str(src), "--suite", "core", "--out", str(run)], run)
+    assert _snapshot(run) == before
+    final = next((run / "final").iterdir())
+    assert fsutil.kind_of(final) == "sae"
+    with pytest.raises(fsutil.ForeignFolderError, match="as an SAE folder"):
+        fsutil.remove(run, "sae")
+    with pytest.raises(fsutil.ForeignFolderError, match="as a training run"):
+        fsutil.remove(final, "run")
+    assert _snapshot(run) == before
+
+
+def test_a_copied_folder_keeps_its_marker_and_stays_ours(tmp_path, capsys):
+    """The marker travels with a copy: an SAE folder copied elsewhere is still replaced by a
+    re-export, and still loads in SAELens' layout (the marker is one extra small file)."""
+    src = _sae(tmp_path / "sae")
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    main(["export", str(src), "--format", "saelens", "--out", str(copy)])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(copy)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        [fsutil.MARKER, "README.md", "cfg.json", "sae_weights.safetensors"]
+    )
+    assert json.loads((copy / fsutil.MARKER).read_text())["kind"] == "sae"
+
+
+def test_resume_clears_only_what_killed_writes_recorded(tmp_path, capsys):
+    """Pins: a resumed run found killed writes' leftovers by their names, so a user's
+    `.notes.txt.tmp`, `.tmp-photos/` or `.old-backup/` inside the run folder was deleted with
+    them. Now only the staging folder the run's marker records is emptied."""
+    run = tmp_path / "run"
+    argv = ["train", "--activations", _acts(tmp_path), *SMALL, "--out", str(run)]
+    main([*argv, "--checkpoint-every", "512"])
+    capsys.readouterr()
+    user = {".notes.txt.tmp": "draft", ".tmp-photos/a.jpg": "photo", ".old-backup/cfg.json": "{}"}
+    _user_folder(run, user)
+    killed = run / fsutil.STAGING / "000000001024.k1ll3d" / "new"  # a checkpoint cut short
+    killed.mkdir(parents=True)
+    (killed / "trainer.json").write_text("{")
+    main([*argv, "--checkpoint-every", "512", "--resume"])
+    capsys.readouterr()
+    assert not (run / fsutil.STAGING).exists()
+    assert {n: (run / n).read_text() for n in user} == user
+
+
+def test_an_object_store_cache_follows_the_same_rule(tiny_models, text_file, tmp_path, capsys):
+    """Pins: on an fsspec store (memory:// here, s3:// alike) a prefix was taken for a cache by
+    a manifest object's `format` field, and `--overwrite` deleted the prefix. Now the marker
+    object decides: a harvest writes one, resumes and overwrites only a prefix that has it,
+    and refuses another kind's or a foreign prefix in one line, untouched."""
+    fs = fsspec.filesystem("memory")
+    argv = ["harvest", "--model.name", tiny_models["llama"], "--model.hooks", "resid_post.1",
+            "--data.source", text_file, "--data.context-size", "16", "--max-tokens", "300",
+            "--quiet"]  # fmt: skip
+    url = "memory://bucket30/cache"
+    main([*argv, "--out", url])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == url
+    assert fsutil.kind_of("/bucket30/cache", fs) == "cache"
+    main([*argv, "--out", url, "--overwrite"])
+    capsys.readouterr()
+    assert json.loads(fs.cat_file("/bucket30/cache/manifest.json"))["complete"]
+
+    fs.pipe_file("/bucket30/theirs/manifest.json", b'{"format": "sae-activation-cache"}')
+    fs.pipe_file("/bucket30/run/.sae-folder.json", b'{"written_by": "sae", "kind": "run"}')
+    fs.pipe_file("/bucket30/run/metrics.jsonl", b"{}\n")
+    for prefix, why in (("theirs", "has no .sae-folder.json"), ("run", "as a training run")):
+        for extra in ([], ["--overwrite"]):
+            err = _refused(capsys, [*argv, "--out", f"memory://bucket30/{prefix}", *extra], prefix)
+            assert why in err
+    assert fs.cat_file("/bucket30/theirs/manifest.json") == b'{"format": "sae-activation-cache"}'
+    assert fs.cat_file("/bucket30/run/metrics.jsonl") == b"{}\n"
+
+
+def test_a_claim_cut_short_leaves_a_folder_that_is_still_claimable(tmp_path):
+    """A kill while the marker itself was being written leaves a folder holding only an empty
+    (or partial) marker: that folder has nothing to lose and is claimed again; the same file
+    beside anything else is not evidence enough."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / fsutil.MARKER).write_text('{"written_by": "sa')
+    fsutil.claim(folder, "report")
+    assert fsutil.kind_of(folder) == "report"
+    (folder / fsutil.MARKER).write_text("")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(fsutil.ForeignFolderError, match="has no .sae-folder.json"):
+        fsutil.claim(folder, "report")
+    assert (folder / "notes.txt").read_text() == "mine"
