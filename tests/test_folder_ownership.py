@@ -241,3 +241,105 @@ def test_a_claim_cut_short_leaves_a_folder_that_is_still_claimable(tmp_path):
     with pytest.raises(fsutil.ForeignFolderError, match="has no .sae-folder.json"):
         fsutil.claim(folder, "report")
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+# -- the rule cannot erode ------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    ("shutil", "rmtree"), ("shutil", "move"), ("os", "remove"), ("os", "unlink"),
+    ("os", "rmdir"), ("os", "removedirs"), ("os", "replace"), ("os", "rename"), ("os", "renames"),
+}  # fmt: skip
+"""module functions that delete, replace or rename; outside sae/fsutil.py they are refused."""
+FORBIDDEN_METHODS = {"unlink", "rmdir", "rename", "rm", "rm_file", "rmtree"}
+"""methods that delete or rename (pathlib's, fsspec's) whatever their receiver."""
+MUTATORS = {"claim", "remove", "clear_staging", "atomic_folder", "replace_dir", "open_append"}
+"""fsutil's functions that create, replace, delete or append under its ownership check."""
+
+
+def _python_files() -> list[Path]:
+    return sorted([*(REPO / "sae").rglob("*.py"), *(REPO / "scripts").rglob("*.py")])
+
+
+def _violations(path: Path) -> list[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    where = path.relative_to(REPO)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("os", "shutil"):
+            found += [
+                f"{where}:{node.lineno} imports {node.module}.{a.name}"
+                for a in node.names
+                if (node.module, a.name) in FORBIDDEN
+            ]
+        if isinstance(node, ast.Attribute) and node.attr == "O_APPEND":
+            found.append(f"{where}:{node.lineno} opens with O_APPEND")
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute):
+            base = f.value.id if isinstance(f.value, ast.Name) else None
+            if (base, f.attr) in FORBIDDEN or f.attr in FORBIDDEN_METHODS:
+                found.append(f"{where}:{node.lineno} calls .{f.attr}()")
+            # Path.replace(target): one argument (str.replace takes two, dataclasses.replace is
+            # called on the module)
+            if f.attr == "replace" and len(node.args) == 1 and not node.keywords:
+                if base != "dataclasses":
+                    found.append(f"{where}:{node.lineno} calls .replace(target)")
+        mode = None
+        is_open = (isinstance(f, ast.Name) and f.id == "open") or (
+            isinstance(f, ast.Attribute) and f.attr == "open"
+        )
+        if is_open:
+            index = 1 if isinstance(f, ast.Name) else 0  # open(path, mode) / Path.open(mode)
+            if len(node.args) > index:
+                mode = node.args[index]
+            mode = next((k.value for k in node.keywords if k.arg == "mode"), mode)
+        if isinstance(mode, ast.Constant) and isinstance(mode.value, str) and "a" in mode.value:
+            found.append(f"{where}:{node.lineno} opens in append mode")
+    return found
+
+
+def test_only_fsutil_deletes_replaces_or_appends():
+    """Pins the rule's one owner (issue 30): outside sae/fsutil.py no module of sae/ or scripts/
+    calls shutil.rmtree/move, os.remove/unlink/rmdir/replace/rename, Path.unlink/rmdir/rename/
+    replace, fsspec's rm, or opens a file for appending; each goes through fsutil, which checks
+    the folder's marker first. (The code before had 26 such calls outside fsutil.)"""
+    found = [v for p in _python_files() if p != REPO / "sae" / "fsutil.py" for v in _violations(p)]
+    assert not found, "\n".join(found)
+
+
+def _mutator_modules() -> set[str]:
+    """Modules of sae/ and scripts/ that call fsutil's ownership-checked mutators."""
+    import ast
+
+    out = set()
+    for path in _python_files():
+        if path.name == "fsutil.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                base = (
+                    f.value.id
+                    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                    else None
+                )
+                if name in MUTATORS and base in (None, "fsutil"):
+                    out.add(str(path.relative_to(REPO)))
+    return out
+
+
+def test_architecture_lists_every_place_that_deletes_replaces_or_appends():
+    """The "Folders we own" section of ARCHITECTURE.md names every module that deletes, replaces a
+    folder or appends (through fsutil): a new call site without a line there fails here, and so
+    does a line for a module that no longer has one."""
+    text = (REPO / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = text.split("## Folders we own", 1)[1].split("\n## ", 1)[0]
+    import re
+
+    listed = set(re.findall(r"^- `((?:sae|scripts)/[\w/]+\.py)`", section, re.MULTILINE))
+    assert listed - {"sae/fsutil.py"} == _mutator_modules()
