@@ -129,8 +129,8 @@ def kind_of(folder: str | Path, fs: Any = None) -> str | None:
 
 
 def _entries(folder: str | Path, kind: str, fs: Any) -> list[str] | None:
-    """The names in `folder`; None when it does not exist. A file or a symlink there is
-    refused: nothing of ours is one."""
+    """The names in `folder` (a link to a folder is followed); None when it does not exist. A
+    file there is refused: nothing of ours is one."""
     if fs is not None:
         if fs.isfile(folder):
             raise _refuse(folder, kind, "is a file")
@@ -138,8 +138,8 @@ def _entries(folder: str | Path, kind: str, fs: Any) -> list[str] | None:
             return None
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)]
     folder = Path(folder)
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise _refuse(folder, kind, "is a file or a link")
+    if folder.exists() and not folder.is_dir():
+        raise _refuse(folder, kind, "is a file")
     return [p.name for p in folder.iterdir()] if folder.exists() else None
 
 
@@ -217,20 +217,21 @@ def remove(path: str | Path, kind: Kind, fs: Any = None) -> None:
     path.unlink()
 
 
+def _staging_of(folder: Path) -> Path | None:
+    """The staging folder the marker of `folder` records (a plain name inside it)."""
+    name = (read_marker(folder) or {}).get("staging")
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        return None
+    return folder / name
+
+
 def clear_staging(folder: str | Path, kind: Kind) -> None:
     """Delete what killed writes left in `folder` of `kind`: the staging folder its marker
     records, nothing else. Only while no other process writes into `folder`."""
     require_ours(folder, kind)
-    name = (read_marker(folder) or {}).get("staging")
-    if (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and "/" not in name
-        and os.sep not in name
-    ):
-        staging = Path(folder, name)
-        if staging.is_dir() and not staging.is_symlink():
-            shutil.rmtree(staging)
+    staging = _staging_of(Path(folder))
+    if staging is not None and staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging)
 
 
 def open_append(path: str | Path, kind: Kind | None) -> IO[str]:
@@ -281,8 +282,8 @@ def _staged(target: Path) -> Iterator[Path]:
     that name finds a killed one's leftovers by that marker."""
     target.parent.mkdir(parents=True, exist_ok=True)
     home = owner(target)
-    if home is not None and _same_disk(home, target.parent):
-        base: Path | None = home / STAGING
+    base = _staging_of(home) if home is not None else None
+    if base is not None and _same_disk(base.parent, target.parent):
         private = _staging_in(base, f"{target.name}.")
     else:
         base = None

@@ -199,6 +199,25 @@ def test_resume_clears_only_what_killed_writes_recorded(tmp_path, capsys):
     assert {n: (run / n).read_text() for n in user} == user
 
 
+def test_a_write_outside_our_folders_stages_beside_its_target_under_a_marker(tmp_path):
+    """Where no folder of ours is above a target (`sae.io.save` into a user's folder), a write
+    stages in a folder beside it whose marker names the target; a killed write's staging folder
+    is removed by the next write to that name, found by that marker: a user's folder of the same
+    look, or a staging folder for another name, stays."""
+    killed = tmp_path / ".sae.sae-tmp-k1ll3d"  # what a write of tmp_path/sae killed midway left
+    fsutil._write_marker(killed, "staging", **{"for": "sae"})
+    (killed / "new").mkdir()
+    (killed / "new" / "sae_weights.safetensors").write_text("half")
+    other = tmp_path / ".other.sae-tmp-k1ll3d"
+    fsutil._write_marker(other, "staging", **{"for": "other"})
+    mine = tmp_path / ".sae.sae-tmp-mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    _sae(tmp_path / "sae")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, mine.name, "sae"])
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
 def test_an_object_store_cache_follows_the_same_rule(tiny_models, text_file, tmp_path, capsys):
     """Pins: on an fsspec store (memory:// here, s3:// alike) a prefix was taken for a cache by
     a manifest object's `format` field, and `--overwrite` deleted the prefix. Now the marker
