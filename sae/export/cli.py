@@ -161,7 +161,16 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
         from sae.export.saelens import export_saelens
 
         return export_saelens(src, out, Path(cfg.report) if cfg.report else None)
-    rec, _ = _records(cfg, given or [], sae)
+    from sae.fsutil import MARKER, claim, remove
+
+    created = not out.exists()
+    claim(out, "export")  # before the records pass writes its report into OUT/report
+    try:
+        rec, _ = _records(cfg, given or [], sae)
+    except BaseException:
+        if created and [p.name for p in out.iterdir()] == [MARKER]:
+            remove(out, "export")  # a bad input the records pass found leaves no folder behind
+        raise
     prov = rec.info["activations"]
     title = src.resolve().name
     if cfg.format == "dashboard":
