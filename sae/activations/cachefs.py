@@ -5,7 +5,9 @@ Local folders keep plain file I/O: atomic writes through sae/fsutil.py and memor
 On an object store a shard is serialised in memory, hashed, and written as one object (a PUT is
 atomic there: readers see the old object or the new one), and read back one shard at a time
 into memory with its sha256 checked. The bytes are those of the local layout, so a cache copied
-between a disk and a bucket (`aws s3 sync`, `gsutil rsync`) reads the same.
+between a disk and a bucket (`aws s3 sync`, `gsutil rsync`) reads the same. The folder is a cache
+of ours only if it carries sae/fsutil.py's marker (an object on a store); nothing else is
+written into, resumed or deleted.
 """
 
 from __future__ import annotations

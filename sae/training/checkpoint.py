@@ -1,4 +1,4 @@
-"""Checkpoints: one folder per checkpoint, written whole under a temporary name, then renamed.
+"""Checkpoints: one folder per checkpoint, written whole in the run's staging folder, then renamed.
 
     <run>/<tokens:012d>/store_state.json                  data position (ActivationStore.state_dict)
     <run>/<tokens:012d>/trainer.json                      step, tokens, counters (JSON)
