@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -36,12 +35,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    from sae.fsutil import require_ours
+    from sae.fsutil import claim, remove
 
-    # Delete only an earlier run of this benchmark (report/, site/, np/) or an empty folder.
-    ours = {"report", "site", "np"}
-    require_ours(out, lambda f: {p.name for p in f.iterdir()} <= ours, "a bench_export folder")
-    shutil.rmtree(out, ignore_errors=True)
+    # Delete only an earlier run of this benchmark (its scratch marker says so) or an empty folder.
+    remove(out, "scratch")
+    claim(out, "scratch")
     load = os.getloadavg()
 
     from sae.eval import EvalConfig, run_eval

@@ -30,10 +30,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from sae.fsutil import remove, scratch_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = os.environ | {
@@ -289,7 +290,7 @@ def reference(args: list[str], work: Path, nproc: int = 1) -> tuple[Path, float]
     key = (tuple(args), nproc)
     if key not in _references:
         out = work / f"ref-{len(_references)}"
-        shutil.rmtree(out, ignore_errors=True)
+        remove(out, "run")
         t0 = time.perf_counter()
         ref = run(sae_cmd([*args, "--out", str(out)], nproc), work)
         if ref.returncode != 0:
@@ -310,7 +311,7 @@ def kill_chains(scn: Scenario, work: Path, rng: random.Random, kills: int, log) 
     while delivered < kills:
         chains += 1
         out = f"cut-{scn.name}-{chains}"
-        shutil.rmtree(work / out, ignore_errors=True)
+        remove(work / out, "run")
         in_chain, resume = 0, []
         while in_chain < min(3, kills - delivered):
             delay = rng.uniform(0.05, 1.0) * t_full
@@ -352,7 +353,7 @@ def harvest_chains(work: Path, rng: random.Random, kills: int, log) -> dict:
     while delivered < kills:
         chains += 1
         out = f"cut{chains}"
-        shutil.rmtree(work / out, ignore_errors=True)  # a complete cache would just be kept
+        remove(work / out, "cache")  # a complete cache would just be kept
         in_chain = 0
         while in_chain < min(3, kills - delivered):
             delay = rng.uniform(0.05, 1.0) * t_full
@@ -407,7 +408,7 @@ def harvest_disk_full_cases(work: Path, log, tmpfs: bool = True) -> dict:
             out = mnt / "run"
         else:
             out = work / "full-harvest"
-            shutil.rmtree(out, ignore_errors=True)
+            remove(out, "cache")
             _wait_for(sae_cmd([*args, "--out", str(out)]), work, lambda o=out: _n_shards(o) >= 2)
             limit = shard_bytes // 2
 
@@ -481,7 +482,7 @@ def _flip(p: Path) -> None:
 
 
 def _delete(p: Path) -> None:
-    next(iter(sorted(p.rglob("sae_weights.safetensors")))).unlink()
+    remove(next(iter(sorted(p.rglob("sae_weights.safetensors")))), "sae")
 
 
 DAMAGE = {"truncated": _truncate, "bytes flipped": _flip, "file deleted": _delete}
@@ -497,7 +498,7 @@ def corrupt_cases(work: Path, log, kinds: tuple[str, ...] = tuple(DAMAGE)) -> di
     for name in kinds:
         damage = DAMAGE[name]
         out = f"corrupt-{name.replace(' ', '-')}"
-        shutil.rmtree(work / out, ignore_errors=True)
+        remove(work / out, "run")
         _wait_for_checkpoints(sae_cmd([*args, "--out", out]), work, out, 2)
         newest = max((work / out).glob("[0-9]*"))
         damage(newest)
@@ -627,7 +628,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the report here")
     a = ap.parse_args()
-    work = a.work or Path(tempfile.mkdtemp(prefix="fault-campaign-"))
+    work = a.work or scratch_dir("fault-campaign-")
     t0 = time.perf_counter()
     report = campaign(work, a.seed, a.quick, a.only)
     report["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -654,7 +655,7 @@ def main() -> None:
         f"{report.get('harvest_disk_full', {}).get('cases')}"
     )
     if not a.work:
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work, "scratch")
     sys.exit(1 if failed else 0)
 
 

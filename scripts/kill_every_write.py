@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -84,17 +83,18 @@ def main() -> None:
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     import sae.training.train  # noqa: F401  (imported once, before the forks)
+    from sae.fsutil import remove
 
     fc._rows = a.rows
     args = fc._matrix(a.work, "--sae.k", "4", "--checkpoint-every", "1024")
     ref = a.work / "ref"
-    shutil.rmtree(ref, ignore_errors=True)
+    remove(ref, "run")
     _forked([*args, "--out", str(ref)], kill_at=10**9)  # counts its writes
     want = fc.train_result(ref)
     n, bad = a.first, 0
     while True:
         out = a.work / "cut"
-        shutil.rmtree(out, ignore_errors=True)
+        remove(out, "run")
         if os.WIFEXITED(_forked([*args, "--out", str(out)], kill_at=n)):
             break  # the run has fewer writes than n
         status = _forked([*args, "--out", str(out), "--resume"])

@@ -29,7 +29,7 @@ import contextlib
 import io
 import json
 import resource
-import shutil
+import sys
 import time
 
 import torch
@@ -188,7 +188,9 @@ def emit(res: dict) -> None:
     """Print the run's JSON line and append it to --log."""
     print(json.dumps(res), flush=True)
     if a.log:
-        with open(a.log, "a") as f:
+        from sae.fsutil import open_append
+
+        with open_append(a.log, None) as f:  # the file --log names, whoever's folder it is in
             f.write(json.dumps(res) + "\n")
 
 
@@ -311,11 +313,13 @@ else:
 if a.kind == "sparsify":
     emit(sparsify_run(a))
     raise SystemExit(0)
-from sae.fsutil import require_ours  # noqa: E402
+from sae.fsutil import ForeignFolderError, remove  # noqa: E402
 
-# Delete only a run folder (its config.yaml says so) or an empty one, never what --out names.
-require_ours(a.out, lambda f: (f / "config.yaml").is_file(), "a training run (with config.yaml)")
-shutil.rmtree(a.out, ignore_errors=True)
+try:  # delete only a run of ours (sae/fsutil.py's marker) or an empty folder, never what --out names
+    remove(a.out, "run")
+except ForeignFolderError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 T.CHECKPOINT_SECONDS = 10**9
 t0 = time.time()
 tr = T.Trainer(tc)

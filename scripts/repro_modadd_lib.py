@@ -48,7 +48,7 @@ from sae.analysis.interaction_basis import fold
 from sae.analysis.interaction_graph import keep_mask, leiden, mass_curve, min_kept, sparsity
 from sae.analysis.interaction_jacobian import chain_bases, edge_sums, ig_rows, perspective
 from sae.eval import plots
-from sae.fsutil import atomic_save_safetensors, atomic_write_json
+from sae.fsutil import atomic_save_safetensors, atomic_write, atomic_write_json, claim, remove
 
 
 class ModAdd(nn.Module):
@@ -173,11 +173,10 @@ def train_or_load(args) -> tuple[ModAdd, dict]:
         if epoch % (10 * args.eval_every) == 0 or acc >= args.target:
             print(f"epoch {epoch}: train loss {loss.item():.3g}, accuracy (all p²) {acc:.4f}, "
                   f"{seconds:.0f} s, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                        "seconds": seconds, "cpu_seconds": time.process_time() - cpu0},
-                       state_path.with_suffix(".tmp"))  # fmt: skip
-            os.replace(state_path.with_suffix(".tmp"), state_path)
+            claim(folder, "model")
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                     "seconds": seconds, "cpu_seconds": time.process_time() - cpu0}  # fmt: skip
+            atomic_write(state_path, lambda tmp, state=state: torch.save(state, tmp))
         if acc >= args.target or time.process_time() - cpu0 > 60 * args.train_minutes:
             break
     with torch.no_grad():  # also when a resumed run had no epochs left
@@ -191,7 +190,7 @@ def train_or_load(args) -> tuple[ModAdd, dict]:
     atomic_save_safetensors(folder / "model.safetensors", {k: v.detach().contiguous()
                             for k, v in model.state_dict().items()}, {})  # fmt: skip
     atomic_write_json(folder / "train.json", info)
-    state_path.unlink(missing_ok=True)
+    remove(state_path, "model")
     print(f"trained {epoch} epochs in {seconds:.0f} s wall, {info['cpu_seconds']:.0f} s CPU: "
           f"accuracy {acc:.4f} on all p² pairs")  # fmt: skip
     return model, info

@@ -115,7 +115,7 @@ def test_save_replaces_an_sae_folder_and_refuses_other_folders(tmp_path):
     assert not (tmp_path / "f" / "sparsity.safetensors").exists()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not an SAE folder"):
+    with pytest.raises(fsutil.ForeignFolderError, match="has no .sae-folder.json"):
         io.save(build("topk"), tmp_path / "other")
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "other"]

@@ -5,7 +5,9 @@ Local folders keep plain file I/O: atomic writes through sae/fsutil.py and memor
 On an object store a shard is serialised in memory, hashed, and written as one object (a PUT is
 atomic there: readers see the old object or the new one), and read back one shard at a time
 into memory with its sha256 checked. The bytes are those of the local layout, so a cache copied
-between a disk and a bucket (`aws s3 sync`, `gsutil rsync`) reads the same.
+between a disk and a bucket (`aws s3 sync`, `gsutil rsync`) reads the same. The folder is a cache
+of ours only if it carries sae/fsutil.py's marker (an object on a store); nothing else is
+written into, resumed or deleted.
 """
 
 from __future__ import annotations
@@ -13,19 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sae import fsutil
 from sae.config import ConfigError, first_line
 from sae.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text, sha256_file
 
 CACHE_FORMAT = "sae-activation-cache"
 """the `format` of every manifest `sae harvest` writes (sae/activations/harvest.py)."""
-CACHE_MANIFEST = re.compile(r"manifest\.rank\d{3}\.json")
 
 
 def is_url(where: str | os.PathLike) -> bool:
@@ -74,62 +74,30 @@ class CacheLocation:
             return (self.local / name).is_file()
         return self.fs.isfile(self._path(name))
 
-    def remove_stale(self, names: tuple[str, ...]) -> None:
-        """Delete the temporary files (`.<name>.*.tmp`, sae/fsutil.py) of local writes to files
-        whose names start with one of `names` that a kill cut short; an object store has none."""
-        if self.local is None or not self.local.is_dir():
-            return
-        for p in self.local.glob(".*.tmp"):
-            if p.name[1:].startswith(names):
-                p.unlink(missing_ok=True)
+    def _where(self) -> tuple[Path | str, Any]:
+        return (self.local, None) if self.local is not None else (self.root, self.fs)
 
-    def names(self) -> list[str]:
+    def require_ours(self) -> None:
+        """ForeignFolderError unless this folder is absent, empty, or an activation cache of
+        ours: one that carries our marker (sae/fsutil.py), locally or as an object."""
+        where, fs = self._where()
+        fsutil.require_ours(where, "cache", fs)
+
+    def claim(self) -> None:
+        """Create (or mark, when empty) this folder as an activation cache of ours."""
+        where, fs = self._where()
+        fsutil.claim(where, "cache", fs)
+
+    def clear_staging(self) -> None:
+        """Delete what local writes that a kill cut short left (in the staging folder our marker
+        records); an object store has none (a PUT is whole or absent)."""
         if self.local is not None:
-            return sorted(p.name for p in self.local.iterdir()) if self.local.is_dir() else []
-        if not self.fs.exists(self.root):
-            return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False))
-
-    def makedirs(self) -> None:
-        if self.local is not None:
-            self.local.mkdir(parents=True, exist_ok=True)
-        else:
-            self.fs.makedirs(self.root, exist_ok=True)
-
-    def is_cache(self) -> bool:
-        """Whether this folder is absent, empty, or an activation cache this package wrote: a
-        manifest (single or per rank) whose `format` is ours."""
-        names = self.names()
-        if not names:
-            return True
-        manifests = [n for n in names if n == "manifest.json" or CACHE_MANIFEST.fullmatch(n)]
-        for name in manifests:
-            try:
-                if self.read_json(name).get("format") == CACHE_FORMAT:
-                    return True
-            except (OSError, ValueError, AttributeError):
-                continue
-        return False
-
-    def check_removable(self) -> None:
-        """ConfigError unless `remove` may delete this folder (`is_cache`): --overwrite deletes
-        activation caches only, never whatever --out happens to name."""
-        if self.local is not None and self.local.exists() and not self.local.is_dir():
-            raise ConfigError(f"out={self.display!r} is a file, not an activation cache folder.")
-        if not self.is_cache():
-            raise ConfigError(
-                f"out={self.display!r} exists and is not an activation cache (no manifest.json "
-                f"with format {CACHE_FORMAT!r}), so --overwrite does not delete it; choose "
-                "another --out, or move it away yourself."
-            )
+            fsutil.clear_staging(self.local, "cache")
 
     def remove(self) -> None:
-        """Delete the cache folder; refused (nothing touched) unless it is one (`is_cache`)."""
-        self.check_removable()
-        if self.local is not None:
-            shutil.rmtree(self.local, ignore_errors=True)
-        elif self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
+        """Delete the cache folder; refused (nothing touched) unless it is ours (`require_ours`)."""
+        where, fs = self._where()
+        fsutil.remove(where, "cache", fs)
 
     def read_json(self, name: str) -> Any:
         if self.local is not None:

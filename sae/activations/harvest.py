@@ -62,17 +62,11 @@ def _names(world: int, rank: int) -> tuple[str, str]:
 
 
 def _prepare(loc: CacheLocation, name: str, identity: dict, overwrite: bool) -> dict | None:
-    """The existing manifest to resume, None to start fresh; refuse a mismatched cache, and a
-    folder --overwrite would delete that is not a cache."""
-    if overwrite:
-        loc.check_removable()
-        return None
-    if not loc.exists(name):
-        names = [n for n in loc.names() if not n.endswith(".tmp")]  # a write a kill cut short
-        if names and not any(n.startswith("manifest") for n in names):
-            raise ConfigError(
-                f"out={loc.display!r} exists and is not an activation cache; choose another --out."
-            )
+    """The existing manifest to resume, None to start fresh; refuse a folder that is not an
+    activation cache of ours (sae/fsutil.py's marker: with or without --overwrite), and a cache
+    made with another config."""
+    loc.require_ours()
+    if overwrite or not loc.exists(name):
         return None
     manifest = loc.read_json(name)
     if manifest.get("identity") != identity:
@@ -118,10 +112,12 @@ def harvest(cfg: HarvestConfig, source: LiveSource | None = None) -> Path | str:
         return result
     if source is None:  # built (and so validated) before anything on disk changes
         source = LiveSource(cfg.model, cfg.data, cfg.store, rank, world)
-    if cfg.overwrite:
-        if dist.is_main():
+    if dist.is_main():
+        if cfg.overwrite:
             loc.remove()
-        dist.barrier()
+        loc.claim()
+        loc.clear_staging()  # what writes a kill cut short left, before any rank writes again
+    dist.barrier()
     limit = cfg.max_tokens
     if limit is not None and world > 1:  # max_tokens counts all ranks together
         limit = limit // world + (rank < limit % world)
@@ -141,14 +137,10 @@ def harvest(cfg: HarvestConfig, source: LiveSource | None = None) -> Path | str:
             "shards": [],
             "complete": False,
         }
-        loc.makedirs()
-        # The manifest first: a folder holding only it is resumed; one holding only the config
-        # would be refused as "not an activation cache" after a kill between the two writes.
+        # The manifest first: a folder holding only it is resumed.
         loc.write_json(name, manifest)
         if dist.is_main():
             loc.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    # This rank's shard, manifest or config writes that a kill cut short.
-    loc.remove_stale((prefix, name, *(["config.yaml"] if dist.is_main() else [])))
     if not manifest["complete"]:
         _fill(cfg, loc, name, prefix, manifest, source, limit)
     dist.barrier()

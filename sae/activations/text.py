@@ -29,6 +29,7 @@ import torch
 
 from sae.config import ConfigError
 from sae.config.schema import DataConfig
+from sae.fsutil import ForeignFolderError, atomic_write_text, claim
 
 _SKIP_STDLIB_DIRS = {
     "test",
@@ -104,13 +105,13 @@ def _save_builtin(docs: list[tuple[int, str]]) -> None:
     global _builtin_memo
     _builtin_memo = docs
     path = builtin_cache_file()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:  # a cache only: a read-only home costs the parse, never the run
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(docs), encoding="utf-8")
-        os.replace(tmp, path)  # whole or absent, even with several writers
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    # A cache only: a read-only home, or a cache folder that is not ours (sae/fsutil.py), costs
+    # the parse, never the run. Written whole or not at all, even with several writers.
+    try:
+        claim(path.parent, "corpus")
+        atomic_write_text(path, json.dumps(docs))
+    except (OSError, ForeignFolderError):
+        pass
 
 
 def keyed_builtin_documents(start: int = 0) -> Iterator[tuple[int, str]]:

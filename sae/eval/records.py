@@ -34,7 +34,13 @@ from sae.eval.accumulate import MAX_CORR_LATENTS, Accumulator
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult
 from sae.eval.stream import rows, window_batches
 from sae.eval.table import update_latents_table
-from sae.fsutil import atomic_save_safetensors, atomic_write_json, sha256_json, sha256_tensors
+from sae.fsutil import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    remove,
+    sha256_json,
+    sha256_tensors,
+)
 
 RECORDS_VERSION = 1
 
@@ -161,7 +167,7 @@ def records_pass(
     _write_records(target, folder, acc, torch.cat(windows) if windows else torch.zeros(0), ident)
     atomic_write_json(done, _read_json(done) | {"identity_sha256": key})
     for name in ("state.safetensors", "state.json"):
-        (folder / name).unlink(missing_ok=True)
+        remove(folder / name, "report")
     return folder
 
 

@@ -18,6 +18,7 @@ from sae.config.trust import not_local_from_metadata
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, suite_module
 from sae.eval.config import EvalConfig, parse_args
 from sae.eval.stream import SYNTHETIC_HELDOUT_START
+from sae.fsutil import claim, require_ours
 from sae.io import load as load_sae
 
 _DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
@@ -226,10 +227,11 @@ def run_eval(cfg: EvalConfig) -> Path:
         llm=cfg.llm,
         interaction=cfg.interaction,
     )
+    require_ours(out, "report")  # before any model loads: a folder not ours is one line
     t_start = time.perf_counter()
     targets = prepare(cfg, ctx)
     ctx.timings["prepare (load models, check inputs)"] = time.perf_counter() - t_start
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "report")
     results: list[tuple[EvalTarget, dict[str, SuiteResult]]] = []
     for target in targets:
         per_suite: dict[str, SuiteResult] = {}

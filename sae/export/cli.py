@@ -14,7 +14,6 @@ table in that report folder (every column any suite wrote) goes into the dashboa
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +81,7 @@ def _check(cfg: ExportConfig):
         raise ConfigError(f"unknown format {cfg.format!r}; valid formats are {', '.join(FORMATS)}.")
     if Path(cfg.out).is_file():
         raise ConfigError(f"out={cfg.out!r} is a file; the export needs a folder.")
-    if cfg.format in ("dashboard", "neuronpedia"):
-        _check_out(Path(cfg.out))
+    _check_out(cfg)
     if cfg.report is not None and Path(cfg.report).is_file():
         raise ConfigError(f"report={cfg.report!r} is a file; give a `sae eval` report folder.")
     if cfg.eval_tokens <= 0:
@@ -95,21 +93,20 @@ def _check(cfg: ExportConfig):
         raise ConfigError(f"cannot load SAE {cfg.sae_dir!r}: {first}") from None
 
 
-EXPORT_ENTRY = re.compile(
-    r"index\.html|latents|report|sae_export\.json|(batch|explanations-batch)-\d+\.json"
-)
-"""what the dashboard and neuronpedia exports write into OUT (and the records pass's report/)."""
-
-
-def _check_out(out: Path) -> None:
-    """OUT must be new, empty, or hold only what an export writes: files there are replaced
-    (and latents/ swapped whole), so anyone else's folder is refused before any work."""
-    from sae.export.dashboard import LATENTS_WHAT, is_latents_folder
+def _check_out(cfg: ExportConfig) -> None:
+    """OUT (and the records pass's OUT/report, and the dashboard's OUT/latents) must be new,
+    empty, or written by this package as that kind (sae/fsutil.py's marker): files there are
+    replaced and folders swapped whole, so anything else is refused before any work."""
     from sae.fsutil import require_ours
 
-    what = "an export folder (only index.html, latents/, report/, sae_export.json, batch-*.json)"
-    require_ours(out, lambda f: all(EXPORT_ENTRY.fullmatch(p.name) for p in f.iterdir()), what)
-    require_ours(out / "latents", is_latents_folder, LATENTS_WHAT)
+    out = Path(cfg.out)
+    if cfg.format == "saelens":
+        require_ours(out, "sae")
+        return
+    require_ours(out, "export")
+    require_ours(out / "latents", "export")
+    if cfg.report is None:
+        require_ours(out / "report", "report")
 
 
 def _stale(folder: Path, cfg: ExportConfig, given: list[str], sae) -> bool:
@@ -171,7 +168,16 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
         from sae.export.saelens import export_saelens
 
         return export_saelens(src, out, Path(cfg.report) if cfg.report else None)
-    rec, _ = _records(cfg, given or [], sae)
+    from sae.fsutil import MARKER, claim, remove
+
+    created = not out.exists()
+    claim(out, "export")  # before the records pass writes its report into OUT/report
+    try:
+        rec, _ = _records(cfg, given or [], sae)
+    except BaseException:
+        if created and [p.name for p in out.iterdir()] == [MARKER]:
+            remove(out, "export")  # a bad input the records pass found leaves no folder behind
+        raise
     prov = rec.info["activations"]
     title = src.resolve().name
     if cfg.format == "dashboard":

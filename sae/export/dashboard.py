@@ -16,7 +16,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,7 @@ import numpy as np
 
 from sae.export.neuronpedia import safe_json
 from sae.export.view import Records
-from sae.fsutil import atomic_folder, atomic_write_text
-
-LATENT_PAGE = re.compile(r"\d+\.html")
-
-
-def is_latents_folder(folder: Path) -> bool:
-    """A `latents/` folder this export wrote: nothing but <n>.html pages."""
-    return all(p.is_file() and LATENT_PAGE.fullmatch(p.name) for p in folder.iterdir())
-
-
-LATENTS_WHAT = "a dashboard's latents folder (only <n>.html pages)"
+from sae.fsutil import atomic_folder, atomic_write_text, claim
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
@@ -185,7 +174,8 @@ def write_dashboard(rec: Records, out: Path, title: str, provenance: dict) -> Pa
     data = {"columns": cols, "rows": values, "owners": owners}
     logit_note = (rec.info.get("logit_effects") or {}).get("note", "")
     escaped = np.array([html.escape(t) for t in rec.vocab], dtype=object)
-    with atomic_folder(out / "latents", is_latents_folder, LATENTS_WHAT) as tmp:
+    claim(out, "export")
+    with atomic_folder(out / "latents", "export") as tmp:
         for m in range(rec.d_sae):
             (tmp / f"{m}.html").write_text(latent_page(rec, m, title, logit_note, escaped))
         os.sync()  # one flush for thousands of pages, before the folder swap makes them visible

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sae.export.view import Records
-from sae.fsutil import atomic_write_text
+from sae.fsutil import atomic_write_text, claim, remove
 from sae.interpret.export_fields import neuronpedia_explanations
 
 FEATURES_PER_BATCH = 128
@@ -158,6 +158,7 @@ def write_neuronpedia(
     """Every batch file under `out`, plus sae_export.json; returns the batch paths."""
     data = provenance.get("data") or {}
     n_windows = int(provenance.get("windows_read") or 0)
+    claim(out, "export")
     paths = []
     for b, s in enumerate(range(0, rec.d_sae, FEATURES_PER_BATCH)):
         feats = [
@@ -180,7 +181,7 @@ def write_neuronpedia(
         atomic_write_text(out / uploads[-1], safe_json(body))
     for stale in out.glob("explanations-batch-*.json"):  # from an earlier export with more
         if re.fullmatch(r"explanations-batch-\d+\.json", stale.name) and stale.name not in uploads:
-            stale.unlink()
+            remove(stale, "export")
     meta = {
         "format": "neuronpedia batch JSON (SAEDashboard NeuronpediaRunner shape)",
         "features_per_batch": FEATURES_PER_BATCH,

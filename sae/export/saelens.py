@@ -18,8 +18,8 @@ from typing import Any
 from safetensors.torch import load_file
 
 from sae.config import ConfigError, first_line
-from sae.fsutil import atomic_write_text
-from sae.io import CFG_FILE, SPARSITY_FILE, saelens_architecture, save
+from sae.fsutil import atomic_write_text, require_ours
+from sae.io import SPARSITY_FILE, saelens_architecture, save
 from sae.model.sae import SAE
 
 
@@ -114,12 +114,7 @@ def export_saelens(src: Path, out: Path, report: Path | None = None) -> Path:
     """Write the SAELens v6 folder and README.md to `out`; returns `out`."""
     from sae.io import load
 
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / CFG_FILE).is_file())
-    ):
-        raise ConfigError(
-            f"out={str(out)!r} exists and is not an SAE folder; give a new or empty folder."
-        )
+    require_ours(out, "sae")  # an SAE folder of ours is replaced whole; anything else refused
     try:
         model = load(src if src.exists() else str(src))  # a folder, or a Hub repo id
     except Exception as e:  # missing files, bad JSON, corrupt weights, unknown architecture

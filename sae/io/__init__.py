@@ -17,11 +17,11 @@ computes them) with the facts it records (model, hook) in `metadata` and on `cfg
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from sae.fsutil import remove
 from sae.io.build import LoadedConfig
 from sae.io.dictionary_learning import is_dictionary_learning_folder, load_dictionary_learning
 from sae.io.folder import (
@@ -129,7 +129,7 @@ def load(
             try:
                 model = load_local(tmp)
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove(tmp, "scratch")
             model.metadata |= {"saelens_release": text, "saelens_sae_id": sae_id}
             return model.to(device=device, dtype=dtype)
         repo_id, sub, meta = resolved

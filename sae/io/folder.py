@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sae.fsutil import atomic_folder, atomic_save_safetensors, atomic_write_text
+from sae.fsutil import atomic_folder, atomic_save_safetensors, atomic_write_text, require_ours
 from sae.io import validate
 from sae.io.build import assemble, check_fits
 from sae.model.sae import SAE, SAEConfig
@@ -81,20 +81,15 @@ def save(
 ) -> Path:
     """Write `sae` as an SAELens v6 folder, atomically, and return its path.
 
-    Everything is written into a temporary folder beside `folder` and renamed into place, so
-    `folder` is either the old complete SAE or the new one, never half written. An existing
-    SAE folder (one with cfg.json) is replaced whole; any other non-empty folder is refused.
+    Everything is written into a staging folder and renamed into place, so `folder` is either
+    the old complete SAE or the new one, never half written. The folder carries our marker
+    (sae/fsutil.py) beside the SAELens files; an SAE folder this package wrote is replaced
+    whole, any other non-empty folder is refused (ForeignFolderError).
     `metadata` (model_name, hook_name, ...) is merged over `sae.metadata` into cfg.json.
     """
     folder = Path(folder)
     cfg = sae.cfg
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"Cannot save an SAE to {folder}: it is a file, not a folder.")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / CFG_FILE).exists():
-        raise FileExistsError(
-            f"Refusing to replace {folder}: it is not empty and holds no {CFG_FILE}, so it is "
-            "not an SAE folder; pick a new or empty folder."
-        )
+    require_ours(folder, "sae")  # before anything is built: a foreign folder is one line
     if sparsity_log10 is not None and tuple(sparsity_log10.shape) != (cfg.d_sae,):
         raise ValueError(
             f"sparsity_log10 has shape {tuple(sparsity_log10.shape)}; expected ({cfg.d_sae},)."
@@ -120,17 +115,13 @@ def save(
     text = json.dumps(cfg_json, indent=2, allow_nan=False) + "\n"
     state = _state_for_saelens(sae)
 
-    with atomic_folder(folder, _is_sae_folder, f"an SAE folder (one with {CFG_FILE})") as tmp:
+    with atomic_folder(folder, "sae") as tmp:
         atomic_save_safetensors(tmp / WEIGHTS_FILE, state)
         if sparsity_log10 is not None:
             sp = {"sparsity": sparsity_log10.detach().float().cpu().contiguous()}
             atomic_save_safetensors(tmp / SPARSITY_FILE, sp)
         atomic_write_text(tmp / CFG_FILE, text)
     return folder
-
-
-def _is_sae_folder(folder: Path) -> bool:
-    return (folder / CFG_FILE).is_file()
 
 
 def load_folder(folder: Path) -> SAE:

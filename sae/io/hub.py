@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from sae.config import ConfigError, first_line
@@ -176,7 +175,7 @@ def resolve_release(release: str, sae_id: str, lookup) -> tuple[str, str, dict] 
 
 def load_with_saelens(release: str, sae_id: str) -> Path:
     """SAELens's own loader (Gemma Scope, Llama Scope, ... converters, norm folding), saved as a
-    SAELens folder in a temporary directory that the caller reads and deletes."""
+    SAELens folder in a scratch folder (sae/fsutil.py) that the caller reads and deletes."""
     from sae_lens import SAE as SAELensSAE
 
     try:
@@ -184,6 +183,8 @@ def load_with_saelens(release: str, sae_id: str) -> Path:
     except Exception as e:
         first = first_line(e)
         raise ValueError(f"SAELens could not load {release!r} / {sae_id!r}: {first}") from None
-    folder = Path(tempfile.mkdtemp(prefix="sae-saelens-"))
+    from sae.fsutil import scratch_dir
+
+    folder = scratch_dir("sae-saelens-")
     model.save_model(str(folder))
     return folder

@@ -1,4 +1,4 @@
-"""Checkpoints: one folder per checkpoint, written whole under a temporary name, then renamed.
+"""Checkpoints: one folder per checkpoint, written whole in the run's staging folder, then renamed.
 
     <run>/<tokens:012d>/store_state.json                  data position (ActivationStore.state_dict)
     <run>/<tokens:012d>/trainer.json                      step, tokens, counters (JSON)
@@ -10,7 +10,8 @@
 
     <run>/<tokens:012d>/manifest.json                     size and sha256 of every other file
 
-A crash mid-write leaves only a `.tmp-*` folder that is never read; every file is fsynced before
+Each checkpoint is built in the run's staging folder (sae/fsutil.py `atomic_folder`), so a crash
+mid-write leaves only what the run's resume clears from there; every file is fsynced before
 the folder is renamed into place; older checkpoints beyond `keep` are deleted only after the new
 one is in place. On resume a newest checkpoint that fails its manifest (truncated, flipped bytes,
 a file missing, no manifest) is reported and the previous one is used.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -32,11 +32,14 @@ from sae import dist
 from sae.config import ConfigError, hardware
 from sae.config.schema import TrainConfig
 from sae.fsutil import (
+    atomic_folder,
     atomic_save_safetensors,
     atomic_write_json,
     atomic_write_text,
-    remove_write_leftovers,
-    replace_dir,
+    claim,
+    kind_of,
+    remove,
+    require_ours,
     sha256_file,
 )
 
@@ -99,47 +102,36 @@ def write_checkpoint(run: Path, tokens: int, parts: dict, keep: int = 2) -> Path
     """`parts` = {"store_state": dict, "trainer": dict, "saes": {name: (save_fn, tensors)}}.
 
     save_fn(folder) writes the SAELens folder; tensors go to trainer_state.safetensors. The
-    checkpoint is built under a temporary name, checksummed into its manifest, fsynced and
+    checkpoint is built in the run's staging folder, checksummed into its manifest, fsynced and
     renamed; older checkpoints are deleted only after that, so a crash at any moment leaves the
     previous checkpoint whole.
     """
     final = run / f"{tokens:012d}"
     if verify_checkpoint(final) is None:
         return final  # the same position was saved already: same step, same state
-    remove_write_leftovers(run)  # a write that was killed left them
-    tmp = run / f".tmp-{tokens:012d}"
-    tmp.mkdir(parents=True)
-    try:
+    claim(run, "run")
+    with atomic_folder(final, "checkpoint") as tmp:
         atomic_write_json(tmp / "store_state.json", parts["store_state"])
         atomic_write_json(tmp / "trainer.json", parts["trainer"])
         for name, (save_fn, tensors) in parts["saes"].items():
             save_fn(tmp / name)
             atomic_save_safetensors(tmp / name / "trainer_state.safetensors", tensors)
         atomic_write_json(tmp / MANIFEST, _manifest(tmp))
-        replace_dir(tmp, final, _is_checkpoint, "a checkpoint (a folder with manifest.json)")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # frees the space a failed write took
-        raise
     atomic_write_text(run / "latest", final.name + "\n")
     # Checkpoints past this one belong to a timeline abandoned by a resume from an older one.
-    # Only folders that are checkpoints (their manifest says so) are ever deleted here.
+    # Only folders that carry a checkpoint's marker are ever deleted here.
     checkpoints = sorted(p for p in run.iterdir() if p.name.isdigit() and _is_checkpoint(p))
     for stale in (p for p in checkpoints if int(p.name) > tokens):
-        shutil.rmtree(stale)
+        remove(stale, "checkpoint")
     older = [p for p in checkpoints if int(p.name) <= tokens]
     for old in older[:-keep] if keep > 0 else []:
-        shutil.rmtree(old)
+        remove(old, "checkpoint")
     return final
 
 
 def _is_checkpoint(path: Path) -> bool:
-    """A folder `write_checkpoint` wrote: it holds MANIFEST listing files."""
-    if path.is_symlink() or not path.is_dir():
-        return False
-    try:
-        return isinstance(json.loads((path / MANIFEST).read_text()).get("files"), dict)
-    except (OSError, ValueError, AttributeError):
-        return False
+    """A folder `write_checkpoint` wrote: it carries our checkpoint marker."""
+    return not path.is_symlink() and kind_of(path) == "checkpoint"
 
 
 def verify_checkpoint(path: Path) -> str | None:
@@ -203,10 +195,12 @@ def resolve_autocast(tcfg: TrainConfig) -> TrainConfig:
 
 
 def check_run_folder(tcfg: TrainConfig) -> None:
-    """Refuse, before any work: a fresh run into a folder that already holds one, or --resume
+    """Refuse, before any work: a folder that is not empty and not a run of ours
+    (sae/fsutil.py), a fresh run into a folder that already holds one, or --resume
     with a config that differs from the saved one in a field not in RESUME_FREE. A folder with
     no checkpoint yet (or none at all) resumes from the beginning."""
     run = Path(tcfg.out)
+    require_ours(run, "run")  # a folder that is not a run of ours is never written into
     saved = run / "config.yaml"
     if not tcfg.resume:
         if saved.exists():

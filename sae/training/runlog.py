@@ -12,17 +12,18 @@ from tqdm import tqdm
 from sae import dist
 from sae.config.parse import to_dict
 from sae.config.schema import TrainConfig
+from sae.fsutil import open_append
 from sae.training.members import Member
 
 
 class RunLog:
-    """One record per `log_every` steps. metrics.jsonl is an append-mode log, not an atomic
-    write: each line is flushed whole, a resumed run continues the same file, and a line torn
+    """One record per `log_every` steps. metrics.jsonl is an append-mode log in the run folder
+    (opened through sae/fsutil.py's ownership check), not an atomic write: each line is flushed whole, a resumed run continues the same file, and a line torn
     by a crash is the only loss (fsutil's write-then-rename would rewrite the file each time)."""
 
     def __init__(self, tcfg: TrainConfig, total_tokens: int, tokens: int):
         main = dist.is_main()
-        self.metrics = open(Path(tcfg.out) / "metrics.jsonl", "a") if main else None  # noqa: SIM115
+        self.metrics = open_append(Path(tcfg.out) / "metrics.jsonl", "run") if main else None
         self.wandb = None
         if tcfg.wandb != "disabled" and main:
             import wandb  # optional dependency, loaded only when asked for

@@ -37,7 +37,7 @@ from sae.config.schema import (
     KEEP_CHECKPOINTS,
     TrainConfig,
 )
-from sae.fsutil import atomic_write_json, remove_write_leftovers
+from sae.fsutil import atomic_write_json, claim, clear_staging
 from sae.io.validate import NonFiniteRows
 from sae.training.checkpoint import (
     CheckpointClock,
@@ -126,11 +126,11 @@ class Trainer:
         """Train to the end (or a signal), checkpoint, then score and write final/<sae>/."""
         tcfg = self.tcfg
         if dist.is_main():
-            self.run.mkdir(parents=True, exist_ok=True)
+            claim(self.run, "run")
             # A run killed while writing its config, a checkpoint or a final SAE folder left
-            # temporaries (hidden, never read); the run that continues it deletes them.
-            for folder in (self.run, self.run / "final"):
-                remove_write_leftovers(folder)
+            # temporaries in the run's staging folder (never read); the run that continues it
+            # deletes them, and nothing else.
+            clear_staging(self.run, "run")
             save_yaml(tcfg, self.run / "config.yaml")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda s, f: setattr(self, "_stop_signal", s))

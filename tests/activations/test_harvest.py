@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sae.activations.cachefs as cachefs_mod
+from sae import fsutil
 from sae.activations.harvest import harvest
 from sae.activations.sources import CacheSource, LiveSource
 from sae.activations.store import ActivationStore
@@ -102,13 +103,16 @@ def test_a_harvest_killed_before_its_first_manifest_resumes(
 ):
     """Pins two defects: config.yaml was written before the manifest, so a kill between the two
     left a folder the next run refused ("not an activation cache"); and the temporary file of a
-    write that a kill cut short made the folder look foreign too, and was never removed."""
+    write that a kill cut short made the folder look foreign too, and was never removed. (It now
+    lies in the staging folder the cache's marker records, sae/fsutil.py, and is cleared there.)"""
     reference = harvest(_cfg(tiny_models, text_file, tmp_path / "ref", max_tokens=700))
     cfg = _cfg(tiny_models, text_file, tmp_path / "cut", max_tokens=700)
     real_write = cachefs_mod.atomic_write_json
 
     def killed(path, obj):  # a SIGKILL inside the write: its temporary file stays behind
-        Path(path).with_name(f".{Path(path).name}.k1ll3d.tmp").write_text("{")
+        staged = Path(path).parent / fsutil.STAGING / f"{Path(path).name}.k1ll3d"
+        staged.mkdir(parents=True)
+        (staged / Path(path).name).write_text("{")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cachefs_mod, "atomic_write_json", killed)
@@ -119,7 +123,7 @@ def test_a_harvest_killed_before_its_first_manifest_resumes(
     want = json.loads((reference / "manifest.json").read_text())["shards"]
     got = json.loads((out / "manifest.json").read_text())["shards"]
     assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
-    assert not list(out.glob(".*.tmp")) and (out / "config.yaml").is_file()
+    assert not (out / fsutil.STAGING).exists() and (out / "config.yaml").is_file()
 
 
 def test_a_resumed_harvest_seeks_instead_of_re_reading_the_text(

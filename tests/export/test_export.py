@@ -209,4 +209,17 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_te
     save(narrow, tmp_path / "narrow", metadata={**cfg["metadata"], "hook_name": "resid_post.0"})
     err = _one_line_error(capsys, ["export", str(tmp_path / "narrow"), "--out", str(out), *named])
     assert "has width 32" in err and "d_in=16" in err
-    assert not (out / "index.html").exists()
+    assert not out.exists()
+
+
+def test_dashboard_export_with_its_own_report_claims_out_first(tmp_path, script_sae, capsys):
+    """Pins: with no --report the records pass writes OUT/report; OUT is claimed as an export
+    before that (sae/fsutil.py), so the dashboard is then written into a folder of ours (claimed
+    after the records pass, OUT holding report/ would have been refused as not ours)."""
+    out = tmp_path / "site"
+    main(["export", str(script_sae), "--format", "dashboard", "--out", str(out),
+          "--eval-tokens", "200", "--batch-windows", "2"])  # fmt: skip
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "index.html")
+    assert json.loads((out / ".sae-folder.json").read_text())["kind"] == "export"
+    assert json.loads((out / "report" / ".sae-folder.json").read_text())["kind"] == "report"
+    assert (out / "latents").is_dir() and not (out / ".sae-tmp").exists()

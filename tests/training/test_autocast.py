@@ -21,6 +21,7 @@ import sae.config.hardware
 from sae.config import ConfigError
 from sae.config.parse import load_yaml, parse, save_yaml
 from sae.config.schema import DataConfig, ModelConfig, StoreConfig, TrainConfig
+from sae.fsutil import claim
 from sae.model.sae import SAEConfig
 from sae.training.checkpoint import check_run_folder, resolve_autocast
 from sae.training.train import Trainer
@@ -129,6 +130,7 @@ def test_resume_keeps_the_saved_choice(monkeypatch, tmp_path):
     `auto` existed (`autocast: false`) still load and resume."""
     acts, _ = _gaussian(tmp_path, 2048)
     _cpu(monkeypatch, True, False)  # started on a bf16-native machine
+    claim(tmp_path / "run", "run")  # the run folder as `sae train` makes it (sae/fsutil.py)
     save_yaml(resolve_autocast(_small(tmp_path, acts, "run")), tmp_path / "run" / "config.yaml")
     _cpu(monkeypatch, False, False)  # resumed on one without bf16 units
     resumed = resolve_autocast(_small(tmp_path, acts, "run", resume=True))
@@ -137,6 +139,7 @@ def test_resume_keeps_the_saved_choice(monkeypatch, tmp_path):
     assert load_yaml(TrainConfig, tmp_path / "run" / "config.yaml").autocast is True
 
     old = _small(tmp_path, acts, "old", autocast=False)
+    claim(tmp_path / "old", "run")
     save_yaml(old, tmp_path / "old" / "config.yaml")  # what the code before issue 27 wrote
     assert "autocast: false" in (tmp_path / "old" / "config.yaml").read_text()
     _cpu(monkeypatch, True, False)

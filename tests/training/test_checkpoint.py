@@ -130,7 +130,7 @@ def test_writes_are_fsynced_file_then_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", record)
     target = tmp_path / "out" / "w.safetensors"
     fsutil.atomic_save_safetensors(target, {"x": torch.zeros(3)})
-    assert any(s.endswith(".tmp") for s in synced)  # the data, before the rename
+    assert any(".sae-tmp" in s and s.endswith("w.safetensors") for s in synced)  # before the rename
     assert synced[-1] == str(target.parent)  # the rename
     synced.clear()
     run = _run(tmp_path / "b", tokens=(100,))
@@ -154,34 +154,30 @@ def test_checkpoint_clock_fires_on_tokens_or_time_whichever_first():
     assert not off.due(10**12)
 
 
-def test_write_leftovers_are_deleted_and_nothing_else(tmp_path):
-    """Pins what `remove_write_leftovers` (run by the trainer on the run folder and final/ before
-    a run continues it) deletes: the temporaries each writer leaves when killed (`_atomic`'s
-    file, `atomic_folder`'s folder, a checkpoint's `.tmp-N`, `replace_dir`'s `.old-N`), and no
-    checkpoint, SAE folder, config or other hidden file (issue 25: a user's `.tmp-photos` folder
-    beside the checkpoints was deleted by a pattern that took any `.tmp-` name)."""
-    leftovers = [
-        ".config.yaml.k2j4.tmp",
-        ".s.tmp-ab12/",
-        ".tmp-000000001024/",
-        ".old-000000001024/",
-        ".old-s/cfg.json",
-    ]
-    keep = [
-        "config.yaml", ".gitkeep", ".hidden.tmpl", "000000001024/", "s/", ".tmp-photos/",
-        ".old-photos/", ".photos.tmp",
+def test_write_leftovers_are_found_from_the_staging_folder_and_nothing_else(tmp_path):
+    """Pins what `clear_staging` (run by the trainer on the run folder before a run continues
+    it) deletes: the staging folder the run's marker records, where every write into the run
+    keeps its temporaries, and nothing else. Before, leftovers were found by matching names,
+    and a user's `.notes.txt.tmp` or `.old-<name>` folder beside the checkpoints matched."""
+    run = fsutil.claim(tmp_path / "run", "run")
+    user = [
+        ".config.yaml.k2j4.tmp", ".s.tmp-ab12/", ".tmp-000000001024/", ".old-000000001024/",
+        ".old-s/", "config.yaml", ".gitkeep", "000000001024/", "s/", ".tmp-photos/",
+        ".old-backup/", ".notes.txt.tmp",
     ]  # fmt: skip
-    for name in leftovers + keep:
-        if name.endswith("/cfg.json"):  # an SAE folder that replace_dir moved aside
-            (tmp_path / name).parent.mkdir()
-            (tmp_path / name).write_text("{}")
-            continue
-        path = tmp_path / name.rstrip("/")
+    for name in user:
+        path = run / name.rstrip("/")
         if name.endswith("/"):
             path.mkdir()
-            (path / "f.safetensors").write_text("x")
+            (path / "cfg.json").write_text("{}")
         else:
             path.write_text("x")
-    fsutil.remove_write_leftovers(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n.rstrip("/") for n in keep)
-    assert not (tmp_path / ".old-s").exists()
+    killed = run / fsutil.STAGING / "w.safetensors.k1ll3d"  # a write a SIGKILL cut short
+    killed.mkdir(parents=True)
+    (killed / "w.safetensors").write_text("half")
+    fsutil.clear_staging(run, "run")
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        [fsutil.MARKER, *(n.rstrip("/") for n in user)]
+    )
+    with pytest.raises(fsutil.ForeignFolderError, match="written by sae as a training run"):
+        fsutil.clear_staging(run, "cache")

@@ -76,8 +76,9 @@ def test_kill_during_the_final_save_then_resume(tmp_path):
     SIGKILL while `final/<sae>/` was being written (its temporary folder complete, not yet
     renamed: a window of some 50 ms at the end of a run, hit when a kill's seeded moment met a
     loaded machine) left `final/.<sae>.tmp-<random>/`, weights included, beside the folder the
-    resume then wrote. The resumed run now deletes such leftovers, and the campaign compares
-    every path under final/, so the chain ends identical to the uninterrupted run."""
+    resume then wrote. Such a write now stages in the run's staging folder (sae/fsutil.py), which
+    the resumed run empties, and the campaign compares every path under final/, so the chain
+    ends identical to the uninterrupted run."""
     fc = _campaign_module()
     fc._rows = 4096
     args = fc._matrix(tmp_path, "--sae.k", "4", *fc.CKPT)
@@ -85,7 +86,7 @@ def test_kill_during_the_final_save_then_resume(tmp_path):
     assert ref.returncode == 0, ref.stderr
     cut = fc.run([sys.executable, "-c", KILLED_IN_THE_FINAL_SAVE, *args, "--out", "cut"], tmp_path)
     assert cut.returncode == -signal.SIGKILL, cut.stderr
-    assert any(p.name.startswith(".") for p in (tmp_path / "cut" / "final").iterdir())
+    assert any((tmp_path / "cut" / ".sae-tmp").iterdir())  # the run's staging folder holds it
     end = fc.run(fc.sae_cmd([*args, "--out", "cut", "--resume"]), tmp_path)
     assert end.returncode == 0, end.stderr
     assert fc.train_result(tmp_path / "cut") == fc.train_result(tmp_path / "ref")
