@@ -166,7 +166,7 @@ def test_metadata_cannot_make_a_command_read_a_local_file(argv, tiny_models, tmp
     )
     out = tmp_path / "out"
     words = [str(folder) if w == "SAE" else str(out) if w == "OUT" else w for w in argv]
-    words += ["--eval-tokens", "64", "--batch-windows", "4"]
+    words += ["--eval-tokens", "64", "--batch-windows", "4", "--model-name", tiny_models["bert"]]
     err = _refused(capsys, words)
     assert f"data.source={str(private)!r}" in err and "--data.source" in err, err
     assert not out.exists()
@@ -190,13 +190,14 @@ def test_run_config_above_an_sae_cannot_name_a_local_file(tiny_models, tmp_path,
                        context_size=16))  # fmt: skip
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"source": str(private)}}))
     out = tmp_path / "rep"
+    named = ["--model-name", tiny_models["gpt2"]]  # the model is local too: named by the user
     err = _refused(capsys, ["eval", str(folder), "--suite", "records", "--out", str(out),
-                            "--eval-tokens", "64"])  # fmt: skip
+                            "--eval-tokens", "64", *named])  # fmt: skip
     assert "run config" in err and "--data.source" in err and not out.exists(), err
 
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"source": "builtin"}}))
     main(["eval", str(folder), "--suite", "core", "--out", str(out), "--eval-tokens", "64",
-          "--n-boot", "0"])  # fmt: skip
+          "--n-boot", "0", *named])  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["saes"][0]["activations"]["data"]["source"] == "builtin"
 
