@@ -216,14 +216,15 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_te
 
 
 def test_dashboard_export_with_its_own_report_claims_out_first(
-    tmp_path, script_sae, script_text, capsys
+    tmp_path, script_sae, script_model, script_text, capsys
 ):
     """Pins: with no --report the records pass writes OUT/report; OUT is claimed as an export
     before that (sae/fsutil.py), so the dashboard is then written into a folder of ours (claimed
     after the records pass, OUT holding report/ would have been refused as not ours)."""
     out = tmp_path / "site"
     main(["export", str(script_sae), "--format", "dashboard", "--out", str(out),
-          "--eval-tokens", "200", "--batch-windows", "2", "--data.source", script_text])  # fmt: skip
+          "--eval-tokens", "200", "--batch-windows", "2", "--data.source", script_text,
+          "--model-name", script_model])  # fmt: skip
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "index.html")
     assert json.loads((out / ".sae-folder.json").read_text())["kind"] == "export"
     assert json.loads((out / "report" / ".sae-folder.json").read_text())["kind"] == "report"
