@@ -4,14 +4,17 @@ SAEBench's definitions), on the model's own whole-word tokens (docs/methods.md#i
     sae eval checkpoints/default/final/resid_post.3-topk-3072-k32 --suite absorption --out reports/abs
     sae eval SAE_DIR --suite interpret,absorption --device cuda --out reports/int     # GPU
 
-Each word is run alone ([CLS] word [SEP] for tokenizers with those tokens such as BERT's, the
-bare token otherwise, e.g. GPT-2), and read at the word's position; SAEBench instead reads the word inside
-an in-context prompt ("{word} has the first letter:"), which a CPU run over thousands of words
-cannot afford. Words are split into train and test by a hash of the token id.
+Each word is run alone, framed as the SAE's training windows frame text ([CLS] word [SEP] for
+tokenizers with those tokens such as BERT's; BOS word for a decoder whose windows start with BOS,
+e.g. GPT-2, Llama; the bare token only when the windows carry no BOS), and read at the word's
+position; SAEBench instead reads the word inside an in-context prompt ("{word} has the first
+letter:"), which a CPU run over thousands of words cannot afford. Words are split into train and
+test by a hash of the token id.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -61,14 +64,28 @@ def check(target: EvalTarget) -> None:
         )
 
 
+def word_frame(tok, bos: str) -> tuple[Callable[[int], list[int]], int]:
+    """(token id -> the word's input ids, the word's position in them): the word framed as the
+    SAE's training windows frame text (docs/methods.md#absorption-suite). A decoder's windows
+    start with BOS (data.bos 'window' or 'document'), so the word follows it: alone at position
+    0 a causal LM's residual stream is its attention-sink state, nearly the same for every token
+    and never seen by an SAE trained with exclude_bos (SmolLM2: every letter's main latent was
+    one of two latents)."""
+    cls, sep = getattr(tok, "cls_token_id", None), getattr(tok, "sep_token_id", None)
+    if cls is not None and sep is not None:
+        return (lambda i: [cls, i, sep]), 1
+    first = getattr(tok, "bos_token_id", None)
+    if first is not None and bos != "none":
+        return (lambda i: [first, i]), 1
+    return (lambda i: [i]), 0
+
+
 def _activations(target: EvalTarget, ctx: EvalContext, tok, ids: list[int]):
     """(x [W, d_in] at the word's position, SAE latents [W, d_sae]) for each word token."""
     src, hook = target.source, target.source_hooks[0]
     device = resolve_device(ctx.device)
     sae = target.sae.to(device).eval()
-    cls, sep = getattr(tok, "cls_token_id", None), getattr(tok, "sep_token_id", None)
-    frame = (lambda i: [cls, i, sep]) if cls is not None and sep is not None else (lambda i: [i])
-    at = 1 if cls is not None and sep is not None else 0
+    frame, at = word_frame(tok, target.data.bos if target.data is not None else "window")
     xs, acts = [], []
     for s in range(0, len(ids), BATCH):
         ids_BT = torch.tensor([frame(i) for i in ids[s : s + BATCH]])

@@ -8,7 +8,8 @@ into train and test words. On the activations at the SAE's hook:
    letter's train words and on the others (Gurnee et al. 2023's mean-difference ranking, in place
    of SAEBench's L1-penalised probe), a logistic regression on the top k for k = 1..K_MAX, F1 on
    test words; the letter's main latents are the top k for the last k whose F1 rose by more than
-   F1_JUMP over the best before it; number of split features = that k − 1;
+   F1_JUMP over the best before it; number of split features = that k − 1; only latents whose
+   mean-activation difference is positive are ranked (none: the letter is not scored);
 3. per test word of the letter that the probe detects: absorption fraction and full absorption
    exactly as SAEBench defines them (thresholds below), from the probe projection of the input
    and of each latent's write, a_i · (W_dec_i · p) with p the unit probe direction (the decoder
@@ -101,6 +102,10 @@ def absorption_scores(
             continue
         diff_M = a_WM[train_W & y_W].mean(0) - a_WM[train_W & ~y_W].mean(0)
         ranked = np.argsort(-diff_M, kind="stable")[:K_MAX]
+        ranked = ranked[diff_M[ranked] > 0]  # a main latent fires more on the letter's words
+        if len(ranked) == 0:
+            row["skipped"] = "no latent fires more on its train words than on the others"
+            continue
         best, main, f1s = -np.inf, ranked[:1], []
         for k in range(1, len(ranked) + 1):
             feats = ranked[:k]

@@ -152,3 +152,52 @@ def test_report_says_why_nothing_was_scored():
     text = _unmeasurable({"scored_letters": 0, "letters": letters})
     assert "median 0.20" in text and "cannot be measured" in text
     assert _unmeasurable({"scored_letters": 1, "letters": letters}) == ""
+
+
+def test_a_letter_no_latent_fires_more_on_is_not_scored():
+    """Issue 32.3 (SmolLM2): the mean-difference ranking took its top latent even when no latent
+    fired more on the letter's words than on the others, so a silent (often dead) latent became
+    the 'main latent' of most letters and every detected word counted as fully absorbed. Known
+    answer: with every latent silent on letter c's words, c is skipped with that reason, and a
+    and b keep their designed scores."""
+    x, a, dec, words, train, designed = constructed()
+    a[[w for w, word in enumerate(words) if word[0] == "c"]] = 0.0
+    res = absorption_scores(x, a, dec, words, train)
+    L = res["letters"]
+    assert L["c"]["skipped"] == "no latent fires more on its train words than on the others"
+    assert res["scored_letters"] == 2
+    assert L["a"]["absorption_fraction"] == designed and L["b"]["split_features"] == 1
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_decoder_reads_the_word_after_bos_as_its_training_windows_do(
+    tiny_models, text_file, tmp_path, family
+):
+    """Issue 32.3 (SmolLM2): a decoder's word was run as a bare token and read at position 0,
+    where a causal LM's residual stream is its attention-sink state (nearly the same for every
+    token; the SAE, trained on windows that start with BOS and with BOS excluded, never saw it).
+    Known answer: the activation the suite reads for a word equals the one a training window
+    gives that token right after its BOS (causal attention: position 1 sees BOS and itself)."""
+    from sae.activations.capture import ActivationCapture
+    from sae.config.schema import DataConfig
+    from sae.eval.absorption import _activations
+    from sae.eval.base import EvalContext
+    from sae.eval.config import EvalConfig
+    from sae.eval.runner import prepare
+
+    hook = "resid_post.1"
+    sae_dir = _sae(tmp_path / "s", tiny_models[family], 32)
+    cfg = EvalConfig([sae_dir], data=DataConfig(source=text_file, part="eval"),
+                     data_fields=["source"], model_name=tiny_models[family],
+                     out=str(tmp_path / "rep"))  # fmt: skip
+    ctx = EvalContext(eval_tokens=100, n_boot=0, seed=0, device="cpu", batch_windows=4,
+                      out=tmp_path / "rep")  # fmt: skip
+    target = prepare(cfg, ctx)[0]
+    _, window = next(iter(target.source.windows.iter_from(0)))
+    tok = target.source.windows.tokenizer
+    assert int(window[0]) == tok.bos_token_id
+    x_WD, _ = _activations(target, ctx, tok, [int(window[1])])
+    cap = ActivationCapture(target.source.capture.model, [hook])
+    want = cap(window[None])[hook][0, 1].double().numpy()
+    np.testing.assert_allclose(x_WD[0], want, rtol=1e-5, atol=1e-5)
