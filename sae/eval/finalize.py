@@ -102,8 +102,16 @@ def logit_effects(
     in_emb = model.get_input_embeddings()
     if out_emb is not None and out_emb.weight.shape[1] == D:
         E_VD, kind = out_emb.weight.detach().float().cpu(), "unembedding"
-        note = "W_dec · W_U: the direct effect of the latent's write on the logits (final norm ignored)"
+        gamma_D = final_norm_scale(model, out_emb, D)
         W = W_dec_MD.float()
+        if gamma_D is None:
+            note = "W_dec · W_U: the direct effect of the latent's write on the logits (no final norm found)"
+        else:
+            W = W * gamma_D
+            note = (
+                "W_dec · diag(γ) · W_U: the direct effect of the latent's write on the logits "
+                "through the final norm's scale γ (its 1/rms and any centering ignored)"
+            )
     elif in_emb is not None and in_emb.weight.shape[1] == D:
         E_VD, kind = (
             nn.functional.normalize(in_emb.weight.detach().float().cpu(), dim=1),
@@ -143,6 +151,57 @@ def logit_effects(
             parts[k].append(v)
     tensors = {f"logit_{k}": torch.cat(v) for k, v in parts.items()}
     return tensors, {"kind": kind, "note": note, "vocab_size": int(E_VD.shape[0])}
+
+
+def final_norm_scale(model: nn.Module, out_emb: nn.Module, D: int) -> Tensor | None:
+    """The elementwise scale γ [D] of the norm the unembedding reads (LayerNorm, RMSNorm, Gemma's
+    1 + w alike; docs/methods.md#feature-records), or None where none is found. The norm is the
+    module, run in one forward pass of one token, whose output is the unembedding's input;
+    γ = (norm(x) − norm(−x)) / 2x at x = (1, −1, 1, ...), which removes LayerNorm's bias, and
+    the module must be scale-invariant (norm(2x) = norm(x)) to count as a norm."""
+    inputs: list[Tensor] = []
+    outputs: list[tuple[nn.Module, Tensor]] = []
+    hooks = [out_emb.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()))]
+    for mod in model.modules():
+        if mod is not out_emb and any(
+            p.dim() == 1 and p.shape[0] == D for p in mod.parameters(recurse=False)
+        ):
+            hooks.append(
+                mod.register_forward_hook(
+                    lambda m, a, o: (
+                        outputs.append((m, o.detach())) if isinstance(o, Tensor) else None
+                    )
+                )
+            )
+    device = out_emb.weight.device
+    token = getattr(model.config, "bos_token_id", None) or 0
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[token]], device=device))
+    except Exception:  # a model whose forward needs more than input_ids: no fold
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    if not inputs:
+        return None
+    norm = next(
+        (
+            m
+            for m, o in reversed(outputs)
+            if o.shape == inputs[-1].shape and torch.equal(o, inputs[-1])
+        ),
+        None,
+    )
+    if norm is None:
+        return None
+    x = torch.ones(D, dtype=out_emb.weight.dtype, device=device)
+    x[1::2] = -1.0
+    with torch.no_grad():
+        y, y_neg, y2 = (norm(v[None, None])[0, 0].float().cpu() for v in (x, -x, 2 * x))
+    if not torch.allclose(y, y2, rtol=1e-2, atol=1e-3):
+        return None
+    return (y - y_neg) / (2 * x.float().cpu())
 
 
 def neuron_alignment(W_dec_MD: Tensor, n: int) -> dict[str, Tensor]:
