@@ -157,7 +157,7 @@ def final_norm_scale(model: nn.Module, out_emb: nn.Module, D: int) -> Tensor | N
     """The elementwise scale γ [D] of the norm the unembedding reads (LayerNorm, RMSNorm, Gemma's
     1 + w alike; docs/methods.md#feature-records), or None where none is found. The norm is the
     module, run in one forward pass of one token, whose output is the unembedding's input;
-    γ = (norm(x) − norm(−x)) / 2x at x = (1, −1, 1, ...), which removes LayerNorm's bias, and
+    γ = (norm(x) − norm(−x)) / 2s at x = 64 s, s = (1, −1, 1, ...) (LayerNorm's bias cancels), and
     the module must be scale-invariant (norm(2x) = norm(x)) to count as a norm."""
     inputs: list[Tensor] = []
     outputs: list[tuple[nn.Module, Tensor]] = []
@@ -195,13 +195,14 @@ def final_norm_scale(model: nn.Module, out_emb: nn.Module, D: int) -> Tensor | N
     )
     if norm is None:
         return None
-    x = torch.ones(D, dtype=out_emb.weight.dtype, device=device)
-    x[1::2] = -1.0
+    sign = torch.ones(D)
+    sign[1::2] = -1.0
+    x = (64 * sign).to(out_emb.weight.dtype).to(device)  # rms 64: the norm's eps is 1e-9 relative
     with torch.no_grad():
         y, y_neg, y2 = (norm(v[None, None])[0, 0].float().cpu() for v in (x, -x, 2 * x))
     if not torch.allclose(y, y2, rtol=1e-2, atol=1e-3):
         return None
-    return (y - y_neg) / (2 * x.float().cpu())
+    return (y - y_neg) / (2 * sign)
 
 
 def neuron_alignment(W_dec_MD: Tensor, n: int) -> dict[str, Tensor]:

@@ -69,3 +69,22 @@ def test_resid_post_15_capture_is_the_hidden_state(smollm2):
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
     assert got.shape == (1, ids.shape[1], 576)
     torch.testing.assert_close(got, hidden[16], rtol=0, atol=1e-5)
+
+
+def test_logit_effects_read_the_tied_unembedding_through_the_final_rmsnorm(smollm2):
+    """Issue 32.3: SmolLM2 ties its unembedding to the input embeddings (the GGUF file has no
+    output.weight) and its final RMSNorm scale γ runs from -2.125 to 3.34; the records' logit
+    effects must use that unembedding and fold exactly that γ (found by the generic rule)."""
+    from sae.eval.finalize import final_norm_scale, logit_effects
+
+    model, _ = smollm2
+    out_emb = model.get_output_embeddings()
+    assert out_emb.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    gamma = final_norm_scale(model, out_emb, 576)
+    torch.testing.assert_close(gamma, model.model.norm.weight.detach().float())
+    assert float(gamma.min()) == pytest.approx(-2.125, rel=1e-6)
+    W_dec = torch.randn(3, 576, generator=torch.Generator().manual_seed(0))
+    got, info = logit_effects(W_dec, model, n=5, bins=8)
+    want = (W_dec * gamma) @ model.get_input_embeddings().weight.detach().float().T
+    assert info["vocab_size"] == 49152
+    torch.testing.assert_close(got["logit_top_id"], want.topk(5, dim=1).indices)
