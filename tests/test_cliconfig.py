@@ -117,3 +117,14 @@ def test_eval_and_export_flags_fail_in_one_line(tmp_path, capsys, argv, expect):
         main([w.format(dir=tmp_path) for w in argv])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and expect in err, err
+
+
+def test_yaml_value_is_read_as_its_flag_reads_it(tmp_path):
+    """Pins issue 31.1: YAML values had a type checker of their own (config/values.py) beside
+    tyro's, and its YAML 1.2 float rule turned `data.source: 1e-3` (a file name) into the float
+    0.001, refused as 'must be a string'. Each value now goes through tyro's constructor for its
+    field: a string field keeps the word, a float field reads 1e-3 as a number."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  source: 1e-3\nlr: 1e-3\nautocast: true\n")
+    cfg = load_yaml(TrainConfig, path)
+    assert cfg.data.source == "1e-3" and cfg.lr == 1e-3 and cfg.autocast is True
