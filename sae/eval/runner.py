@@ -145,6 +145,7 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
         str(folder),
         device=cfg.device,
         batch_windows=cfg.batch_windows,
+        name=cfg.model_name,
         revision=cfg.revision,
         dtype=cfg.model_dtype,
         trust_remote_code=cfg.trust_remote_code,
