@@ -91,7 +91,7 @@ class EvalConfig:
     model_name: str | None = None
     """the model to run (Hub name or local folder); None: the one the SAE's metadata records. A
     local folder recorded there is run only when named here (metadata can come from anyone)."""
-    model_dtype: str | None = None
+    model_dtype: StorageDtype | None = None
     """dtype the model computes in; None: as the SAE's metadata records (float32 if it does
     not). A value contradicting the metadata is refused: the SAE was trained on that model."""
     revision: str | None = None
