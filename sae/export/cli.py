@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import tyro
 
@@ -24,7 +25,8 @@ from sae.config.parse import parse_cli
 from sae.config.schema import DataConfig
 from sae.eval.config import given_data_fields
 
-FORMATS = ("saelens", "neuronpedia", "dashboard")
+Format = Literal["saelens", "neuronpedia", "dashboard"]
+FORMATS: tuple[str, ...] = get_args(Format)
 
 
 @dataclass
@@ -33,7 +35,7 @@ class ExportConfig:
 
     sae_dir: tyro.conf.Positional[str]
     """the SAE to export: a folder of any layout `sae.load` reads, or a Hub repo id."""
-    format: str = "dashboard"
+    format: Format = "dashboard"
     """saelens (v6 folder + README.md model card), neuronpedia (batch JSON), dashboard (HTML)."""
     out: str = "export"
     """output folder."""
@@ -81,7 +83,7 @@ def _check(cfg: ExportConfig):
             f"SAE folder {cfg.sae_dir!r} does not exist or is not a folder (nor a Hub repo id)."
         )
     if cfg.format not in FORMATS:
-        raise ConfigError(f"unknown format {cfg.format!r}; valid formats are {', '.join(FORMATS)}.")
+        raise ConfigError(f"format={cfg.format!r} is not one of {', '.join(map(repr, FORMATS))}.")
     if Path(cfg.out).is_file():
         raise ConfigError(f"out={cfg.out!r} is a file; the export needs a folder.")
     _check_out(cfg)

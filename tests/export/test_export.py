@@ -198,7 +198,7 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_te
     assert "is not an SAE folder" in err
     sae_dir = make_sae(tmp_path / "s", script_model, script_text)
     err = _one_line_error(capsys, ["export", str(sae_dir), "--format", "pdf", "--out", str(out)])
-    assert "unknown format 'pdf'" in err and "dashboard" in err
+    assert "format='pdf' is not one of" in err and "'dashboard'" in err
     cfg = json.loads((sae_dir / "cfg.json").read_text())
     cfg["metadata"]["hook_name"] = "resid_post.7"
     (sae_dir / "cfg.json").write_text(json.dumps(cfg))
