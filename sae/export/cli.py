@@ -167,7 +167,7 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
     if cfg.format == "saelens":
         from sae.export.saelens import export_saelens
 
-        return export_saelens(src, out, Path(cfg.report) if cfg.report else None)
+        return export_saelens(sae, src, out, Path(cfg.report) if cfg.report else None)
     from sae.fsutil import MARKER, claim, remove
 
     created = not out.exists()
