@@ -33,14 +33,14 @@ class RecordError(ConfigError):
     """A record file that is missing, not JSON, or holds a field of the wrong type."""
 
 
-def _clean(obj: Any) -> Any:
+def clean_json(obj: Any) -> Any:
     """Strict JSON: non-finite floats become null, tuples become lists, keys strings."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     return obj
 
 
@@ -107,7 +107,7 @@ class _Record:
 
     def to_json(self) -> dict[str, Any]:
         fields = dataclasses.fields(self)  # type: ignore[arg-type]
-        return _clean({f.name: _json(getattr(self, f.name)) for f in fields})
+        return clean_json({f.name: _json(getattr(self, f.name)) for f in fields})
 
     @classmethod
     def from_json(cls, raw: Any, where: str | None = None) -> Self:
