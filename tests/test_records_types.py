@@ -164,3 +164,27 @@ def test_train_summary_round_trips_any_values(fvu, l0, dead, tokens, source):
     """Pins: to_json -> JSON text -> from_json is the identity for every finite value."""
     s = TrainSummary(fvu=fvu, l0=l0, dead_pct=dead, eval_tokens=tokens, eval_source=source)
     assert TrainSummary.from_json(json.loads(json.dumps(s.to_json()))) == s
+
+
+def test_files_sae_eval_writes_are_their_records(trained, tmp_path):
+    """Pins: report.json and records.json as `sae eval` writes them read back as Report and
+    RecordsInfo whose to_json is the file's object again (no key the record drops or renames),
+    and the model card given --report shows the eval's figures found through Report.entry."""
+    from sae.eval import cli_main
+
+    report = tmp_path / "report"
+    cli_main([str(trained), "--suite", "core,records", "--eval-tokens", "2048", "--n-boot", "20",
+              "--out", str(report)])  # fmt: skip
+    raw = json.loads((report / "report.json").read_text())
+    rep = Report.read(report)
+    assert rep.to_json() == raw and rep.entry(trained) is not None
+    records = report / trained.name / "records"
+    raw = json.loads((records / "records.json").read_text())
+    info = RecordsInfo.read(records)
+    assert info.to_json() == raw and info.tokens == 2048 and info.identity_sha256
+    out = tmp_path / "card"
+    main(
+        ["export", str(trained), "--format", "saelens", "--out", str(out), "--report", str(report)]
+    )
+    fvu = rep.entry(trained).results["core"]["reconstruction"]["fvu"]["value"]
+    assert f"| fvu | {fvu:.4g} (95% CI" in (out / "README.md").read_text()

@@ -49,7 +49,7 @@ config.yaml two folders up, else the DataConfig defaults); `--data.*` flags over
 fields. A local file or folder recorded as data.source is read only when --data.source names it
 (metadata can come from anyone: sae.config.trust). An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.
 
-report.json (schema_version 1):
+report.json (schema_version 1; written and read as `sae.io.records.Report`):
 
     schema_version: 1
     sae_version: package version that wrote it

@@ -56,7 +56,14 @@ from sae.analysis.interaction_basis import (
     neuron_basis,
     pca_basis,
 )
-from sae.analysis.interaction_graph import keep_mask, leiden, mass_curve, min_kept, sparsity
+from sae.analysis.interaction_graph import (
+    Edges,
+    keep_mask,
+    leiden,
+    mass_curve,
+    min_kept,
+    sparsity,
+)
 from sae.analysis.interaction_jacobian import (
     edge_sums,
     ig_rows,
@@ -203,16 +210,6 @@ class DownstreamLoss:
         num = sum(float(((o - c)[b.keep_BT.to(c.device)]).double().pow(2).sum())
                   for b, o, c in zip(self.batches, outs, self.clean, strict=True))  # fmt: skip
         return num / self.var if self.var > 0 else 0.0
-
-
-class Edges(NamedTuple):
-    """What the figures draw and report.json does not keep."""
-
-    E: dict[str, Tensor]
-    """basis -> mean edge matrix [downstream directions, upstream nodes], constant nodes first;
-    "sae": columns [bias, live latents..., error]."""
-    sae_latents: list[int]
-    """the live latents' ids in the order of E["sae"]'s columns (empty without an SAE)."""
 
 
 class Analysis(NamedTuple):

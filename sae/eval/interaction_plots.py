@@ -5,15 +5,13 @@ Each figure function returns False when it has nothing to draw."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from sae.analysis.interaction_graph import Edges
 from sae.eval import plots
 from sae.eval.plots import plt
-
-if TYPE_CHECKING:
-    from sae.eval.interaction import Edges
 
 LABELS = {"neuron": "neurons", "pca": "PCA", "lib": "LIB", "sae": "SAE"}
 TOP_NODES = 10

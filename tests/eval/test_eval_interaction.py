@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
+from sae.analysis.interaction_graph import Edges
 from sae.config import ConfigError
 from sae.eval import cli_main
-from sae.eval.interaction import Edges
 from sae.io import save
 from sae.model.sae import SAE, SAEConfig
 
