@@ -88,6 +88,9 @@ class EvalConfig:
     """seed of the bootstrap resampling and of the random-dictionary nulls."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    model_name: str | None = None
+    """the model to run (Hub name or local folder); None: the one the SAE's metadata records. A
+    local folder recorded there is run only when named here (metadata can come from anyone)."""
     model_dtype: str | None = None
     """dtype the model computes in; None: as the SAE's metadata records (float32 if it does
     not). A value contradicting the metadata is refused: the SAE was trained on that model."""

@@ -159,6 +159,7 @@ def _live_target(
         str(folder),
         device=cfg.device,
         batch_windows=cfg.batch_windows,
+        name=cfg.model_name,
         revision=cfg.revision,
         dtype=cfg.model_dtype,
         trust_remote_code=cfg.trust_remote_code,

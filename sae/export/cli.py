@@ -49,6 +49,9 @@ class ExportConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(part="eval"))
     """text for the records pass; the SAE's recorded held-out windows unless a field is given
     (a local data.source recorded there is read only when --data.source names it)."""
+    model_name: str | None = None
+    """the model the records pass runs (Hub name or local folder); None: the one the SAE's
+    metadata records (a local folder recorded there is run only when named here)."""
     device: str = "auto"
     """'auto', 'cpu', 'cuda', ..."""
     batch_windows: int = 16
@@ -156,6 +159,7 @@ def _records(cfg: ExportConfig, given: list[str], sae):
             seed=cfg.seed,
             device=cfg.device,
             batch_windows=cfg.batch_windows,
+            model_name=cfg.model_name,
             trust_remote_code=cfg.trust_remote_code,
             out=str(report),
         )

@@ -33,6 +33,7 @@ def test_interaction_suite_on_tiny_models(tiny_models, text_file, tmp_path, fami
     save(_sae(), tmp_path / "s", metadata=meta)
     out = tmp_path / "rep"
     cli_main([str(tmp_path / "s"), "--suite", "interaction", "--data.source", text_file,
+              "--model-name", tiny_models[family],
               "--eval-tokens", "96", "--out", str(out)])  # fmt: skip
     r = json.loads((out / "report.json").read_text())["saes"][0]["results"]["interaction"]
     block = int(hook.split(".")[1]) + (hook.startswith("resid_post"))
@@ -128,7 +129,7 @@ def test_suite_refuses_file_activations_and_the_last_layer(tiny_models, text_fil
     save(_sae(), tmp_path / "last", metadata=meta)
     with pytest.raises(ConfigError, match="read by a later block"):
         cli_main([str(tmp_path / "last"), "--suite", "interaction", "--data.source", text_file,
-                  "--out", str(tmp_path / "r2")])  # fmt: skip
+                  "--model-name", tiny_models["gpt2"], "--out", str(tmp_path / "r2")])  # fmt: skip
     assert not (tmp_path / "r2").exists()
 
 
@@ -195,10 +196,12 @@ def test_interaction_options_reach_the_suite_and_bad_values_are_refused(
                      (["--interaction.sources", "-1"], "interaction.sources=-1")):  # fmt: skip
         with pytest.raises(ConfigError, match=msg):
             cli_main([str(tmp_path / "s"), "--suite", "interaction", "--data.source", text_file,
-                      "--out", str(tmp_path / "bad"), *bad])  # fmt: skip
+                      "--model-name", tiny_models["gpt2"], "--out", str(tmp_path / "bad"),
+                      *bad])  # fmt: skip
     assert not (tmp_path / "bad").exists()
     out = tmp_path / "rep"
     cli_main([str(tmp_path / "s"), "--suite", "interaction", "--data.source", text_file,
+              "--model-name", tiny_models["gpt2"],
               "--eval-tokens", "48", "--out", str(out), "--interaction.window-tokens", "8",
               "--interaction.out-directions", "6", "--interaction.tol", "0.05",
               "--interaction.gamma", "2", "--interaction.edge-tokens", "16"])  # fmt: skip

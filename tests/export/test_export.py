@@ -37,9 +37,10 @@ def artifacts(tmp_path) -> Path:
 
 
 @pytest.fixture
-def exported(tmp_path, script_sae, script_text):
+def exported(tmp_path, script_sae, script_model, script_text):
     """The tiny SAE's records (made once), then a dashboard and a Neuronpedia export of them.
-    The SAE records a local text file, which is read only when named (--data.source)."""
+    The SAE records a local model folder and text file, which are read only when named
+    (--model-name, --data.source)."""
     report, data = tmp_path / "report", DataConfig(source=script_text, part="eval")
     site = run_export(
         ExportConfig(
@@ -49,6 +50,7 @@ def exported(tmp_path, script_sae, script_text):
             report=str(report),
             batch_windows=2,
             data=data,
+            model_name=script_model,
         ),
         ["source"],
     )
@@ -59,6 +61,7 @@ def exported(tmp_path, script_sae, script_text):
             report=str(report),
             out=str(tmp_path / "np"),
             data=data,
+            model_name=script_model,
         ),
         ["source"],
     )
@@ -223,7 +226,7 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_te
     cfg = json.loads((sae_dir / "cfg.json").read_text())
     cfg["metadata"]["hook_name"] = "resid_post.7"
     (sae_dir / "cfg.json").write_text(json.dumps(cfg))
-    named = ["--data.source", script_text]
+    named = ["--data.source", script_text, "--model-name", script_model]
     err = _one_line_error(capsys, ["export", str(sae_dir), "--out", str(out), *named])
     assert "unknown hook 'resid_post.7'" in err
     from sae.io import save
@@ -237,14 +240,15 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_te
 
 
 def test_dashboard_export_with_its_own_report_claims_out_first(
-    tmp_path, script_sae, script_text, capsys
+    tmp_path, script_sae, script_model, script_text, capsys
 ):
     """Pins: with no --report the records pass writes OUT/report; OUT is claimed as an export
     before that (sae/fsutil.py), so the dashboard is then written into a folder of ours (claimed
     after the records pass, OUT holding report/ would have been refused as not ours)."""
     out = tmp_path / "site"
     main(["export", str(script_sae), "--format", "dashboard", "--out", str(out),
-          "--eval-tokens", "200", "--batch-windows", "2", "--data.source", script_text])  # fmt: skip
+          "--eval-tokens", "200", "--batch-windows", "2", "--data.source", script_text,
+          "--model-name", script_model])  # fmt: skip
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "index.html")
     assert json.loads((out / ".sae-folder.json").read_text())["kind"] == "export"
     assert json.loads((out / "report" / ".sae-folder.json").read_text())["kind"] == "report"

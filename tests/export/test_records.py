@@ -39,13 +39,15 @@ def _brute(sae_dir, model_path, text):
 
 
 def _records(tmp_path, sae_dir, name="rep", extra=()):
-    """The records suite on the SAE's own recorded text, a local file and so named by flag."""
-    source = json.loads((Path(sae_dir) / "cfg.json").read_text())["metadata"]["data"]["source"]
+    """The records suite on the SAE's own recorded model and text, local and so named by flag."""
+    meta = json.loads((Path(sae_dir) / "cfg.json").read_text())["metadata"]
     cli_main(
         [
             str(sae_dir),
             "--data.source",
-            source,
+            meta["data"]["source"],
+            "--model-name",
+            meta["model_name"],
             "--suite",
             "records",
             "--out",
