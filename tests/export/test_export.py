@@ -155,7 +155,9 @@ def test_dashboard_in_headless_chromium(exported, artifacts):
     assert (artifacts / "dashboard_latent.png").stat().st_size > 1000
 
 
-def test_every_format_loads_the_sae_once(tmp_path, script_sae, script_text, monkeypatch):
+def test_every_format_loads_the_sae_once(
+    tmp_path, script_sae, script_model, script_text, monkeypatch
+):
     """Pins issue 31.3: `sae export` loaded the SAE in its checks and then again, in the SAELens
     writer or in the records pass's `sae eval`: every export read and built it twice. The real
     loader runs, counted."""
@@ -174,7 +176,8 @@ def test_every_format_loads_the_sae_once(tmp_path, script_sae, script_text, monk
     for fmt in ("saelens", "dashboard"):
         calls.clear()
         out = str(tmp_path / fmt)
-        run_export(ExportConfig(str(script_sae), format=fmt, out=out, data=data), ["source"])
+        cfg = ExportConfig(str(script_sae), format=fmt, out=out, data=data, model_name=script_model)
+        run_export(cfg, ["source"])
         assert len(calls) == 1, (fmt, calls)
 
 
