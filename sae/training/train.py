@@ -37,7 +37,8 @@ from sae.config.schema import (
     KEEP_CHECKPOINTS,
     TrainConfig,
 )
-from sae.fsutil import atomic_write_json, claim, clear_staging
+from sae.fsutil import claim, clear_staging
+from sae.io.records import TrainSummary
 from sae.io.validate import NonFiniteRows
 from sae.training.checkpoint import (
     CheckpointClock,
@@ -314,7 +315,7 @@ class Trainer:
             for m, folder in zip(self.members, finals, strict=True):
                 density = results[m.name].pop("log10_density", None)
                 m.save(folder, self.scale or {}, meta, sparsity=density)
-                atomic_write_json(folder / "train_summary.json", results[m.name])
+                TrainSummary.from_json(results[m.name]).write(folder)
             print_summary(results, self.members)
         sources = {id(s): s for s in (self.source, store.source)}.values()
         skipped = sum(getattr(s, "skipped_rows", 0) for s in sources)
