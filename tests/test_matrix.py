@@ -173,12 +173,13 @@ def test_train_every_architecture(runs, dtype, autocast):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_every_suite_and_export(runs, dtype, text_file, tmp_path):
+def test_every_suite_and_export(runs, dtype, tiny_models, text_file, tmp_path):
     """Pins issue 24's `RuntimeError: mat1 and mat2 must have the same dtype, but got Float and
     BFloat16` (the interaction suite on a bfloat16 model): every live suite on one SAE, the core
     suite on every architecture and the transcoder, and every export format, with the model in
-    `dtype`. The runs' text is a local file, so each command names it (sae.config.trust)."""
-    saes, data = runs(dtype, False), data_args(text_file)
+    `dtype`. The runs' model and text are local, so each command names them (sae.config.trust)."""
+    saes = runs(dtype, False)
+    data = [*data_args(text_file), "--model-name", tiny_models[FAMILY]]
     (entry,) = run_eval([saes["topk"]], tmp_path / "all", "--suite", LIVE_SUITES, *data)
     check_entry(entry, LIVE_SUITES, dtype)
     for entry in run_eval(list(saes.values()), tmp_path / "core", "--suite", "core", *data):
@@ -320,7 +321,7 @@ def foreign(tiny_models, tmp_path_factory):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_foreign_saes_in_every_suite_and_export(foreign, dtype, text_file, tmp_path):
+def test_foreign_saes_in_every_suite_and_export(foreign, dtype, tiny_models, text_file, tmp_path):
     """Pins issue 24: the records suite hashed `sae_weights.safetensors` by path and crashed
     with FileNotFoundError for sparsify and dictionary_learning folders and Hub ids, and `sae
     export` refused them. Every SAE `sae.load` takes runs with the model in `dtype`
@@ -332,7 +333,8 @@ def test_foreign_saes_in_every_suite_and_export(foreign, dtype, text_file, tmp_p
         assert (model.cfg.d_in, model.cfg.d_sae) == (D, S), layout
     suites = LIVE_SUITES if dtype == "bfloat16" else "core,records"
     rep = tmp_path / "rep"
-    extra = ["--suite", suites, "--model-dtype", dtype, *data_args(text_file)]
+    named = ["--model-name", tiny_models[FAMILY]]  # their metadata records the local model
+    extra = ["--suite", suites, "--model-dtype", dtype, *data_args(text_file), *named]
     entries = run_eval(list(foreign.values()), rep, *extra)
     for entry, source in zip(entries, foreign.values(), strict=True):
         check_entry(entry, suites, dtype)
@@ -340,4 +342,4 @@ def test_foreign_saes_in_every_suite_and_export(foreign, dtype, text_file, tmp_p
         assert entry["folder"] == (str(Path(source).resolve()) if local else source)
     for layout, source in foreign.items():
         check_exports(source, tmp_path / layout, "--report", str(rep), "--eval-tokens", "128",
-                      "--device", DEVICE)  # fmt: skip
+                      "--device", DEVICE, *named)  # fmt: skip

@@ -166,7 +166,7 @@ def test_metadata_cannot_make_a_command_read_a_local_file(argv, tiny_models, tmp
     )
     out = tmp_path / "out"
     words = [str(folder) if w == "SAE" else str(out) if w == "OUT" else w for w in argv]
-    words += ["--eval-tokens", "64", "--batch-windows", "4"]
+    words += ["--eval-tokens", "64", "--batch-windows", "4", "--model-name", tiny_models["bert"]]
     err = _refused(capsys, words)
     assert f"data.source={str(private)!r}" in err and "--data.source" in err, err
     assert not out.exists()
@@ -190,15 +190,87 @@ def test_run_config_above_an_sae_cannot_name_a_local_file(tiny_models, tmp_path,
                        context_size=16))  # fmt: skip
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"source": str(private)}}))
     out = tmp_path / "rep"
+    named = ["--model-name", tiny_models["gpt2"]]  # the model is local too: named by the user
     err = _refused(capsys, ["eval", str(folder), "--suite", "records", "--out", str(out),
-                            "--eval-tokens", "64"])  # fmt: skip
+                            "--eval-tokens", "64", *named])  # fmt: skip
     assert "run config" in err and "--data.source" in err and not out.exists(), err
 
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"source": "builtin"}}))
     main(["eval", str(folder), "--suite", "core", "--out", str(out), "--eval-tokens", "64",
-          "--n-boot", "0"])  # fmt: skip
+          "--n-boot", "0", *named])  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["saes"][0]["activations"]["data"]["source"] == "builtin"
+
+
+def _sae_of_model(folder: Path, model: str, d_in: int = 32) -> Path:
+    """An SAE whose cfg.json records `model` and the built-in text (nothing else local)."""
+    save(SAE(SAEConfig(architecture="topk", d_in=d_in, d_sae=64, k=4)), folder,
+         metadata=dict(model_name=model, hook_name="resid_post.1", context_size=16,
+                       data={"source": "builtin"}))  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["eval", "--suite", "core", "--n-boot", "0"], ["export", "--format", "dashboard"]],
+    ids=["eval", "export-dashboard"],
+)
+def test_recorded_local_model_runs_only_when_named(command, tiny_models, tmp_path, capsys):
+    """Pins issue 30.2 (the model): an SAE's cfg.json (anyone's) recording `model_name` = a
+    local folder made `sae eval` and `sae export` load it, its tokenizer's words reaching the
+    dashboard. Now each stops in one line naming --model-name, before any output folder is
+    written; the same folder named with --model-name on the command line is run."""
+    model = tiny_models["gpt2"]
+    folder = _sae_of_model(tmp_path / "downloaded-sae", model)
+    out = tmp_path / "out"
+    words = [command[0], str(folder), *command[1:], "--out", str(out), "--eval-tokens", "64",
+             "--batch-windows", "4"]  # fmt: skip
+    err = _refused(capsys, words)
+    assert f"model_name={model!r}" in err and f"--model-name {model}" in err, err
+    assert not out.exists()
+
+    main([*words, "--model-name", model])  # the user names it: it is run
+    report = out if command[0] == "eval" else out / "report"
+    entry = json.loads((report / "report.json").read_text())["saes"][0]
+    assert entry["activations"]["model"] == model
+    if command[0] == "export":
+        assert (out / "index.html").is_file()
+
+
+def test_recorded_builtin_model_needs_no_flag(tmp_path):
+    """Pins the rule's edge for the model: 'builtin' (the packaged MiniLM) recorded in an SAE's
+    metadata is not a local file the user must name, so `sae eval` runs it with no flag, and
+    `--model-name builtin` gives the same report (--model-name is new with the rule)."""
+    folder = _sae_of_model(tmp_path / "sae", "builtin", d_in=384)
+    for name, extra in (("plain", []), ("named", ["--model-name", "builtin"])):
+        main(["eval", str(folder), "--suite", "core", "--n-boot", "0", "--eval-tokens", "32",
+              "--batch-windows", "2", "--out", str(tmp_path / name), *extra])  # fmt: skip
+    plain, named = (
+        json.loads((tmp_path / n / "report.json").read_text())["saes"][0]
+        for n in ("plain", "named")
+    )
+    assert plain["activations"]["model"] == named["activations"]["model"] == "builtin"
+    assert plain["results"]["core"]["tokens"] >= 32
+    assert plain["results"]["core"]["reconstruction"] == named["results"]["core"]["reconstruction"]
+
+
+def test_recorded_hub_name_is_not_refused_as_local(tiny_models, tmp_path, capsys):
+    """Pins the rule's edge for the model: a Hub name recorded in an SAE's metadata that exists
+    nowhere here is not a local file, so the local-file rule lets it through (here it then
+    fails only because the Hub is offline in the tests); a user holding that model in a folder
+    runs it with --model-name."""
+    hub = "someone/tiny-gpt2-nowhere-here"
+    folder = _sae_of_model(tmp_path / "sae", hub)
+    out = tmp_path / "rep"
+    words = ["eval", str(folder), "--suite", "core", "--n-boot", "0", "--eval-tokens", "64",
+             "--batch-windows", "4", "--out", str(out)]  # fmt: skip
+    err = _refused(capsys, words)
+    assert hub in err and "reachable Hub model" in err, err  # offline: tried, not refused
+    assert "a local path" not in err and "--model-name" not in err, err
+
+    main([*words, "--model-name", tiny_models["gpt2"]])
+    entry = json.loads((out / "report.json").read_text())["saes"][0]
+    assert entry["model"] == hub and entry["activations"]["model"] == tiny_models["gpt2"]
 
 
 def test_local_or_hub_names_from_metadata(tmp_path, monkeypatch):

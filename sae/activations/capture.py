@@ -22,6 +22,7 @@ from torch import nn
 
 from sae.config import ConfigError, first_line
 from sae.config.schema import ModelConfig
+from sae.config.trust import not_local_from_metadata
 
 # Alias templates relative to the model's list of blocks ({L} = that list's path + ".N").
 # BERT is post-LN: a block's MLP output before the residual add is `output.dense`.
@@ -227,6 +228,7 @@ def recorded_model_config(
     hooks: list[str],
     where: str,
     *,
+    name: str | None = None,
     revision: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool | None = None,
@@ -241,13 +243,10 @@ def recorded_model_config(
     `--trust-remote-code True`) says so. A recorded `true` without it is a ConfigError naming
     the flag; an explicit False loads the model with the library's own code.
 
-    A recorded model name that is a local folder is used as recorded, unlike a recorded local
-    data.source (sae.config.trust.not_local_from_metadata): an SAE trained here on a local model
-    records its folder, and no flag names a model for `sae eval`. A model folder is code and
-    weights; its code runs only under the rule above, and without it the folder is read as a
-    config, weights and a tokenizer whose widths must match the SAE. None of its files' text is
-    copied into an output, as a data file's was; what reaches one is activations computed
-    through it and tokens of the text read."""
+    `name` (the user's `--model-name`) replaces the recorded model. A recorded model that is a
+    local folder or file is run only when `name` names it: like a recorded data.source
+    (`sae.config.trust.not_local_from_metadata`), metadata never makes a command read a local
+    file the user did not name (a private model's tokenizer would reach the dashboard)."""
     settings = {}
     for key, flag, field, default in (
         ("model_revision", revision, "revision", None),
@@ -279,8 +278,12 @@ def recorded_model_config(
             f"the SAE in {where!r} records model_gguf_file={gguf_file!r}; only a file name inside "
             "the model's folder or repo is read from metadata, never a path."
         )
-    settings["gguf_file"] = gguf_file
-    return ModelConfig(name=hub_model_name(meta["model_name"]), hooks=hooks, **settings, **kw)
+    settings["gguf_file"] = None if name is not None and name.endswith(".gguf") else gguf_file
+    if name is None:
+        name = not_local_from_metadata(
+            meta["model_name"], "model_name", "--model-name", repr(where)
+        )
+    return ModelConfig(name=hub_model_name(name), hooks=hooks, **settings, **kw)
 
 
 def max_positions(model: nn.Module) -> int | None:

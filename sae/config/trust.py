@@ -8,10 +8,9 @@ Two rules, each in one function that every command goes through:
   continues, and an SAE's metadata (`recorded_model_config` in sae/activations/capture.py) never
   turn it on.
 - `not_local_from_metadata`: metadata that came with an SAE (its cfg.json, from the Hub or any
-  library's folder, or the run's config.yaml above it) names the data source `sae eval` and
-  `sae export` read; it may name the built-in corpus or a Hub dataset, never a local file or
-  folder: the user names those on the command line (`--data.source`). A recorded local model
-  folder is used as recorded (`recorded_model_config` says why).
+  library's folder, or the run's config.yaml above it) names the data source and the model
+  `sae eval` and `sae export` read; it may name the built-in ones or a Hub repo, never a local
+  file or folder: the user names those on the command line (`--data.source`, `--model-name`).
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ TRUST = "trust_remote_code"
 def trust_from_command_line(
     default: Any, read: Callable[[Any], dict[str, Any]], source: str
 ) -> dict[str, Any]:
-    """`read(default)`: the command line's flags applied to `default` (`read_flags` in
-    sae/config/parse.py, which calls this for every command), except that every
+    """`read(default)`: the command line's flags applied to `default` (`cli` in
+    sae/config/parse.py; `parse_cli` there calls this for every command), except that every
     `trust_remote_code` field is taken from the flags alone. `default` may have been read from a
     file (`source` names it): its `true` without the flag is a ConfigError naming the flag, so
     `--resume` of a run started with the flag needs it again; `--model.no-trust-remote-code`
@@ -79,7 +78,7 @@ def _field(obj: Any, dotted: str) -> Any:
     return obj
 
 
-_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv", ".arrow", ".safetensors")
+_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv", ".arrow", ".safetensors", ".gguf")
 
 
 def is_local(name: str) -> bool:

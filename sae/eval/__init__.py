@@ -4,6 +4,7 @@
     sae eval checkpoints/sweep/final/* --suite core --eval-tokens 50000 --out reports/sweep
     sae eval SAE_DIR --activations caches/l3 --out reports/cached         # no model run
     sae eval SAE_DIR --data.source docs.jsonl --data.eval-every 4 --out reports/other-text
+    sae eval SAE_DIR --model-name ./my-model --data.source notes.txt --out rep  # local: named
     sae eval checkpoints/synthetic/final/* --suite synthetic,core --out reports/synthetic
     sae eval SAE_DIR --device cuda --batch-windows 64 --out reports/gpu  # GPU
     python -c "import sae.eval; print(sae.eval.cli_main(['SAE_DIR', '--out', 'r']))"
@@ -39,30 +40,34 @@ one row per latent, every suite's columns), `accumulate.py` + `finalize.py` (the
 streaming state and its end). A new suite is a module with
 `check(target)` and `run(target, ctx) -> SuiteResult` plus one line in `base.SUITES`.
 
-Activations. Without --activations the SAE's own model (cfg.json metadata `model_name`,
-`hook_name`, `target_hook_name`, `context_size`, `exclude_bos`, `exclude_special`; loaded with the
-recorded `model_revision`, `model_dtype` and `model_gguf_file`; --revision and --model-dtype
-may fill in the first two but not contradict them; the model repository's own code runs only with --trust-remote-code True on
-the command line, and a recorded `model_trust_remote_code: true` without it is refused) is run over
-the held-out windows (`data.part='eval'`) of its training data (metadata `data`, else the run's
-config.yaml two folders up, else the DataConfig defaults); `--data.*` flags override single
-fields. A local file or folder recorded as data.source is read only when --data.source names it
-(metadata can come from anyone: sae.config.trust). An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.
+Activations. Without --activations the SAE's own model (cfg.json metadata `model_name`, or
+--model-name; `hook_name`, `target_hook_name`, `context_size`, `exclude_bos`, `exclude_special`;
+loaded with the recorded `model_revision`, `model_dtype` and `model_gguf_file`; --revision and
+--model-dtype may fill in the first two but not contradict them; the model repository's own code runs only with
+--trust-remote-code True on the command line, and a recorded `model_trust_remote_code: true`
+without it is refused) is run over the held-out windows (`data.part='eval'`) of its training
+data (metadata `data`, else the run's config.yaml two folders up, else the DataConfig defaults);
+`--data.*` flags override single fields. A local model folder recorded as model_name, or a local
+file or folder recorded as data.source, is read only when --model-name or --data.source names it
+(metadata can come from anyone: sae.config.trust); 'builtin' and Hub names are used as recorded.
+An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.
 
-report.json (schema_version 1):
+report.json (schema_version 1; written and read as `sae.io.records.Report`):
 
     schema_version: 1
     sae_version: package version that wrote it
     created_utc: ISO time
     config: EvalConfig as a dict (sae_dirs, suite, activations, data, data_fields, eval_tokens,
-            n_boot, seed, device, model_dtype, revision, trust_remote_code, batch_windows, out)
+            n_boot, seed, device, model_name, model_dtype, revision, trust_remote_code,
+            batch_windows, out)
     suites: [suite names run]
     timings_s: {phase: seconds} summed over SAEs (prepare, clean forward, spliced forward, ...)
     saes: [ per SAE:
       name: report subfolder (folder name, '-2' ... on collision)
       folder: absolute SAE folder
       sae: {architecture, d_in, d_sae, d_out, k?}
-      model, hook, target_hook, tokens_trained: from cfg.json metadata
+      model, hook, target_hook, tokens_trained: from cfg.json metadata (the model run is
+        activations.model: --model-name when given)
       activations: where the scored rows came from:
         live: {kind, model, model_load: {revision, dtype, trust_remote_code, gguf_file}, hook,
                target_hook, splice_hook, data: DataConfig dict, data_origin,

@@ -38,7 +38,8 @@ from sae.config.schema import (
     KEEP_CHECKPOINTS,
     TrainConfig,
 )
-from sae.fsutil import atomic_write_json, claim, clear_staging
+from sae.fsutil import claim, clear_staging
+from sae.io.records import TrainSummary
 from sae.io.validate import NonFiniteRows
 from sae.model.step import Batch
 from sae.training.checkpoint import (
@@ -308,7 +309,7 @@ class Trainer:
             for m, folder in zip(self.members, finals, strict=True):
                 density = results[m.name].pop("log10_density", None)
                 m.save(folder, self.scale, meta, sparsity=density)
-                atomic_write_json(folder / "train_summary.json", results[m.name])
+                TrainSummary.from_json(results[m.name]).write(folder)
             print_summary(results, self.members)
         sources = {id(s): s for s in (self.source, store.source)}.values()
         skipped = sum(s.skipped_rows for s in sources)

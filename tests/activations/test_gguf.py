@@ -129,7 +129,7 @@ def test_folder_and_gguf_file_load_in_the_dtype_asked(tiny_gguf):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model_metadata(cfg)["model_gguf_file"] == tiny_gguf.name
     back = recorded_model_config(
-        {"model_name": cfg.name, **model_metadata(cfg)}, ["resid_post.1"], "here"
+        {"model_name": cfg.name, **model_metadata(cfg)}, ["resid_post.1"], "here", name=cfg.name
     )
     assert (back.name, back.gguf_file, back.dtype) == (cfg.name, tiny_gguf.name, "bfloat16")
 
@@ -150,7 +150,8 @@ def test_sae_on_a_gguf_folder_trains_and_evaluates(tiny_gguf, text_file, tmp_pat
     meta = json.loads((folder / "cfg.json").read_text())["metadata"]
     assert meta["model_gguf_file"] == "tiny.gguf" and meta["model_name"] == str(tiny_gguf.parent)
     main(["eval", str(folder), "--suite", "core", "--eval-tokens", "120", "--n-boot", "0",
-          "--data.source", text_file, "--out", str(tmp_path / "rep")])  # fmt: skip
+          "--data.source", text_file, "--model-name", str(tiny_gguf.parent),
+          "--out", str(tmp_path / "rep")])  # fmt: skip
     entry = json.loads((tmp_path / "rep" / "report.json").read_text())["saes"][0]
     assert entry["activations"]["model_load"]["gguf_file"] == "tiny.gguf"
     down = entry["results"]["core"]["downstream"]

@@ -101,7 +101,9 @@ def test_mlp_read_vectors_of_the_sae_block(
     torch.manual_seed(0)
     s = SAE(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4))
     meta = {"model_name": tiny_models[family], "hook_name": hook, "context_size": 16}
-    res = _run(tmp_path, {"s": s}, ["--data.source", text_file, "--eval-tokens", "200"], meta)
+    extra = ["--data.source", text_file, "--eval-tokens", "200"]
+    extra += ["--model-name", tiny_models[family]]
+    res = _run(tmp_path, {"s": s}, extra, meta)
     neu = res["s"]["neurons"]
     assert neu["module"] == module and neu["block"] == int(module.split(".")[-3])
     assert neu["reads"] == f"block {neu['block']} reads {hook}"

@@ -40,6 +40,8 @@ def test_cli_writes_report_json_markdown_and_plots(tiny_models, text_file, tmp_p
             "core",
             "--data.source",
             text_file,
+            "--model-name",
+            tiny_models["gpt2"],
             "--eval-tokens",
             "200",
             "--n-boot",
@@ -90,6 +92,8 @@ def _bad_cases(tmp_path: Path, tiny_models) -> dict[str, tuple[list[str], str]]:
         "bad hook": (
             [
                 _sae(tmp_path / "h", 32, model_name=tiny_models["gpt2"], hook_name="resid_post.9"),
+                "--model-name",
+                tiny_models["gpt2"],
                 *out,
             ],
             "unknown hook 'resid_post.9'",

@@ -124,6 +124,7 @@ def _eval_live(tmp_path, model_path, text_file, saes: dict[str, tuple[SAE, dict]
         dirs,
         data=DataConfig(source=text_file, part="eval"),
         data_fields=["source"],
+        model_name=model_path,
         eval_tokens=300,
         n_boot=50,
         out=str(tmp_path / "report"),
@@ -223,6 +224,7 @@ def test_cache_and_live_streams_give_identical_numbers(tiny_models, text_file, t
             [str(tmp_path / "tc")],
             data=data,
             data_fields=["source"],
+            model_name=tiny_models["llama"],
             out=str(tmp_path / "live"),
             **common,
         )

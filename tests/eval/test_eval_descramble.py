@@ -73,7 +73,9 @@ def test_mlp_preactivations_and_descrambled_weights(
     torch.manual_seed(0)
     s = SAE(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4))
     meta = {"model_name": tiny_models[family], "hook_name": hook, "context_size": 16}
-    res = _run(tmp_path, s, ["--data.source", text_file, "--eval-tokens", "300"], meta)
+    extra = ["--data.source", text_file, "--eval-tokens", "300"]
+    extra += ["--model-name", tiny_models[family]]
+    res = _run(tmp_path, s, extra, meta)
     ds = res["descramble"]
     assert ds["source"] == "mlp_preactivations" and ds["module"] == module
     assert ds["eta"]["at_P_star"] == pytest.approx(ds["eta"]["star"], rel=1e-9)

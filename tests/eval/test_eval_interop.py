@@ -20,9 +20,10 @@ from sae.model.sae import SAE, SAEConfig
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _eval(sae_dir, text_file, out: Path, *extra: str) -> dict:
+def _eval(sae_dir, text_file, out: Path, *extra: str, model: str) -> dict:
     argv = [str(sae_dir), "--suite", "core", "--data.source", text_file, "--data.context-size"]
     argv += ["16", "--eval-tokens", "120", "--n-boot", "0", "--out", str(out), *extra]
+    argv += ["--model-name", model]
     cli_main(argv)
     return json.loads((out / "report.json").read_text())["saes"][0]
 
@@ -40,7 +41,7 @@ def test_saelens_folder_with_a_transformer_lens_hook_runs_through_eval(
     )
     theirs = sl.StandardSAE(sl.StandardSAEConfig(d_in=32, d_sae=64, metadata=meta))
     theirs.save_model(str(tmp_path / "saelens"))
-    entry = _eval(tmp_path / "saelens", text_file, tmp_path / "rep")
+    entry = _eval(tmp_path / "saelens", text_file, tmp_path / "rep", model=tiny_models["gpt2"])
     assert entry["hook"] == "blocks.1.hook_resid_post"
     assert entry["activations"]["kind"] == "live"
     core = entry["results"]["core"]
@@ -65,7 +66,7 @@ def test_sparsify_hookpoint_runs_through_eval(tiny_models, text_file, tmp_path):
         "b_dec": torch.zeros(32),
     }
     save_file(state, str(run / "layers.1" / "sae.safetensors"))
-    entry = _eval(run / "layers.1", text_file, tmp_path / "rep")
+    entry = _eval(run / "layers.1", text_file, tmp_path / "rep", model=tiny_models["llama"])
     assert entry["hook"] == "layers.1" and entry["model"] == tiny_models["llama"]
     assert entry["results"]["core"]["tokens"] >= 120
 
@@ -77,23 +78,24 @@ def test_model_loads_as_recorded_and_a_contradicting_flag_is_refused(
     to be float32 always), and `--model-dtype` that contradicts it stops in one line before any
     work; a flag may fill in what the metadata does not record."""
     torch.manual_seed(0)
-    meta = dict(model_name=tiny_models["gpt2"], hook_name="resid_post.1", context_size=16)
+    gpt2 = tiny_models["gpt2"]
+    meta = dict(model_name=gpt2, hook_name="resid_post.1", context_size=16)
     folder = tmp_path / "bf16"
     save(SAE(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4)), folder,
          metadata=meta | {"model_dtype": "bfloat16", "model_revision": None})  # fmt: skip
-    entry = _eval(folder, text_file, tmp_path / "rep")
+    entry = _eval(folder, text_file, tmp_path / "rep", model=gpt2)
     assert entry["activations"]["model_load"] == {
         "revision": None, "dtype": "bfloat16", "trust_remote_code": False, "gguf_file": None
     }  # fmt: skip
     with pytest.raises(ConfigError) as e:
-        _eval(folder, text_file, tmp_path / "rep2", "--model-dtype", "float32")
+        _eval(folder, text_file, tmp_path / "rep2", "--model-dtype", "float32", model=gpt2)
     assert "--model-dtype float32 contradicts the SAE" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "rep2").exists()
 
     plain = tmp_path / "plain"
     save(SAE(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4)), plain, metadata=meta)
     with pytest.raises(ConfigError, match="model_dtype='float64' is not one of"):
-        _eval(plain, text_file, tmp_path / "rep3", "--model-dtype", "float64")
+        _eval(plain, text_file, tmp_path / "rep3", "--model-dtype", "float64", model=gpt2)
 
 
 def test_transformer_lens_model_names_become_hub_names():
@@ -134,22 +136,24 @@ def test_recorded_remote_code_runs_only_with_the_flag(tiny_models, text_file, tm
          metadata=meta | {"model_trust_remote_code": True})  # fmt: skip
 
     with pytest.raises(ConfigError) as e:
-        _eval(folder, text_file, tmp_path / "rep")
+        _eval(folder, text_file, tmp_path / "rep", model=str(model))
     assert "--trust-remote-code True" in str(e.value) and "\n" not in str(e.value)
     assert not marker.exists() and not (tmp_path / "rep").exists()
 
     from sae.export.cli import ExportConfig, run_export  # sae export's records pass: the same
 
     with pytest.raises(ConfigError, match="--trust-remote-code True"):
-        run_export(ExportConfig(str(folder), out=str(tmp_path / "site")))
+        run_export(ExportConfig(str(folder), model_name=str(model), out=str(tmp_path / "site")))
     assert not marker.exists()
 
-    entry = _eval(folder, text_file, tmp_path / "rep2", "--trust-remote-code", "False")
+    entry = _eval(
+        folder, text_file, tmp_path / "rep2", "--trust-remote-code", "False", model=str(model)
+    )
     assert entry["activations"]["model_load"]["trust_remote_code"] is False
     assert not marker.exists()
 
     try:
-        _eval(folder, text_file, tmp_path / "rep3", "--trust-remote-code", "True")
+        _eval(folder, text_file, tmp_path / "rep3", "--trust-remote-code", "True", model=str(model))
     except Exception:
         pass  # whether the repo's code then loads a model is its own business
     assert marker.exists()

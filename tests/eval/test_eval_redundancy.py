@@ -123,6 +123,7 @@ def test_live_model_gives_hurst_records_for_every_code(
     save(s, tmp_path / "s", metadata=meta)
     cli_main(
         [str(tmp_path / "s"), "--suite", "redundancy", "--data.source", text_file,
+         "--model-name", tiny_models["gpt2"],
          "--eval-tokens", "400", "--n-boot", "0", "--out", str(tmp_path / "rep")]
     )  # fmt: skip
     res = json.loads((tmp_path / "rep" / "report.json").read_text())["saes"][0]["results"]
@@ -145,7 +146,8 @@ def test_path_endpoints_are_the_two_windows(tiny_models, text_file, tmp_path, fa
     save(s, tmp_path / "s", metadata={"model_name": tiny_models[family], "hook_name": hook,
                                       "context_size": 16})  # fmt: skip
     cfg = EvalConfig([str(tmp_path / "s")], data=DataConfig(source=text_file, part="eval"),
-                     data_fields=["source"], out=str(tmp_path / "rep"))  # fmt: skip
+                     data_fields=["source"], model_name=tiny_models[family],
+                     out=str(tmp_path / "rep"))  # fmt: skip
     ctx = EvalContext(eval_tokens=100, n_boot=0, seed=0, device="cpu", batch_windows=4,
                       out=tmp_path / "rep")  # fmt: skip
     target = prepare(cfg, ctx)[0]

@@ -125,21 +125,21 @@ def test_absorption_suite_on_a_bert_vocabulary(tiny_models, text_file, tmp_path)
     sae_dir = _sae(tmp_path / "bert-sae", tiny_models["bert"], 32)
     out = tmp_path / "rep"
     argv = [sae_dir, "--suite", "absorption", "--data.source", text_file, "--out", str(out)]
-    cli_main(argv + ["--n-boot", "20"])
+    cli_main(argv + ["--model-name", tiny_models["bert"], "--n-boot", "20"])
     res = json.loads((out / "report.json").read_text())["saes"][0]["results"]["absorption"]
     assert res["words"] == 4000 and res["train_words"] + res["test_words"] == 4000
     assert len(res["letters"]) >= 20
     assert all("probe_f1" in r for r in res["letters"].values())
 
 
-def test_unsupported_vocabulary_is_one_line(tmp_path, script_sae, script_text):
+def test_unsupported_vocabulary_is_one_line(tmp_path, script_sae, script_model, script_text):
     """Pins the one-line refusal: a word-level vocabulary of a dozen words cannot support the
     first-letter task, and says so before any work."""
     from sae.eval import cli_main
 
     with pytest.raises(ConfigError, match="cannot support the first-letter task"):
         cli_main([str(script_sae), "--suite", "absorption", "--out", str(tmp_path / "r"),
-                  "--data.source", script_text])  # fmt: skip
+                  "--data.source", script_text, "--model-name", script_model])  # fmt: skip
 
 
 def test_report_says_why_nothing_was_scored():

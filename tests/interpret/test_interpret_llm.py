@@ -395,7 +395,7 @@ def test_config_errors():
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_suite_calls_the_llm(tmp_path, script_sae, script_text, monkeypatch):
+def test_suite_calls_the_llm(tmp_path, script_sae, script_model, script_text, monkeypatch):
     """Pins the suite's LLM part end to end: sampled latents get the LLM's explanation, its model's
     name (issue 25.6: the export named a placeholder) and detection scores in latents.parquet and
     report.json; the explainer's prompt holds highlighted tokens; the key never reaches the report.
@@ -415,7 +415,7 @@ def test_suite_calls_the_llm(tmp_path, script_sae, script_text, monkeypatch):
     out = tmp_path / "rep"
     with Server([answer]) as s:
         args = [str(script_sae), "--suite", "interpret", "--out", str(out), "--n-boot", "20",
-                "--data.source", script_text]  # fmt: skip
+                "--data.source", script_text, "--model-name", script_model]  # fmt: skip
         cli_main(args + ["--llm.base-url", s.url, "--llm.model", "tiny", "--llm.max-latents", "3"])
         assert any("<<" in b["messages"][1]["content"] for b in s.bodies)
     llm = json.loads((out / "report.json").read_text())["saes"][0]["results"]["interpret"]["llm"]

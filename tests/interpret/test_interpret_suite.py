@@ -20,13 +20,15 @@ from export_fixtures import script_model, script_sae, script_text  # noqa: F401
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_interpret_suite_writes_scores_split_and_columns(tmp_path, script_sae, script_text):
+def test_interpret_suite_writes_scores_split_and_columns(
+    tmp_path, script_sae, script_model, script_text
+):
     """Pins the suite's outputs: every headline score has a value and an interval over scored
     latents, the recorded explanation and test windows are disjoint, and latents.parquet holds
     one explanation line and the detection scores per latent (NaN only for unscored ones)."""
     out = tmp_path / "rep"
     cli_main([str(script_sae), "--suite", "interpret", "--out", str(out), "--n-boot", "50",
-              "--data.source", script_text])  # fmt: skip
+              "--data.source", script_text, "--model-name", script_model])  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     res = report["saes"][0]["results"]["interpret"]
     assert res["scored_latents"] > 0
@@ -80,7 +82,9 @@ def test_neuronpedia_explanation_entries():
     assert both[1]["modelName"] == "qwen2.5"
 
 
-def test_dashboard_index_carries_the_interpret_columns(tmp_path, script_sae, script_text):
+def test_dashboard_index_carries_the_interpret_columns(
+    tmp_path, script_sae, script_model, script_text
+):
     """Pins the hand-off to the dashboard: after `records,interpret`, the dashboard written from
     that report folder embeds the explanation and detection columns in its sortable index (it
     shows every latents.parquet column)."""
@@ -89,15 +93,17 @@ def test_dashboard_index_carries_the_interpret_columns(tmp_path, script_sae, scr
 
     report = tmp_path / "report"
     argv = [str(script_sae), "--suite", "records,interpret", "--out", str(report), "--n-boot", "0",
-            "--data.source", script_text]  # fmt: skip
+            "--data.source", script_text, "--model-name", script_model]  # fmt: skip
     cli_main(argv)
     rec = Records.open(report / "sae" / "records")
-    site = write_dashboard(rec, tmp_path / "site", "sae", rec.info["activations"])
+    site = write_dashboard(rec, tmp_path / "site", "sae", rec.info.activations)
     index = Path(site).read_text()  # write_dashboard returns the index page
     assert "interp_explanation" in index and "interp_token_f1" in index
 
 
-def test_neuronpedia_export_carries_the_explanations(tmp_path, script_sae, script_text):
+def test_neuronpedia_export_carries_the_explanations(
+    tmp_path, script_sae, script_model, script_text
+):
     """Pins the hand-off to the Neuronpedia export (issue 14 item 5, issue 25.6): after
     `records,interpret` the batches still load with SAEDashboard's own NeuronpediaDashboardBatch
     (an `explanations` key in them made it raise TypeError) and validate against the packaged
@@ -113,11 +119,11 @@ def test_neuronpedia_export_carries_the_explanations(tmp_path, script_sae, scrip
 
     report = tmp_path / "report"
     argv = [str(script_sae), "--suite", "records,interpret", "--out", str(report), "--n-boot", "0",
-            "--data.source", script_text]  # fmt: skip
+            "--data.source", script_text, "--model-name", script_model]  # fmt: skip
     cli_main(argv)
     rec = Records.open(report / "sae" / "records")
     out = tmp_path / "np"
-    paths = write_neuronpedia(rec, out, "m", "s", 0, rec.info["activations"])
+    paths = write_neuronpedia(rec, out, "m", "s", 0, rec.info.activations)
     for p in paths:
         jsonschema.validate(json.loads(p.read_text()), schema())
     uploads = sorted(out.glob("explanations-batch-*.json"))
