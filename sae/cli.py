@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sae.config import ConfigError
-from sae.config.parse import load_yaml, parse, parse_cli, read_flags
+from sae.config.parse import load_yaml, parse, parse_cli
 from sae.config.schema import HarvestConfig
 from sae.fsutil import ForeignFolderError
 
@@ -54,24 +54,21 @@ def _harvest(argv: list[str]) -> str:
 
 
 def _train_config(argv: list[str]):
-    """The base the flags override: the config file if one is given, else DIR/config.yaml for
-    `--resume --out DIR`, else the built-in run unless --activations is given. A first, lenient
-    read of the flags picks it."""
+    """The config file if one is given; else, once the flags are read, DIR/config.yaml under them
+    for `--resume --out DIR`, the built-in run (BUILTIN_TOKENS) when no --activations is given,
+    or the class defaults."""
     from sae.config.schema import BUILTIN_TOKENS, TrainConfig
 
+    cfg = parse(TrainConfig, argv, "sae train")
     if argv and not argv[0].startswith("-"):  # a config file is the base
-        return parse(TrainConfig, argv, "sae train")
-    flags = read_flags(TrainConfig, TrainConfig(), argv, "sae train", strict=False)
-    saved = Path(str(flags["out"])) / "config.yaml"
-    source = "the defaults"
-    if flags["resume"] is True and saved.is_file():
-        base = load_yaml(TrainConfig, saved)  # `--resume --out DIR` continues DIR's run
+        return cfg
+    saved = Path(cfg.out) / "config.yaml"
+    if cfg.resume and saved.is_file():  # `--resume --out DIR` continues DIR's run
         source = f"{str(saved)!r} (the run --resume continues)"
-    elif flags["activations"] is None:
-        base = TrainConfig(total_tokens=BUILTIN_TOKENS)  # the built-in run: 1M MiniLM tokens
-    else:
-        base = TrainConfig()
-    return parse_cli(TrainConfig, base, argv, "sae train", source)
+        return parse_cli(TrainConfig, load_yaml(TrainConfig, saved), argv, "sae train", source)
+    if cfg.activations is None:  # the built-in run: 1M MiniLM tokens
+        return parse(TrainConfig, argv, "sae train", TrainConfig(total_tokens=BUILTIN_TOKENS))
+    return cfg
 
 
 def _train(argv: list[str]) -> str:

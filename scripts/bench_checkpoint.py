@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sae.config.schema import CHECKPOINT_SECONDS, TrainConfig
+from sae.config.schema import CHECKPOINT_SECONDS
 from sae.model.sae import SAEConfig
 from sae.training.checkpoint import write_checkpoint
 from sae.training.members import Member
@@ -28,9 +28,7 @@ def main() -> None:
     a = ap.parse_args()
     for size in a.sizes:
         d_in, d_sae = map(int, size.split("x"))
-        m = Member(
-            "m", SAEConfig(d_in=d_in, d_sae=d_sae, k=32), "h", None, 1e-3, TrainConfig(), "cpu"
-        )
+        m = Member("m", SAEConfig(d_in=d_in, d_sae=d_sae, k=32), "h", None, 1e-3, "cpu")
         x = torch.randn(256, d_in)
         from sae.model.step import training_forward
 

@@ -13,7 +13,6 @@ Target (issue 4): the default MiniLM SAE over 100k held-out tokens in under 3 mi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -22,6 +21,7 @@ import time
 import torch
 
 from sae.eval import EvalConfig, run_eval
+from sae.io.records import Report
 
 
 def main() -> None:
@@ -49,8 +49,9 @@ def main() -> None:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     folder = run_eval(cfg)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    report = json.loads((folder / "report.json").read_text())
-    core = report["saes"][0]["results"]["core"]
+    report = Report.read(folder)
+    entry = report.saes[0]
+    core = entry.results["core"]
     rec, ds = core["reconstruction"], core["downstream"]
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
@@ -58,12 +59,12 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f} at the end"
     )
     print(
-        f"what: core suite on {args.sae_dir}\n      model {report['saes'][0]['model']}, hook "
-        f"{report['saes'][0]['hook']}, {core['tokens']:,} held-out tokens in "
+        f"what: core suite on {args.sae_dir}\n      model {entry.model}, hook "
+        f"{entry.hook}, {core['tokens']:,} held-out tokens in "
         f"{core['windows']} windows, {args.n_boot} bootstrap resamples, device {args.device}"
     )
     print(f"wall: {wall:.1f} s ({core['tokens'] / wall:,.0f} tokens/s); process CPU: {cpu:.1f} s")
-    for phase, seconds in report["timings_s"].items():
+    for phase, seconds in report.timings_s.items():
         print(f"  {phase:40s} {seconds:8.1f} s")
     line = f"fvu {rec['fvu']['value']:.4f} {rec['fvu']['ci95']}, l0 {rec['l0']['value']:.1f}"
     for name, m in (ds.get("metrics") or {}).items():

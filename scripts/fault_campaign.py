@@ -43,6 +43,7 @@ ENV = os.environ | {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "SAE_STREAM_CHECK": "1",  # each checkpoint records the rows trained and their checksum
 }
 
 
@@ -181,7 +182,7 @@ def train_result(out: Path) -> dict:
         "final_paths": sorted(str(p.relative_to(final)) for p in final.rglob("*")),
         "hidden": sorted(p.name for p in out.iterdir() if p.name.startswith(".")),
         "tokens": trainer["tokens"],
-        "stream": trainer.get("stream"),
+        "stream": trainer["stream"],  # recorded under SAE_STREAM_CHECK=1 (ENV)
         "rows_yielded": [r["rows_yielded"] for r in ranks],
     }
 

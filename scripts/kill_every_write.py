@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"  # the same kernels in every fork
+os.environ["SAE_STREAM_CHECK"] = "1"  # checkpoints record the stream (fault_campaign.train_result)
 
 spec = importlib.util.spec_from_file_location(
     "fault_campaign", Path(__file__).resolve().parent / "fault_campaign.py"

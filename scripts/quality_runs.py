@@ -40,6 +40,7 @@ import sae.training.train as T
 from sae.analysis.matching import compare_dictionaries
 from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 from sae.config.schema import SAEConfig, StoreConfig, TrainConfig
+from sae.io.records import TrainSummary
 
 p = argparse.ArgumentParser()
 p.add_argument("kind", choices=["syn", "mini", "sparsify"])
@@ -336,10 +337,10 @@ res = {
     "seed": a.seed,
     "autocast": tr.tcfg.autocast,
 }
-summ = json.load(open(finals[0] / "train_summary.json"))
-res["fvu"] = round(summ["fvu"], 4)
-res["dead_pct"] = summ.get("dead_pct")
-res["l0"] = round(summ["l0"], 2)
+summ = TrainSummary.read(finals[0])
+res["fvu"] = None if summ.fvu is None else round(summ.fvu, 4)
+res["dead_pct"] = summ.dead_pct
+res["l0"] = None if summ.l0 is None else round(summ.l0, 2)
 if a.kind == "syn":
     true = SyntheticData(syn).dictionary_ND
     m = compare_dictionaries(true, tr.members[0].sae.W_dec.detach().float())

@@ -66,17 +66,16 @@ def layer_records(tokens: int, n_boot: int, device: str, layers: int = 6) -> dic
 def sae_records(
     sae_dir: str, tokens: int, n_boot: int, device: str, paths: int
 ) -> tuple[str, dict]:
-    import json
-
     import sae.eval.redundancy as red
     from sae.eval import EvalConfig, run_eval
+    from sae.io.records import Report
 
     red.PATHS = paths
     with tempfile.TemporaryDirectory() as tmp:
         cfg = EvalConfig([sae_dir], suite="redundancy", eval_tokens=tokens, n_boot=n_boot,
                          device=device, out=tmp)  # fmt: skip
-        entry = json.loads((run_eval(cfg) / "report.json").read_text())["saes"][0]
-    return entry["hook"], entry["results"]["redundancy"]["codes"]
+        entry = Report.read(run_eval(cfg)).saes[0]
+    return entry.hook, entry.results["redundancy"]["codes"]
 
 
 def _fmt(rec: dict, key: str) -> str:

@@ -14,7 +14,7 @@ import yaml
 import sae
 from sae.cli import main
 from sae.config import ConfigError
-from sae.config.parse import HIDDEN, hidden_owner, leaf_fields, load_yaml, parse
+from sae.config.parse import leaf_fields, load_yaml, parse, yaml_only
 from sae.config.schema import HarvestConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,14 +37,14 @@ def test_train_help_shows_at_most_40_leaf_fields(capsys):
 def test_train_help_and_readme_agree_on_the_fields_listed(capsys):
     """Issue 26: README said `sae train --help` lists every field while 28 were hidden. Now
     every leaf field is either a flag in --help or named on its YAML-only line, never both, and
-    README's sentence names exactly the YAML-only ones (HIDDEN)."""
+    README's sentence names exactly the YAML-only ones (the fields typed `Suppress`)."""
     text = " ".join(_help(capsys).split())
     flags = set(re.findall(r"(?:^|[ │])(--[a-z][a-z0-9.-]*)", text))
     (line,) = re.findall(r"Set in the YAML config file only: (.*?)\.(?: |$)", text)
     named_in_help = set(line.split(", "))
-    hidden = HIDDEN[TrainConfig]
+    hidden = set(yaml_only(TrainConfig))
     for leaf in leaf_fields(TrainConfig):
-        owner = hidden_owner(TrainConfig, leaf)
+        owner = next((h for h in hidden if leaf == h or leaf.startswith(h + ".")), None)
         flag = "--" + leaf.replace("_", "-")
         if owner is None:
             assert flag in flags, leaf
@@ -117,3 +117,14 @@ def test_eval_and_export_flags_fail_in_one_line(tmp_path, capsys, argv, expect):
         main([w.format(dir=tmp_path) for w in argv])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and expect in err, err
+
+
+def test_yaml_value_is_read_as_its_flag_reads_it(tmp_path):
+    """Pins issue 31.1: YAML values had a type checker of their own (config/values.py) beside
+    tyro's, and its YAML 1.2 float rule turned `data.source: 1e-3` (a file name) into the float
+    0.001, refused as 'must be a string'. Each value now goes through tyro's constructor for its
+    field: a string field keeps the word, a float field reads 1e-3 as a number."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  source: 1e-3\nlr: 1e-3\nautocast: true\n")
+    cfg = load_yaml(TrainConfig, path)
+    assert cfg.data.source == "1e-3" and cfg.lr == 1e-3 and cfg.autocast is True

@@ -32,11 +32,13 @@ def test_transformers_floor_has_the_dtype_argument():
     assert _floor("transformers") >= Version("4.56")
 
 
-def test_tyro_floor_has_the_constructor_registry_argument():
-    """Pins the old floor (0.8): sae/config/parse.py passes `registry=` to tyro.cli, which tyro accepts
-    from 0.9.19 on; the command line was checked with tyro 1.0.0 and 1.0.17 only."""
+def test_tyro_floor_has_the_constructor_api():
+    """Pins the old floor (0.8): sae/config/parse.py reads YAML values through tyro's public
+    constructor API (`tyro.constructors.PrimitiveTypeInfo.make`, `ConstructorRegistry`), and
+    schema.py's `Autocast` is an `Annotated` PrimitiveConstructorSpec, both of tyro 1.0; the
+    command line was checked with tyro 1.0.17 only."""
     source = (ROOT / "sae" / "config" / "parse.py").read_text()
-    assert "registry=_registry(cls)" in source
+    assert "PrimitiveTypeInfo.make(" in source
     assert _floor("tyro") >= Version("1.0")
 
 

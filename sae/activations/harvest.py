@@ -31,7 +31,7 @@ from tqdm import tqdm
 from sae import dist
 from sae.activations.cachefs import CACHE_FORMAT, CacheLocation
 from sae.activations.sources import LiveSource
-from sae.activations.store import fixed_chunks, source_position, source_seek
+from sae.activations.store import fixed_chunks
 from sae.config import ConfigError
 from sae.config.parse import to_dict
 from sae.config.schema import HarvestConfig
@@ -155,7 +155,7 @@ def _fill(cfg: HarvestConfig, loc, name, prefix, manifest, source, limit) -> Non
     shards = manifest["shards"]
     cursor, skip = (shards[-1]["end_cursor"], shards[-1]["end_skip"]) if shards else (0, 0)
     if shards:  # start packing at the saved text position instead of re-reading the text
-        source_seek(source, cursor, shards[-1].get("end_position"))
+        source.seek(cursor, shards[-1].get("end_position"))
     done = manifest["n_tokens"]
     bar = tqdm(
         total=limit,
@@ -176,7 +176,7 @@ def _fill(cfg: HarvestConfig, loc, name, prefix, manifest, source, limit) -> Non
         file = f"{prefix}{chunk.index:05d}.safetensors"
         shards.append({"file": file, "n_tokens": n, "sha256": loc.write_tensors(file, tensors)})
         shards[-1]["end_cursor"], shards[-1]["end_skip"] = chunk.end
-        shards[-1]["end_position"] = source_position(source, chunk.end[0])
+        shards[-1]["end_position"] = source.position(chunk.end[0])
         done += n
         manifest["n_tokens"] = done
         bar.update(n)

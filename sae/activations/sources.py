@@ -82,15 +82,52 @@ class SkipsNonFinite:
 
 
 class ActivationSource(Protocol):
+    """What the store, the trainer and the harvester ask of a source. Every source here
+    subclasses it, so the methods with a body are defaults that only some sources override
+    (live sources seek and hold out windows; caches check their model)."""
+
     hooks: list[str]
+    """hook names served, in order."""
     d: dict[str, int]
+    """hook name -> row width."""
 
     def pieces(self, cursor: int = 0) -> Iterator[Piece]: ...
 
     def describe(self) -> dict: ...
 
+    def rank_rows(self) -> int:
+        """Rows this rank reads in one pass (sizes the LR schedule of a run without
+        total_tokens)."""
+        ...
 
-class LiveSource(SkipsNonFinite):
+    def position(self, cursor: int) -> list[int] | None:
+        """Where `cursor` is in the text, for `seek` (sources that can seek); else None."""
+        return None
+
+    def seek(self, cursor: int, position: list[int] | None) -> None:
+        """Let `pieces(cursor)` start at `position` (from `position`) without re-reading."""
+
+    def held_out(
+        self, store_cfg: StoreConfig, rank: int = 0, world_size: int = 1
+    ) -> ActivationSource | None:
+        """The source's own held-out rows (live: the held-out windows), or None."""
+        return None
+
+    def check_matches(self, model_name: str, hooks: list[str]) -> None:
+        """Refuse (ConfigError) a source made from another model or lacking a hook."""
+
+    @property
+    def runs_model(self) -> bool:
+        """True while reading runs a model forward (the progress bar says so)."""
+        return False
+
+    @property
+    def skipped_rows(self) -> int:
+        """Rows dropped for holding NaN or infinity (`skip_nonfinite`)."""
+        return 0
+
+
+class LiveSource(SkipsNonFinite, ActivationSource):
     """Run a Hugging Face model over token windows; rows are captured at `model_cfg.hooks`.
     Rows the model computes as NaN or infinite are refused (or dropped: `skip_nonfinite`)."""
 
@@ -239,8 +276,17 @@ class LiveSource(SkipsNonFinite):
         model, tokenizer = self.capture.model, self.windows.tokenizer
         return LiveSource(self.model_cfg, data, store_cfg, rank, world_size, model, tokenizer)
 
-    def count_rows(self) -> int:
-        """Rows one pass yields (tokenizing only, no forward pass)."""
+    @property
+    def runs_model(self) -> bool:
+        return not self.memoized
+
+    def rank_rows(self) -> int:
+        """Rows this rank's windows yield in one pass (tokenizing only, no forward pass)."""
+        if self.data_cfg.source != "builtin" and not Path(self.data_cfg.source).exists():
+            raise ConfigError(
+                f"data.source={self.data_cfg.source!r} is streamed from the Hub; set total_tokens "
+                "(the length of one pass cannot be known in advance)."
+            )
         return sum(int(self.keep_mask(w[None]).sum()) for _, w in self.windows.iter_from(0))
 
     def describe(self) -> dict:
@@ -256,7 +302,7 @@ class LiveSource(SkipsNonFinite):
         }
 
 
-class _RowFile(SkipsNonFinite):
+class _RowFile(SkipsNonFinite, ActivationSource):
     """Fixed-size row pieces over a row-indexable reader; rank r takes pieces j % world == r.
     Each piece read is screened for non-finite rows (`SkipsNonFinite`): the part of the file
     not scanned when it was opened (`check_rows_finite`) is checked here, as training reads it."""

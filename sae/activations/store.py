@@ -90,16 +90,6 @@ def fixed_chunks(
         yield Chunk(index, cut(rows), cut(meta), *start, end)
 
 
-def source_position(source: ActivationSource, cursor: int) -> list[int] | None:
-    """The text position of `cursor` for sources that can seek (live), else None."""
-    return source.position(cursor) if hasattr(source, "position") else None
-
-
-def source_seek(source: ActivationSource, cursor: int, position: list[int] | None) -> None:
-    if position is not None and hasattr(source, "seek"):
-        source.seek(cursor, position)
-
-
 class _Group(NamedTuple):
     """Rows of a group without copying them: a virtual concatenation of index sets into chunks."""
 
@@ -130,18 +120,21 @@ def _generator(seed: int, index: int, salt: int) -> torch.Generator:
 
 
 class ActivationStore:
-    """Yields `{hook: [batch, d]}` float32 batches, shuffled within a bounded buffer."""
+    """Yields `{hook: [batch, d]}` float32 batches, shuffled within a bounded buffer, as the
+    source gave them: the store never rescales (the trainer's `ActivationScale` does)."""
 
     def __init__(self, source: ActivationSource, cfg: StoreConfig, state: dict | None = None):
         self.source, self.cfg = source, cfg
         self.chunk_rows = cfg.buffer_tokens // 2
-        self.norm_factor: dict[str, float] | None = None
         self._group, self._offset, self._rows = 0, 0, 0
         self._chunk_cursors: dict[int, tuple[int, int]] = {}
         self._last_meta: dict[str, torch.Tensor] = {}
         # Called with True before each chunk is read from the source and False after: a
         # live source runs the model then, and the progress bar says so.
         self.on_fill: Callable[[bool], None] | None = None
+        # Called with the rows of the first chunk this store reads, in stream order, before any
+        # batch of it is yielded: a fresh run's activation scale is estimated on them.
+        self.on_first_chunk: Callable[[dict[str, torch.Tensor]], None] | None = None
         if state is not None:
             self._load_state(state)
 
@@ -164,8 +157,7 @@ class ActivationStore:
             "first_chunk_skip": skip,
             # Where that cursor is in the text (live sources): a resume seeks there instead of
             # re-reading and re-tokenizing everything before it.
-            "first_chunk_position": source_position(self.source, cursor),
-            "norm_factor": self.norm_factor,
+            "first_chunk_position": self.source.position(cursor),
         }
 
     def _load_state(self, state: dict) -> None:
@@ -187,8 +179,7 @@ class ActivationStore:
         self._chunk_cursors = {
             state["first_chunk"]: (state["first_chunk_cursor"], state["first_chunk_skip"])
         }
-        source_seek(self.source, state["first_chunk_cursor"], state.get("first_chunk_position"))
-        self.norm_factor = state["norm_factor"]
+        self.source.seek(state["first_chunk_cursor"], state.get("first_chunk_position"))
 
     @property
     def rows_yielded(self) -> int:
@@ -200,26 +191,6 @@ class ActivationStore:
         return self._last_meta
 
     # -- stream ----------------------------------------------------------------------------
-    def _estimate_norm(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
-        # Unit mean squared norm: the factor s with E||s x||^2 = 1, from the first chunk's finite
-        # rows (a NaN row's batch is skipped in training; it must not poison the scale).
-        # Summed in float64 blocks: a float64 copy of the whole chunk would double peak memory.
-        def factor(h: str, x: torch.Tensor) -> float:
-            total, n = 0.0, 0
-            for i in range(0, len(x), 8192):
-                blk = x[i : i + 8192].double()
-                ok = torch.isfinite(blk).all(1)
-                total, n = total + float(blk[ok].pow(2).sum()), n + int(ok.sum())
-            if total == 0:
-                raise ConfigError(
-                    f"the first {len(x):,} rows of hook {h!r} (the chunk the normalisation scale "
-                    "is measured on) are all zero or NaN; shuffle the rows or pass "
-                    "--store.normalize False."
-                )
-            return (total / n) ** -0.5
-
-        return {h: factor(h, x) for h, x in rows.items()}
-
     def _groups(self) -> Iterator[_Group]:
         first = max(self._group - 1, 0)
         cursor, skip = self._chunk_cursors.get(first, (0, 0))
@@ -232,8 +203,9 @@ class ActivationStore:
             self._chunk_cursors[chunk.index] = (chunk.cursor, chunk.skip)
             self._chunk_cursors[chunk.index + 1] = chunk.end  # known before chunk + 1 is read
             self._chunk_cursors.pop(chunk.index - 3, None)
-            if self.norm_factor is None:
-                self.norm_factor = self._estimate_norm(chunk.rows)
+            if self.on_first_chunk is not None:
+                self.on_first_chunk(chunk.rows)
+                self.on_first_chunk = None
             n = _len(chunk.rows)
             perm = torch.randperm(n, generator=_generator(seed, chunk.index, 0))
             a, b = perm[: n // 2], perm[n // 2 :]
@@ -258,7 +230,8 @@ class ActivationStore:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         B = self.cfg.batch_size
-        taken: list[tuple[dict, dict]] = []  # rows gathered for the batch being built
+        rows: list[dict] = []  # the parts gathered for the batch being built, and their meta
+        meta: list[dict] = []
         n, g = 0, self._group
         groups = self._groups()
         while (group := next(groups, None)) is not None:
@@ -269,25 +242,25 @@ class ActivationStore:
                 off = self._offset if g == self._group else 0
                 while off < size:
                     take = min(B - n, size - off)
-                    taken.append(group.take(perm[off : off + take]))
+                    part_rows, part_meta = group.take(perm[off : off + take])
+                    rows.append(part_rows)
+                    meta.append(part_meta)
                     n, off = n + take, off + take
                     if n == B:
-                        yield self._emit(taken, g, off, size)
-                        taken, n = [], 0
+                        yield self._emit(rows, meta, n, g, off, size)
+                        rows, meta, n = [], [], 0
             group = None  # drop the old chunk before the generator reads the next one
         if n:  # the short last batch; afterwards the position is past the final group
-            yield self._emit(taken, g, 1, 1)
+            yield self._emit(rows, meta, n, g, 1, 1)
 
-    def _emit(self, taken: list[tuple[dict, dict]], g: int, off: int, size: int):
-        batch = _cat([rows for rows, _ in taken])
-        self._last_meta = _cat([meta for _, meta in taken])
-        self._rows += _len(batch)
+    def _emit(self, rows: list[dict], meta: list[dict], n: int, g: int, off: int, size: int):
+        """The batch of the `n` rows gathered in `rows` (and `meta`), ending at `off` of group `g`
+        of `size` rows."""
+        self._last_meta = _cat(meta)
+        self._rows += n
         # Position of the next row: the rest of group g, or the start of group g + 1.
         self._group, self._offset = (g, off) if off < size else (g + 1, 0)
-        if self.cfg.normalize:
-            assert self.norm_factor is not None
-            batch = {h: x * self.norm_factor[h] for h, x in batch.items()}
-        return batch
+        return _cat(rows)
 
 
 def demo() -> None:
@@ -297,4 +270,4 @@ def demo() -> None:
     cfg = StoreConfig(buffer_tokens=16_384, batch_size=1024)
     store = ActivationStore(LiveSource(ModelConfig(), DataConfig(max_windows=256), cfg), cfg)
     for i, batch in enumerate(store):
-        print(i, {h: tuple(x.shape) for h, x in batch.items()}, store.norm_factor)
+        print(i, {h: tuple(x.shape) for h, x in batch.items()})

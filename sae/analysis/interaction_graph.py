@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Edges",
     "edge_mass",
     "sparsity",
     "mass_curve",
@@ -31,6 +32,17 @@ __all__ = [
     "edge_weights",
     "leiden",
 ]
+
+
+class Edges(NamedTuple):
+    """The edge matrices of one layer pair per basis, with the SAE's node ids: what the
+    interaction suite's figures draw (too large for report.json, so not in its results)."""
+
+    E: dict[str, Tensor]
+    """basis -> mean edge matrix [downstream directions, upstream nodes], constant nodes first;
+    "sae": columns [bias, live latents..., error]."""
+    sae_latents: list[int]
+    """the live latents' ids in the order of E["sae"]'s columns (empty without an SAE)."""
 
 
 def edge_mass(E_KoKi: Tensor, skip_const_in: bool, skip_const_out: bool) -> Tensor:

@@ -1,4 +1,4 @@
-"""Configuration: the dataclasses (`schema`), YAML and flags (`parse`), value types (`values`),
+"""Configuration: the dataclasses (`schema`), YAML and flags through tyro (`parse`),
 what the hardware computes natively (`hardware`), and `ConfigError`.
 
 Importing this package is light: `from sae.config import ConfigError` loads no torch and no

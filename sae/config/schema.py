@@ -1,7 +1,8 @@
 """Configuration: dataclasses with one documented field each, and the training constants.
 
 Every command takes a YAML file from configs/ and dotted overrides (`--data.context-size 64`);
-`sae/config/parse.py` turns these dataclasses into YAML and flags. Each dataclass checks itself in
+`sae/config/parse.py` reads both through tyro. A field typed `Suppress[...]` (tyro's marker) has
+no flag: it is set in the YAML file only, and `--help` names it. Each dataclass checks itself in
 `__post_init__`, so a bad value stops the run with one sentence before any work starts. Knobs
 that nobody tunes are constants below, each with the reason for its value.
 """
@@ -13,16 +14,33 @@ import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+
+from tyro.conf import Suppress
+from tyro.constructors import PrimitiveConstructorSpec
 
 from sae.analysis.synthetic import SyntheticConfig
 from sae.config.errors import ConfigError
 from sae.config.hardware import auto_dtype
-from sae.config.values import type_problem, yaml_load
 from sae.model.sae import SAEConfig
 
 StorageDtype = Literal["float32", "float16", "bfloat16"]
 ModelDtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+Autocast = Annotated[
+    bool | Literal["auto"],
+    PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="{auto,true,false}",
+        instance_from_str=lambda words: words[0] if words[0] == "auto" else words[0] == "true",
+        is_instance=lambda value: value == "auto" or isinstance(value, bool),
+        str_from_instance=lambda value: [str(value).lower()],
+        choices=("auto", "true", "false"),
+    ),
+]
+"""`autocast`'s type: `--autocast true|false|auto` as README spells it (tyro's own bool reads
+True/False)."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -92,7 +110,7 @@ class DataConfig:
     """column holding the text, for .jsonl/.parquet files and Hugging Face datasets."""
     context_size: int = 128
     """tokens per window, BOS included."""
-    bos: Literal["window", "document", "none"] = "window"
+    bos: Suppress[Literal["window", "document", "none"]] = "window"
     """where the model's BOS (CLS for BERT) goes: at the start of every window, at the start of
     every document in the packed stream, or nowhere."""
     max_windows: int | None = None
@@ -100,7 +118,7 @@ class DataConfig:
     eval_every: int = 5
     """every eval_every-th window is held out for evaluation (0: none held out); the default
     holds out about 108k of the built-in corpus's 548k tokens."""
-    part: Literal["train", "eval", "all"] = "train"
+    part: Suppress[Literal["train", "eval", "all"]] = "train"
     """which windows to read: the training part, the held-out part, or all of them."""
 
     def __post_init__(self) -> None:
@@ -145,9 +163,9 @@ class ModelConfig:
     """windows per forward pass."""
     trust_remote_code: bool = False
     """allow the model repository's own Python code to run (off unless you trust it)."""
-    revision: str | None = None
+    revision: Suppress[str | None] = None
     """Hub branch, tag or commit of the model (None: the default branch)."""
-    gguf_file: str | None = None
+    gguf_file: Suppress[str | None] = None
     """GGUF file inside the folder or Hub repo model.name names, whose config, weights
     (dequantized into model.dtype) and tokenizer load instead (None: no GGUF, or model.name is
     the .gguf file itself)."""
@@ -179,17 +197,17 @@ class StoreConfig:
     """activation rows held for shuffling (memory: about 0.75 x buffer_tokens x d_in x 4 bytes)."""
     batch_size: int = 1024
     """activation rows per batch."""
-    exclude_bos: bool = True
+    exclude_bos: Suppress[bool] = True
     """drop BOS/CLS positions (their outlier norms dominate second moments;
     docs/methods.md#special-token-exclusion)."""
-    exclude_special: bool = True
+    exclude_special: Suppress[bool] = True
     """drop every special token (SEP, EOS, PAD, ...), not only BOS."""
     normalize: bool = False
     """scale batches so the mean squared norm is 1 (factor estimated on the first chunk; in
     training, rank 0's factor for every rank, folded into the saved SAE)."""
     seed: int = 0
     """seed of the shuffle; the same seed and data give the same stream."""
-    skip_nonfinite: bool = False
+    skip_nonfinite: Suppress[bool] = False
     """drop activation rows holding NaN or infinity (counted at the end) instead of stopping
     with their count and first row index."""
 
@@ -276,7 +294,7 @@ class TrainConfig:
     activations: str | None = None
     """train on an activation cache folder, a [tokens, d_in] .npy/.safetensors file, or
     'synthetic' (the ground-truth generator configured in `synthetic`)."""
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: Suppress[SyntheticConfig] = field(default_factory=SyntheticConfig)
     """the synthetic ground truth (docs/methods.md#synthetic-generator), used when
     activations='synthetic'."""
     eval_activations: str | None = None
@@ -292,18 +310,18 @@ class TrainConfig:
     """Adam learning rate (dimensionless: the loss is an FVU); None: 1.2e-3 * sqrt(batch /
     1024) / sqrt(d_sae / 16384), batch in tokens over all ranks (`training.members.default_lr`;
     chosen by measurement: BENCHMARKS.md, 'Training defaults: the measurements behind them')."""
-    seed: int = 0
+    seed: Suppress[int] = 0
     """seed of the SAEs' initialisation (the shuffle has its own, store.seed)."""
-    dead_tokens: int | None = None
+    dead_tokens: Suppress[int | None] = None
     """a latent that has not fired for this many tokens is dead (feeds AuxK, the dead %); None:
     a 100th of the run's training tokens, at least one batch and at most 10M (Gao et al.'s
     window; `training.members.dead_window`)."""
     checkpoint_every: int = 1_000_000_000
     """tokens between checkpoints (0: by time only); a checkpoint is also written every
     CHECKPOINT_SECONDS of wall time (whichever comes first), at the end, and on SIGINT/SIGTERM."""
-    log_every: int = 10
+    log_every: Suppress[int] = 10
     """steps between log lines in metrics.jsonl (and wandb)."""
-    autocast: bool | Literal["auto"] = "auto"
+    autocast: Autocast = "auto"
     """bf16 autocast for the SAE step (weights, Adam moments and the loss reduction stay float32).
     'auto': on exactly where `model.dtype: auto` picks bfloat16 (the device multiplies it
     natively, `sae.config.hardware.native_bf16`), off elsewhere; resolved when training starts, so
@@ -312,7 +330,7 @@ class TrainConfig:
     """torch.compile the SAE step (GPU)."""
     wandb: Literal["disabled", "offline", "online"] = "disabled"
     """Weights & Biases logging mode."""
-    wandb_project: str = "sae"
+    wandb_project: Suppress[str] = "sae"
     """Weights & Biases project."""
     out: str = "checkpoints/default"
     """run folder: config.yaml, metrics.jsonl, checkpoints, final/<sae>/."""
@@ -367,6 +385,8 @@ class TrainConfig:
     def sweep_items(self) -> list[dict[str, Any]]:
         """The sweep as override dicts ([{}] for a single SAE)."""
         names = {f.name for f in dataclasses.fields(type(self.sae))} | set(_SWEEP_EXTRA_KEYS)
+        from sae.config.parse import typed
+
         hints = typing.get_type_hints(SAEConfig) | {
             "hook": str,
             "target_hook": str | None,
@@ -382,9 +402,8 @@ class TrainConfig:
                     bool(sep) and key in names,
                     f"sweep item {item!r}: {part!r} must be field=value with field one of {sorted(names)}.",
                 )
-                parsed = yaml_load(value)
-                problem = type_problem(parsed, hints.get(key, Any))
-                _check(problem is None, f"sweep item {item!r}: {key}={parsed!r} {problem}.")
+                name = f"sweep item {item!r}: {key}"
+                parsed = typed(hints[key], [value.strip()], name, "")
                 _check(
                     key != "lr" or parsed is None or parsed > 0,
                     f"sweep item {item!r}: lr={parsed!r} must be > 0.",

@@ -30,8 +30,8 @@ TRUST = "trust_remote_code"
 def trust_from_command_line(
     default: Any, read: Callable[[Any], dict[str, Any]], source: str
 ) -> dict[str, Any]:
-    """`read(default)`: the command line's flags applied to `default` (`read_flags` in
-    sae/config/parse.py, which calls this for every command), except that every
+    """`read(default)`: the command line's flags applied to `default` (`cli` in
+    sae/config/parse.py; `parse_cli` there calls this for every command), except that every
     `trust_remote_code` field is taken from the flags alone. `default` may have been read from a
     file (`source` names it): its `true` without the flag is a ConfigError naming the flag, so
     `--resume` of a run started with the flag needs it again; `--model.no-trust-remote-code`

@@ -52,7 +52,7 @@ file or folder recorded as data.source, is read only when --model-name or --data
 (metadata can come from anyone: sae.config.trust); 'builtin' and Hub names are used as recorded.
 An SAE whose metadata has `synthetic` is scored on held-out batches of its generator.
 
-report.json (schema_version 1):
+report.json (schema_version 1; written and read as `sae.io.records.Report`):
 
     schema_version: 1
     sae_version: package version that wrote it

@@ -44,7 +44,8 @@ def suite_module(name: str) -> ModuleType:
     return importlib.import_module(SUITES[name])
 
 
-class EvalTarget(NamedTuple):
+@dataclass(frozen=True, eq=False)
+class EvalTarget:
     """One SAE to evaluate and where its activations come from."""
 
     name: str
@@ -63,6 +64,9 @@ class EvalTarget(NamedTuple):
     """held-out windows of a live stream (None otherwise)."""
     provenance: dict[str, Any]
     """JSON-able description of the activations (model, hook, data and its origin, path)."""
+    windows_read: set[int] = field(default_factory=set)
+    """global indices of the windows the suites read from a live or cached stream (filled as
+    they read: `sae.eval.stream`); decides whether the text was held out from training."""
 
     @property
     def hook(self) -> str | None:

@@ -10,7 +10,7 @@ from typing import get_args
 import tyro
 
 from sae.config import ConfigError
-from sae.config.parse import checked, read_flags
+from sae.config.parse import cli
 from sae.config.schema import DataConfig, StorageDtype
 from sae.eval.base import SUITES
 from sae.interpret.llm import LLMConfig
@@ -91,7 +91,7 @@ class EvalConfig:
     model_name: str | None = None
     """the model to run (Hub name or local folder); None: the one the SAE's metadata records. A
     local folder recorded there is run only when named here (metadata can come from anyone)."""
-    model_dtype: str | None = None
+    model_dtype: StorageDtype | None = None
     """dtype the model computes in; None: as the SAE's metadata records (float32 if it does
     not). A value contradicting the metadata is refused: the SAE was trained on that model."""
     revision: str | None = None
@@ -162,10 +162,10 @@ class EvalConfig:
 
 
 def parse_args(argv: list[str]) -> EvalConfig:
-    """EvalConfig from command-line words; records which --data.* fields were given. Values are
-    checked after tyro has parsed them, so a bad one raises ConfigError (one line)."""
-    flags = read_flags(EvalConfig, None, argv, "sae eval")
-    return checked(EvalConfig, flags | {"data_fields": given_data_fields(argv)}, "the command line")
+    """EvalConfig from command-line words (a bad one: ConfigError, one line); records which
+    --data.* fields were given."""
+    cfg = cli(EvalConfig, argv, "sae eval")
+    return dataclasses.replace(cfg, data_fields=given_data_fields(argv))
 
 
 def given_data_fields(argv: list[str]) -> list[str]:

@@ -150,14 +150,14 @@ def _ablation_ce(target: EvalTarget, ctx: EvalContext, point) -> dict[int, tuple
     model, t0 = src.capture.model, time.perf_counter()
     capture = ActivationCapture(model, [point.name])  # stops at the hook: cheap
     total, count = None, 0
-    for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows):
+    for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows, target.windows_read):
         a = capture(wb.ids_BT)[point.name]
         rows_ND = a[wb.keep_BT.to(a.device)].double()
         total = rows_ND.sum(0) if total is None else total + rows_ND.sum(0)
         count += len(rows_ND)
     mean_D = (total / max(count, 1)).float()
     out: dict[int, tuple[float, float]] = {}
-    for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows):
+    for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows, target.windows_read):
         keep = wb.keep_BT.to(mean_D.device)[..., None]
         zero = forward(model, wb.ids_BT, replace=(point, lambda v, k=keep: v.masked_fill(k, 0.0)))
         ce_z = next_token_ce(zero.out, wb.ids_BT)
@@ -183,7 +183,7 @@ def _live(target: EvalTarget, ctx: EvalContext, sae, rec: _Recon) -> str:
     base = _ablation_ce(target, ctx, p_out) if kind == "causal_lm" else {}
     acc = rec.acc
     t0 = time.perf_counter()
-    for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows):
+    for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows, target.windows_read):
         t0 = _tick(ctx, "read + tokenise windows", t0)
         clean = forward(model, wb.ids_BT, capture=points)
         t0 = _tick(ctx, "clean forward", t0)

@@ -95,7 +95,7 @@ def _stream(target: EvalTarget, ctx: EvalContext, mlp) -> tuple[torch.Tensor, La
             src = target.source
             hook = target.source_hooks[0]
             capture = ActivationCapture(src.capture.model, [hook, mlp.module])
-            for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows):
+            for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows, target.windows_read):
                 acts = capture(wb.ids_BT)
                 keep = wb.keep_BT.to(acts[hook].device)
                 x = acts[hook][keep].float().to(device)

@@ -56,7 +56,14 @@ from sae.analysis.interaction_basis import (
     neuron_basis,
     pca_basis,
 )
-from sae.analysis.interaction_graph import keep_mask, leiden, mass_curve, min_kept, sparsity
+from sae.analysis.interaction_graph import (
+    Edges,
+    keep_mask,
+    leiden,
+    mass_curve,
+    min_kept,
+    sparsity,
+)
 from sae.analysis.interaction_jacobian import (
     edge_sums,
     ig_rows,
@@ -110,9 +117,16 @@ def check(target: EvalTarget) -> None:
         )
 
 
-def collect(model, hook: str, source, max_tokens: int, window_tokens: int = 64) -> list[Batch]:
+def collect(
+    model,
+    hook: str,
+    source,
+    max_tokens: int,
+    window_tokens: int = 64,
+    read: set[int] | None = None,
+) -> list[Batch]:
     """Replayable calls of the reading block over held-out windows cut to `window_tokens` tokens,
-    until `max_tokens` kept rows are read."""
+    until `max_tokens` kept rows are read; `read` collects the windows' global indices."""
     rb = reading_block(model, hook)
     assert rb is not None
     mlp = mlp_read(model, hook)
@@ -126,7 +140,8 @@ def collect(model, hook: str, source, max_tokens: int, window_tokens: int = 64) 
 
     out = []
     seen = 0
-    for wb in window_batches(source, 1 << 62, WINDOWS_PER_CALL):  # cut below, stop at max_tokens
+    # cut below, stop at max_tokens
+    for wb in window_batches(source, 1 << 62, WINDOWS_PER_CALL, set() if read is None else read):
         ids, keep = wb.ids_BT[:, :window_tokens], wb.keep_BT[:, :window_tokens].cpu()
         down = partial(downstream, ids_BT=ids)
         out.append(Batch(block_call(model, rb, ids, extra), keep, down, ids, kind))
@@ -197,9 +212,15 @@ class DownstreamLoss:
         return num / self.var if self.var > 0 else 0.0
 
 
+class Analysis(NamedTuple):
+    results: dict[str, Any]
+    """JSON-able: the suite's results in report.json."""
+    edges: Edges
+
+
 def analyse(
     batches: list[Batch], sae=None, seed: int = 0, cfg: InteractionConfig | None = None
-) -> dict[str, Any]:
+) -> Analysis:
     """The whole layer-pair analysis (see the module docstring); `sae=None`: bases only."""
     cfg = cfg or InteractionConfig()
     d = batches[0].call.x_BTD.shape[-1]
@@ -284,9 +305,9 @@ def analyse(
     loss = DownstreamLoss(abl)
     res["loss"] = {"kind": loss.kind, "name": loss.name, "clean": loss.clean_ce,
                    "ablation_tokens": int(sum(int(b.keep_BT.sum()) for b in abl))}  # fmt: skip
-    res["_E"] = {}
+    E_mean: dict[str, Tensor] = {}
     for k, basis in bases.items():
-        Ek = res["_E"][k] = E[k] / rows_n
+        Ek = E_mean[k] = E[k] / rows_n
         r = {"directions": basis.k - 1, "sparsity": sparsity(Ek)}
         r["completeness_error"] = (comp[k][0] / comp[k][1]) ** 0.5
         r["edges_needed"] = _edges_needed(abl, loss, basis, out, Ek, cfg.tol)
@@ -301,11 +322,13 @@ def analyse(
         res["bases"][k] = r
         res["curves"]["mass"][k] = mass_curve(Ek)
         res["curves"]["directions"][k] = _direction_curve(abl, loss, basis)
+    live: list[int] = []
     if sae is not None:
-        sae_res, res["_E"]["sae"] = _sae_results(E_sae / rows_n, comp["sae"], sae, batches, bases)
-        res |= sae_res
-        res["curves"]["mass"]["sae"] = mass_curve(res["_E"]["sae"])
-    return res
+        res["sae"], E_mean["sae"], live = _sae_results(
+            E_sae / rows_n, comp["sae"], sae, batches, bases
+        )
+        res["curves"]["mass"]["sae"] = mass_curve(E_mean["sae"])
+    return Analysis(res, Edges(E_mean, live))
 
 
 def _add_completeness(acc: list[float], got: Tensor, want: Tensor, mask: Tensor) -> None:
@@ -313,10 +336,10 @@ def _add_completeness(acc: list[float], got: Tensor, want: Tensor, mask: Tensor)
     acc[1] += float((want.pow(2) * mask).sum())
 
 
-def _sae_results(E, comp, sae, batches, bases) -> tuple[dict[str, Any], Tensor]:
+def _sae_results(E, comp, sae, batches, bases) -> tuple[dict[str, Any], Tensor, list[int]]:
     """SAE edges (columns reordered [bias, live latents..., error], so the bias node is the free
-    constant node; `_sae_latents` gives the live latents' ids for the figures), error/bias
-    shares, decoder alignment and subspace capture."""
+    constant node), error/bias shares, decoder alignment and subspace capture; the reordered
+    edges and the live latents' ids (the figures' node labels)."""
     m = sae.cfg.d_sae
     live = (E[:, :m].sum(0) > 0).nonzero().flatten()
     Es = torch.cat([E[:, m + 1 :], E[:, live], E[:, m : m + 1]], 1)
@@ -351,7 +374,7 @@ def _sae_results(E, comp, sae, batches, bases) -> tuple[dict[str, Any], Tensor]:
     curves = {"r": grid.tolist(), "baseline": phi["pca"].baseline_R[grid - 1].tolist()}
     curves |= {k: p.phi_R[grid - 1].tolist() for k, p in phi.items()}
     r["alignment"], r["phi"] = al, curves
-    return {"sae": r, "_sae_latents": live.tolist()}, Es
+    return r, Es, live.tolist()
 
 
 def _replay(b: Batch, f_BTF: Tensor) -> Tensor:
@@ -429,15 +452,13 @@ def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
     rb = reading_block(model, target.hook)
     cfg = ctx.interaction or InteractionConfig()
     batches = collect(model, target.hook, target.source, min(ctx.eval_tokens, cfg.moment_tokens),
-                      cfg.window_tokens)  # fmt: skip
+                      cfg.window_tokens, target.windows_read)  # fmt: skip
     sae = target.sae.to(batches[0].call.x_BTD.device).eval()
-    res = analyse(batches, sae, ctx.seed, cfg)
-    E = res.pop("_E")
-    res = {"reads": rb.why, **res}
+    analysis = analyse(batches, sae, ctx.seed, cfg)
+    res = {"reads": rb.why, **analysis.results}
     figs = {}
     for name, draw in iplots.FIGURES.items():
-        if draw(ctx.figure_path(target, name), res, E, target.name):
+        if draw(ctx.figure_path(target, name), res, analysis.edges, target.name):
             figs[name] = ctx.figure_path(target, name)
-    res.pop("_sae_latents", None)  # the figures' SAE node labels, too long for report.json
     rel = {k: str(p.relative_to(ctx.out)) for k, p in figs.items()}
     return SuiteResult(res, rel, iplots.markdown(res, rel))

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
+from sae.analysis.interaction_graph import Edges
 from sae.eval import plots
 from sae.eval.plots import plt
 
@@ -17,11 +17,12 @@ LABELS = {"neuron": "neurons", "pca": "PCA", "lib": "LIB", "sae": "SAE"}
 TOP_NODES = 10
 
 
-def interaction_graph(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
+def interaction_graph(path: Path, res: dict, edges: Edges, title: str) -> bool:
     """Bipartite graph per basis: the TOP_NODES strongest upstream and downstream nodes (by edge
     mass, constant nodes left out), line width ∝ edge strength within the panel. Nodes are
     labelled by direction index (1 = the first after the constant); SAE nodes by latent id
-    (`res["_sae_latents"]`, the live latents in the order of E["sae"]'s columns) and "error"."""
+    (`edges.sae_latents`, the live latents in the order of E["sae"]'s columns) and "error"."""
+    E = edges.E
     fig, axes = plt.subplots(1, len(E), figsize=(3.2 * len(E), 4.2), squeeze=False)
     for ax, (name, Ek) in zip(axes[0], E.items(), strict=True):
         M = Ek[1:, 1:].numpy()
@@ -38,8 +39,8 @@ def interaction_graph(path: Path, res: dict, E: dict[str, Tensor], title: str) -
         ax.scatter(np.zeros(len(up)), ys_u, s=30, color="C1", zorder=3)
         ax.scatter(np.ones(len(down)), ys_d, s=30, color="C2", zorder=3)
         for j, u in enumerate(up):
-            ax.text(-0.05, ys_u[j], _node_label(name, int(u), M.shape[1], res), ha="right",
-                    va="center", fontsize=6)  # fmt: skip
+            label = _node_label(name, int(u), M.shape[1], edges.sae_latents)
+            ax.text(-0.05, ys_u[j], label, ha="right", va="center", fontsize=6)
         for i, o in enumerate(down):
             ax.text(1.05, ys_d[i], str(o + 1), ha="left", va="center", fontsize=6)
         ax.set_xlim(-0.3, 1.3)
@@ -50,15 +51,15 @@ def interaction_graph(path: Path, res: dict, E: dict[str, Tensor], title: str) -
     return True
 
 
-def _node_label(name: str, u: int, n_cols: int, res: dict) -> str:
+def _node_label(name: str, u: int, n_cols: int, sae_latents: list[int]) -> str:
     """Upstream node u of a panel (constant node dropped): SAE columns are [live latents...,
     error], labelled by latent id; a basis's directions by their index."""
     if name != "sae":
         return str(u + 1)
-    return "error" if u == n_cols - 1 else str(res["_sae_latents"][u])
+    return "error" if u == n_cols - 1 else str(sae_latents[u])
 
 
-def edge_mass(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
+def edge_mass(path: Path, res: dict, edges: Edges, title: str) -> bool:
     """Fraction of edge mass against edges kept (strongest first), per basis."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for name, c in res["curves"]["mass"].items():
@@ -80,7 +81,7 @@ def edge_mass(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
     return True
 
 
-def ablation(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
+def ablation(path: Path, res: dict, edges: Edges, title: str) -> bool:
     """Downstream loss against directions kept (by Λ) and against edges kept (edge ablation)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     floor = 1e-6  # the loss is ~0 with everything kept (or below 0 by chance): drawn at the floor
@@ -102,7 +103,7 @@ def ablation(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
     return True
 
 
-def capture(path: Path, res: dict, E: dict[str, Tensor], title: str) -> bool:
+def capture(path: Path, res: dict, edges: Edges, title: str) -> bool:
     if "sae" not in res:
         return False
     phi = res["sae"]["phi"]

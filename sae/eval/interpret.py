@@ -77,7 +77,7 @@ def collect(target: EvalTarget, ctx: EvalContext) -> tuple[Corpus, Events]:
     }
     offset = 0
     bar = tqdm(total=ctx.eval_tokens, unit="tok", unit_scale=True, desc=f"interpret {target.name}")
-    for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows):
+    for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows, target.windows_read):
         B, T = wb.ids_BT.shape
         with torch.no_grad():
             a_BTM = sae.encode(src.capture(wb.ids_BT)[hook].float().to(device))

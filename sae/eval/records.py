@@ -41,6 +41,7 @@ from sae.fsutil import (
     sha256_json,
     sha256_tensors,
 )
+from sae.io.records import RecordError, RecordsContext, RecordsInfo
 
 RECORDS_VERSION = 1
 
@@ -82,7 +83,7 @@ def _batches(target: EvalTarget, ctx: EvalContext, sae, device):
     hook = target.source_hooks[0]
     if target.stream == "live":
         src = target.source
-        for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows):
+        for wb in window_batches(src, ctx.eval_tokens, ctx.batch_windows, target.windows_read):
             x_BTD = src.capture(wb.ids_BT)[hook].float().to(device)
             with torch.no_grad():
                 a_BTM = sae.encode(x_BTD)
@@ -125,8 +126,7 @@ def records_pass(
     folder = ctx.out / target.name / "records"
     ident = _identity(target, ctx, settings)
     key = sha256_json(ident)
-    done = folder / "records.json"
-    if done.is_file() and _read_json(done).get("identity_sha256") == key:
+    if _finished_identity(folder) == key:
         return folder
     device = resolve_device(ctx.device)
     sae = target.sae.to(device).eval()
@@ -164,11 +164,21 @@ def records_pass(
         if (i + 1) % SAVE_EVERY == 0:
             _save_state(folder, acc, windows, i + 1, key)
     bar.close()
-    _write_records(target, folder, acc, torch.cat(windows) if windows else torch.zeros(0), ident)
-    atomic_write_json(done, _read_json(done) | {"identity_sha256": key})
+    read = torch.cat(windows) if windows else torch.zeros(0)
+    _write_records(target, folder, acc, read, ident, key)
     for name in ("state.safetensors", "state.json"):
         remove(folder / name, "report")
     return folder
+
+
+def _finished_identity(folder: Path) -> str | None:
+    """The identity hash of the finished records in `folder` (None: none, or unreadable)."""
+    if not (folder / RecordsInfo.FILE).is_file():
+        return None
+    try:
+        return RecordsInfo.read(folder).identity_sha256
+    except RecordError:
+        return None
 
 
 def _read_json(path: Path) -> dict:
@@ -192,7 +202,9 @@ def _model_and_tokenizer(target: EvalTarget):
     return src.capture.model, src.windows.tokenizer
 
 
-def _write_records(target: EvalTarget, folder: Path, acc: Accumulator, windows, ident) -> None:
+def _write_records(
+    target: EvalTarget, folder: Path, acc: Accumulator, windows, ident, key: str
+) -> None:
     st, cfg = acc.state_dict(), RecordSettings(**ident["settings"])
     model, tokenizer = _model_and_tokenizer(target)
     n = int(st["n_tokens"])
@@ -224,24 +236,22 @@ def _write_records(target: EvalTarget, folder: Path, acc: Accumulator, windows, 
         prov |= held_out_summary(prov.get("train_data"), prov["data"], windows)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(folder / "records.safetensors", tensors)
-    atomic_write_json(
-        folder / "records.json",
-        {
-            "records_version": RECORDS_VERSION,
-            "sae": target.name,
-            "sae_folder": str(target.folder),
-            "d_sae": target.sae.cfg.d_sae,
-            "tokens": n,
-            "settings": ident["settings"],
-            "context": {"before": cfg.before, "after": cfg.after, "pad_token": -1},
-            "activations": prov,
-            "logit_effects": logit_info,
-            "correlated_latents": "corr_latent_idx" in tensors
-            or f"skipped: d_sae > {MAX_CORR_LATENTS} would need a d_sae² matrix",
-            "identity": ident,
-            "token_strings": {str(k): v for k, v in strings.items()},
-        },
-    )
+    RecordsInfo(
+        records_version=RECORDS_VERSION,
+        sae=target.name,
+        sae_folder=str(target.folder),
+        d_sae=target.sae.cfg.d_sae,
+        tokens=n,
+        settings=ident["settings"],
+        context=RecordsContext(before=cfg.before, after=cfg.after, pad_token=-1),
+        activations=prov,
+        logit_effects=logit_info,
+        correlated_latents="corr_latent_idx" in tensors
+        or f"skipped: d_sae > {MAX_CORR_LATENTS} would need a d_sae² matrix",
+        identity=ident,
+        token_strings={str(k): v for k, v in strings.items()},
+        identity_sha256=key,
+    ).write(folder)
     columns = {
         "frequency": tensors["frequency"].numpy(),
         "mean_activation": tensors["mean_activation"].numpy(),
@@ -261,20 +271,21 @@ def target_table(target: EvalTarget, records_folder: Path) -> Path:
 
 def run(target: EvalTarget, ctx: EvalContext) -> SuiteResult:
     folder = records_pass(target, ctx)
-    info = _read_json(folder / "records.json")
+    info = RecordsInfo.read(folder)
     dead = int((load_file(str(folder / "records.safetensors"))["fired"] == 0).sum())
     rel = str(folder.relative_to(ctx.out))
     results = {
-        "tokens": info["tokens"],
+        "tokens": info.tokens,
         "dead": dead,
         "records": rel,
         "latents_table": str((folder.parent / "latents.parquet").relative_to(ctx.out)),
-        "logit_effects": info["logit_effects"],
-        "settings": info["settings"],
+        "logit_effects": info.logit_effects,
+        "settings": info.settings,
     }
+    logits = info.logit_effects
     md = (
-        f"Feature records of {info['d_sae']:,} latents over {info['tokens']:,} tokens "
+        f"Feature records of {info.d_sae:,} latents over {info.tokens:,} tokens "
         f"({dead} never fired) in `{rel}/`; per-latent table `{results['latents_table']}`. "
-        f"Logit effects: {info['logit_effects'].get('kind') or info['logit_effects'].get('skipped')}."
+        f"Logit effects: {logits.get('kind') or logits.get('skipped')}."
     )
     return SuiteResult(results, {}, md)

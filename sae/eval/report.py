@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from sae.eval import plots
 from sae.eval.base import EvalContext, EvalTarget, SuiteResult, fmt
 from sae.eval.stream import finish_provenance
-from sae.fsutil import atomic_write_json, atomic_write_text
+from sae.fsutil import atomic_write_text
+from sae.io.records import Report, ReportEntry, clean_json
 
 if TYPE_CHECKING:
     from sae.eval.config import EvalConfig
@@ -33,8 +33,8 @@ def _sae_block(target: EvalTarget) -> dict[str, Any]:
     return block
 
 
-def _frontier(ctx: EvalContext, entries: list[dict]) -> dict[str, Any] | None:
-    cores = [(e["name"], e["results"]["core"]) for e in entries if "core" in e["results"]]
+def _frontier(ctx: EvalContext, entries: list[ReportEntry]) -> dict[str, Any] | None:
+    cores = [(e.name, e.results["core"]) for e in entries if "core" in e.results]
     if len(cores) < 2:
         return None
     kinds = [c["downstream"]["kind"] for _, c in cores if c["downstream"]["kind"]]
@@ -63,66 +63,72 @@ def _frontier(ctx: EvalContext, entries: list[dict]) -> dict[str, Any] | None:
     }
 
 
+def _text(v: Any) -> str | None:
+    """A metadata name as report.json types it (another library's cfg.json may hold anything)."""
+    return v if v is None or isinstance(v, str) else str(v)
+
+
 def build_report(
     cfg: EvalConfig, ctx: EvalContext, results: list[tuple[EvalTarget, dict[str, SuiteResult]]]
-) -> dict[str, Any]:
+) -> Report:
+    """The report record; non-finite numbers already null (JSON has none), as written."""
     entries = []
     for target, per_suite in results:
         meta = target.meta
         entries.append(
-            {
-                "name": target.name,
-                "folder": str(target.folder),
-                "sae": _sae_block(target),
-                "model": meta.get("model_name"),
-                "hook": meta.get("hook_name"),
-                "target_hook": meta.get("target_hook_name"),
-                "tokens_trained": meta.get("tokens_trained"),
-                "activations": finish_provenance(target),
-                "results": {s: r.results for s, r in per_suite.items()},
-                "figures": {s: r.figures for s, r in per_suite.items()},
-            }
+            ReportEntry(
+                name=target.name,
+                folder=str(target.folder),
+                sae=_sae_block(target),
+                model=_text(meta.get("model_name")),
+                hook=_text(meta.get("hook_name")),
+                target_hook=_text(meta.get("target_hook_name")),
+                tokens_trained=clean_json(meta.get("tokens_trained")),
+                activations=clean_json(finish_provenance(target)),
+                results={s: clean_json(r.results) for s, r in per_suite.items()},
+                figures={s: r.figures for s, r in per_suite.items()},
+            )
         )
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "sae_version": version("sae"),
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": dataclasses.asdict(cfg),
-        "suites": cfg.suites,
-        "timings_s": {k: round(v, 3) for k, v in ctx.timings.items()},
-        "saes": entries,
-        "frontier": _frontier(ctx, entries),
-    }
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        sae_version=version("sae"),
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        config=clean_json(dataclasses.asdict(cfg)),
+        suites=list(cfg.suites),
+        timings_s={k: round(v, 3) for k, v in ctx.timings.items()},
+        saes=entries,
+        frontier=clean_json(_frontier(ctx, entries)),
+    )
 
 
-def render_markdown(report: dict[str, Any], results) -> str:
-    cfg = report["config"]
+def render_markdown(report: Report, results) -> str:
+    cfg = report.config
     lines = [
         "# sae eval report",
         "",
-        f"Created {report['created_utc']} by sae {report['sae_version']}; suites "
-        f"{', '.join(report['suites'])}; up to {cfg['eval_tokens']:,} tokens per SAE; "
+        f"Created {report.created_utc} by sae {report.sae_version}; suites "
+        f"{', '.join(report.suites)}; up to {cfg['eval_tokens']:,} tokens per SAE; "
         f"{cfg['n_boot']} bootstrap resamples.",
         "",
     ]
-    for entry, (_, per_suite) in zip(report["saes"], results, strict=True):
-        s, a = entry["sae"], entry["activations"]
+    for entry, (_, per_suite) in zip(report.saes, results, strict=True):
+        s, a = entry.sae, entry.activations
         shape = f"{s['architecture']}, d_in {s['d_in']}, d_sae {s['d_sae']}"
         shape += f", k {s['k']}" if "k" in s else ""
         shape += f", d_out {s['d_out']} (transcoder)" if s["d_out"] else ""
         lines += [
-            f"## {entry['name']}",
+            f"## {entry.name}",
             "",
-            f"- folder: `{entry['folder']}`",
+            f"- folder: `{entry.folder}`",
             f"- SAE: {shape}",
         ]
-        if entry["model"] and entry["hook"]:
+        if entry.model and entry.hook:
             lines.append(
-                f"- model: `{entry['model']}`, hook `{entry['hook']}`"
-                + (f" -> `{entry['target_hook']}`" if entry["target_hook"] else "")
+                f"- model: `{entry.model}`, hook `{entry.hook}`"
+                + (f" -> `{entry.target_hook}`" if entry.target_hook else "")
             )
-        if entry["tokens_trained"] is not None:
-            n = entry["tokens_trained"]
+        if entry.tokens_trained is not None:
+            n = entry.tokens_trained
             lines.append(
                 f"- trained on {n:,} tokens" if isinstance(n, int) else f"- trained on {n}"
             )
@@ -141,7 +147,7 @@ def render_markdown(report: dict[str, Any], results) -> str:
         for suite, r in per_suite.items():
             lines += ["", f"### {suite}", "", r.markdown]
         lines.append("")
-    fr = report["frontier"]
+    fr = report.frontier
     if fr:
         lines += [
             "## Sparsity-fidelity frontier",
@@ -158,22 +164,11 @@ def render_markdown(report: dict[str, Any], results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _clean(obj: Any) -> Any:
-    """Strict JSON: non-finite floats become null, tuples become lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def write_report(
     cfg: EvalConfig, ctx: EvalContext, results: list[tuple[EvalTarget, dict[str, SuiteResult]]]
 ) -> Path:
-    report = _clean(build_report(cfg, ctx, results))
+    report = build_report(cfg, ctx, results)
     out = Path(ctx.out)
-    atomic_write_json(out / "report.json", report)
+    path = report.write(out)
     atomic_write_text(out / "report.md", render_markdown(report, results))
-    return out / "report.json"
+    return path

@@ -7,7 +7,6 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -20,6 +19,7 @@ from sae.eval.config import EvalConfig, parse_args
 from sae.eval.stream import SYNTHETIC_HELDOUT_START
 from sae.fsutil import claim, require_ours
 from sae.io import load as load_sae
+from sae.model.sae import SAE
 
 _DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
 
@@ -64,7 +64,7 @@ def _check_width(what: str, width: int, folder: Path, name: str, expected: int) 
         )
 
 
-def _file_target(folder: Path, sae, meta: dict, cfg: EvalConfig) -> dict[str, Any]:
+def _file_target(name: str, folder: Path, sae, meta: dict, cfg: EvalConfig) -> EvalTarget:
     src = open_source(cfg.activations, ModelConfig(), DataConfig(), StoreConfig())
     hook_in, hook_out = meta.get("hook_name"), meta.get("target_hook_name")
     if isinstance(src, MatrixSource):
@@ -89,12 +89,20 @@ def _file_target(folder: Path, sae, meta: dict, cfg: EvalConfig) -> dict[str, An
     if hook_out:
         _check_width(f"{what} ({hook_out})", src.d[hook_out], folder, "d_out", sae.cfg.width_out)
     prov = {**src.describe(), "hook": hook_in, "target_hook": hook_out, "held_out": "unknown"}
-    return dict(
-        stream="file", source=src, source_hooks=(hook_in, hook_out), data=None, provenance=prov
+    return EvalTarget(
+        name=name,
+        folder=_where(folder),
+        sae=sae,
+        meta=meta,
+        stream="file",
+        source=src,
+        source_hooks=(hook_in, hook_out),
+        data=None,
+        provenance=prov,
     )
 
 
-def _synthetic_target(folder: Path, sae, meta: dict) -> dict[str, Any]:
+def _synthetic_target(name: str, folder: Path, sae, meta: dict) -> EvalTarget:
     from sae.analysis.synthetic import SyntheticConfig, SyntheticData
 
     try:
@@ -110,7 +118,11 @@ def _synthetic_target(folder: Path, sae, meta: dict) -> dict[str, Any]:
         "first_batch_index": SYNTHETIC_HELDOUT_START,
         "held_out": True,
     }
-    return dict(
+    return EvalTarget(
+        name=name,
+        folder=_where(folder),
+        sae=sae,
+        meta=meta,
         stream="synthetic",
         source=SyntheticData(gen),
         source_hooks=("synthetic", None),
@@ -119,7 +131,9 @@ def _synthetic_target(folder: Path, sae, meta: dict) -> dict[str, Any]:
     )
 
 
-def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContext) -> dict:
+def _live_target(
+    name: str, folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContext
+) -> EvalTarget:
     from sae.activations.capture import load_model, recorded_model_config
 
     model_name, hook, target = (
@@ -182,41 +196,62 @@ def _live_target(folder: Path, sae, meta: dict, cfg: EvalConfig, ctx: EvalContex
         "exclude_bos": store.exclude_bos,
         "exclude_special": store.exclude_special,
     }
-    return dict(stream="live", source=src, source_hooks=(hook, target), data=data, provenance=prov)
+    return EvalTarget(
+        name=name,
+        folder=_where(folder),
+        sae=sae,
+        meta=meta,
+        stream="live",
+        source=src,
+        source_hooks=(hook, target),
+        data=data,
+        provenance=prov,
+    )
 
 
-def prepare(cfg: EvalConfig, ctx: EvalContext) -> list[EvalTarget]:
-    """Every SAE loaded and matched to its activations, every suite's check passed."""
+def _where(folder: Path) -> Path:
+    """The SAE's folder as reports record it: absolute; a Hub repo id stays as given."""
+    return folder.resolve() if folder.exists() else folder
+
+
+def _load(d: str) -> SAE:
+    folder = Path(d)
+    try:
+        return load_sae(folder if folder.exists() else d)  # a folder, or a Hub repo id
+    except Exception as e:  # missing files, bad JSON, corrupt safetensors, shape mismatch
+        raise ConfigError(f"cannot load SAE folder {d!r}: {first_line(e)}") from None
+
+
+def prepare(cfg: EvalConfig, ctx: EvalContext, loaded: list[SAE] | None = None) -> list[EvalTarget]:
+    """Every SAE loaded (or taken from `loaded`, one per cfg.sae_dirs) and matched to its
+    activations, every suite's check passed."""
+    if loaded is not None and len(loaded) != len(cfg.sae_dirs):
+        raise ValueError(f"{len(loaded)} SAEs loaded for {len(cfg.sae_dirs)} SAE folders")
     targets: list[EvalTarget] = []
     used: set[str] = set()
-    for d in cfg.sae_dirs:
+    for i, d in enumerate(cfg.sae_dirs):
         folder = Path(d)
-        try:
-            sae = load_sae(folder if folder.exists() else d)  # a folder, or a Hub repo id
-        except Exception as e:  # missing files, bad JSON, corrupt safetensors, shape mismatch
-            first = first_line(e)
-            raise ConfigError(f"cannot load SAE folder {d!r}: {first}") from None
+        sae = loaded[i] if loaded is not None else _load(d)
         meta = dict(sae.metadata)
-        name, i = folder.resolve().name, 2
+        name, n = folder.resolve().name, 2
         while name in used:
-            name, i = f"{folder.resolve().name}-{i}", i + 1
+            name, n = f"{folder.resolve().name}-{n}", n + 1
         used.add(name)
         if cfg.activations is not None:
-            kw = _file_target(folder, sae, meta, cfg)
+            target = _file_target(name, folder, sae, meta, cfg)
         elif "synthetic" in meta:
-            kw = _synthetic_target(folder, sae, meta)
+            target = _synthetic_target(name, folder, sae, meta)
         else:
-            kw = _live_target(folder, sae, meta, cfg, ctx)
-        where = folder.resolve() if folder.exists() else folder  # a Hub repo id stays as given
-        target = EvalTarget(name=name, folder=where, sae=sae, meta=meta, **kw)
+            target = _live_target(name, folder, sae, meta, cfg, ctx)
         for suite in cfg.suites:
             suite_module(suite).check(target)
         targets.append(target)
     return targets
 
 
-def run_eval(cfg: EvalConfig) -> Path:
-    """Run `cfg.suites` on every SAE and write report.json, report.md and PNGs; return the folder."""
+def run_eval(cfg: EvalConfig, loaded: list[SAE] | None = None) -> Path:
+    """Run `cfg.suites` on every SAE and write report.json, report.md and PNGs; return the folder.
+    `loaded`: the SAEs of cfg.sae_dirs, in order, where the caller has loaded them already."""
     out = Path(cfg.out)
     ctx = EvalContext(
         eval_tokens=cfg.eval_tokens,
@@ -230,7 +265,7 @@ def run_eval(cfg: EvalConfig) -> Path:
     )
     require_ours(out, "report")  # before any model loads: a folder not ours is one line
     t_start = time.perf_counter()
-    targets = prepare(cfg, ctx)
+    targets = prepare(cfg, ctx, loaded)
     ctx.timings["prepare (load models, check inputs)"] = time.perf_counter() - t_start
     claim(out, "report")
     results: list[tuple[EvalTarget, dict[str, SuiteResult]]] = []

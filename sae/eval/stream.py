@@ -8,7 +8,6 @@ rows stand in for them (synthetic rows are i.i.d., so any grouping is exact ther
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -24,18 +23,6 @@ SYNTHETIC_HELDOUT_START = 1 << 40
 """first synthetic batch index scored; [inferred] training reads batches from index 0 upward,
 so these are never seen in training (SyntheticData batches are pure functions of the index)."""
 SYNTHETIC_BATCH_ROWS = 4096
-
-_WINDOWS_READ: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
-"""source -> global indices of the windows the suites read from it (provenance: held out?)."""
-
-
-def _note_windows(source: Any, window_N: Tensor) -> None:
-    _WINDOWS_READ.setdefault(source, set()).update(torch.unique(window_N).tolist())
-
-
-def windows_read(source: Any) -> list[int]:
-    """Sorted global indices of every window read from `source` so far in this process."""
-    return sorted(_WINDOWS_READ.get(source, ()))
 
 
 class RowBatch(NamedTuple):
@@ -56,15 +43,18 @@ class WindowBatch(NamedTuple):
     """positions the SAE was trained on (BOS/special excluded as recorded in its metadata)."""
 
 
-def window_batches(src: LiveSource, max_tokens: int, batch_windows: int) -> Iterator[WindowBatch]:
+def window_batches(
+    src: LiveSource, max_tokens: int, batch_windows: int, read: set[int]
+) -> Iterator[WindowBatch]:
     """Held-out windows in order, `batch_windows` at a time, until `max_tokens` kept positions
-    have been read (whole windows: the total may pass `max_tokens` by less than one window)."""
+    have been read (whole windows: the total may pass `max_tokens` by less than one window).
+    Their global indices go into `read` (a target's `windows_read`: was the text held out?)."""
     batch: list[tuple[int, Tensor, Tensor]] = []
     total = 0
 
     def emit() -> WindowBatch:
         idx, ids, keep = zip(*batch, strict=True)
-        _note_windows(src, torch.tensor(idx))
+        read.update(idx)
         return WindowBatch(torch.tensor(idx), torch.stack(ids), torch.stack(keep))
 
     for i, w_T in src.windows.iter_from(0):
@@ -100,7 +90,7 @@ def rows(target: EvalTarget, max_tokens: int) -> Iterator[RowBatch]:
         y_ND = piece.rows[hook_out] if hook_out else x_ND
         if "window" in piece.meta:
             window_N = piece.meta["window"][:n].long()
-            _note_windows(target.source, window_N)
+            target.windows_read.update(torch.unique(window_N).tolist())
         else:
             window_N = (piece.cursor + torch.arange(n)) // BLOCK_ROWS
         yield RowBatch(x_ND[:n], y_ND[:n], window_N)
@@ -116,6 +106,5 @@ def finish_provenance(target: EvalTarget) -> dict[str, Any]:
     prov = dict(target.provenance)
     if target.stream != "live":
         return prov
-    return prov | held_out_summary(
-        prov.get("train_data"), prov["data"], windows_read(target.source)
-    )
+    read = sorted(target.windows_read)
+    return prov | held_out_summary(prov.get("train_data"), prov["data"], read)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import tyro
 
@@ -24,7 +25,8 @@ from sae.config.parse import parse_cli
 from sae.config.schema import DataConfig
 from sae.eval.config import given_data_fields
 
-FORMATS = ("saelens", "neuronpedia", "dashboard")
+Format = Literal["saelens", "neuronpedia", "dashboard"]
+FORMATS: tuple[str, ...] = get_args(Format)
 
 
 @dataclass
@@ -33,7 +35,7 @@ class ExportConfig:
 
     sae_dir: tyro.conf.Positional[str]
     """the SAE to export: a folder of any layout `sae.load` reads, or a Hub repo id."""
-    format: str = "dashboard"
+    format: Format = "dashboard"
     """saelens (v6 folder + README.md model card), neuronpedia (batch JSON), dashboard (HTML)."""
     out: str = "export"
     """output folder."""
@@ -81,7 +83,7 @@ def _check(cfg: ExportConfig):
             f"SAE folder {cfg.sae_dir!r} does not exist or is not a folder (nor a Hub repo id)."
         )
     if cfg.format not in FORMATS:
-        raise ConfigError(f"unknown format {cfg.format!r}; valid formats are {', '.join(FORMATS)}.")
+        raise ConfigError(f"format={cfg.format!r} is not one of {', '.join(map(repr, FORMATS))}.")
     if Path(cfg.out).is_file():
         raise ConfigError(f"out={cfg.out!r} is a file; the export needs a folder.")
     _check_out(cfg)
@@ -117,19 +119,21 @@ def _stale(folder: Path, cfg: ExportConfig, given: list[str], sae) -> bool:
     or activations than asked (the pass itself reuses or resumes whatever still matches). A
     `--data.*` field given with the value the records were read with asks for the same data (a
     local data.source must be named on every command line: sae.config.trust)."""
-    import json
-
     from sae.eval.records import sae_sha256
+    from sae.io.records import RecordError, RecordsInfo
 
-    if not (folder / "records.json").is_file() or (folder / "state.json").is_file():
+    if not (folder / RecordsInfo.FILE).is_file() or (folder / "state.json").is_file():
         return True
     if cfg.activations is not None:
         return True
-    info = json.loads((folder / "records.json").read_text())
-    read = (info.get("activations") or {}).get("data") or {}
+    try:
+        info = RecordsInfo.read(folder)
+    except RecordError:  # unreadable records are remade (the pass replaces them)
+        return True
+    read = info.activations.get("data") or {}
     if any(name not in read or read[name] != getattr(cfg.data, name) for name in given):
         return True
-    ident = info.get("identity") or {}
+    ident = info.identity
     return ident.get("eval_tokens") != cfg.eval_tokens or ident.get("sae_sha256") != sae_sha256(sae)
 
 
@@ -161,7 +165,7 @@ def _records(cfg: ExportConfig, given: list[str], sae):
             trust_remote_code=cfg.trust_remote_code,
             out=str(report),
         )
-        run_eval(ecfg)
+        run_eval(ecfg, [sae])  # the SAE _check loaded: every format loads it once
     return Records.open(folder), report
 
 
@@ -171,7 +175,7 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
     if cfg.format == "saelens":
         from sae.export.saelens import export_saelens
 
-        return export_saelens(src, out, Path(cfg.report) if cfg.report else None)
+        return export_saelens(sae, src, out, Path(cfg.report) if cfg.report else None)
     from sae.fsutil import MARKER, claim, remove
 
     created = not out.exists()
@@ -182,7 +186,7 @@ def run_export(cfg: ExportConfig, given: list[str] | None = None) -> Path:
         if created and [p.name for p in out.iterdir()] == [MARKER]:
             remove(out, "export")  # a bad input the records pass found leaves no folder behind
         raise
-    prov = rec.info["activations"]
+    prov = rec.info.activations
     title = src.resolve().name
     if cfg.format == "dashboard":
         from sae.export.dashboard import write_dashboard

@@ -172,7 +172,7 @@ def write_dashboard(rec: Records, out: Path, title: str, provenance: dict) -> Pa
         values = [[_json_value(v) for v in r] for r in table.itertuples(index=False)]
         owners = _owners(rec)
     data = {"columns": cols, "rows": values, "owners": owners}
-    logit_note = (rec.info.get("logit_effects") or {}).get("note", "")
+    logit_note = rec.info.logit_effects.get("note", "")
     escaped = np.array([html.escape(t) for t in rec.vocab], dtype=object)
     claim(out, "export")
     with atomic_folder(out / "latents", "export") as tmp:
@@ -181,7 +181,7 @@ def write_dashboard(rec: Records, out: Path, title: str, provenance: dict) -> Pa
         os.sync()  # one flush for thousands of pages, before the folder swap makes them visible
     body = (
         f"<h1>{html.escape(title)}</h1>"
-        f'<div class="meta">{html.escape(provenance_line(provenance, int(rec.info["tokens"])))}'
+        f'<div class="meta">{html.escape(provenance_line(provenance, rec.info.tokens))}'
         f"<br>Click a header to sort; type in the boxes to filter (&gt;0.01, &lt;5, 0.1..0.3, or text).</div>"
         f'<p id="status"></p><table id="latents"></table><button id="more" hidden>show more</button>'
         f'<script type="application/json" id="latents-data">{safe_json(data)}</script>'

@@ -186,9 +186,9 @@ def write_neuronpedia(
         "format": "neuronpedia batch JSON (SAEDashboard NeuronpediaRunner shape)",
         "features_per_batch": FEATURES_PER_BATCH,
         "n_features": rec.d_sae,
-        "tokens": rec.info["tokens"],
+        "tokens": rec.info.tokens,
         "activations": provenance,
-        "logit_effects": rec.info["logit_effects"],
+        "logit_effects": rec.info.logit_effects,
         "explanations": {
             "files": uploads,
             "format": "Neuronpedia POST /api/feature/upload-batch bodies",

@@ -3,56 +3,68 @@
     sae export checkpoints/default/final/resid_post.3-topk-3072-k32 --format saelens --out hub/l3
     huggingface-cli upload me/minilm-saes hub/l3 .      # the folder is a Hub repository as is
 
-Reads any SAE `sae.load` reads (a folder of any layout, a Hub repo id), writes cfg.json,
-sae_weights.safetensors (and sparsity.safetensors when the source has one) with `sae.io.save`,
-and README.md: architecture, model and hook, training tokens, held-out figures
-(train_summary.json of our runs, and report.json's core suite when `--report` is given).
+Exports any SAE `sae.load` reads (a folder of any layout, a Hub repo id; loaded once, by `sae
+export`'s checks): cfg.json, sae_weights.safetensors (and sparsity.safetensors when the source
+has one) with `sae.io.save`, and README.md: architecture, model and hook, training tokens,
+held-out figures (train_summary.json of our runs: FVU, L0, dead and dense latents; report.json's
+core suite when `--report` is given).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from safetensors.torch import load_file
 
-from sae.config import ConfigError, first_line
 from sae.fsutil import atomic_write_text, require_ours
 from sae.io import SPARSITY_FILE, saelens_architecture, save
+from sae.io.records import Report, ReportEntry, TrainSummary
 from sae.model.sae import SAE
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+def _summary(src: Path) -> TrainSummary | None:
+    """The training run's held-out scores beside the SAE (our runs write them; other libraries'
+    folders and Hub repos have none)."""
+    if not (src / TrainSummary.FILE).is_file():
+        return None
+    return TrainSummary.read(src)
 
 
-def _heldout_lines(src: Path, report: Path | None) -> list[str]:
-    lines = []
-    summary = _json(src / "train_summary.json")
-    for key in ("fvu", "l0", "dead", "dead_frac", "dense"):
-        if key in summary and not isinstance(summary[key], dict | list):
-            lines.append(f"| {key} (training run's held-out windows) | {summary[key]} |")
-    rep = _json(report / "report.json") if report else {}
+def _report_entry(src: Path, report: Path | None) -> ReportEntry | None:
+    if report is None:
+        return None
     where = src.resolve() if src.exists() else src  # a Hub repo id stays as given
-    for entry in rep.get("saes", []):
-        if Path(entry.get("folder", "")) != where:
-            continue
-        core = entry.get("results", {}).get("core", {}).get("reconstruction", {})
-        held = entry.get("activations", {}).get("held_out")
+    return Report.read(report).entry(where)
+
+
+def _heldout_lines(summary: TrainSummary | None, entry: ReportEntry | None) -> list[str]:
+    lines = []
+    if summary is not None:
+        on = f"sae train: {summary.eval_tokens} tokens of {summary.eval_source}"
+        for label, value in (
+            ("fvu", summary.fvu),
+            ("l0", summary.l0),
+            ("dead latents, % (never fired)", summary.dead_pct),
+            ("dense latents, % (fire on > 1% of tokens)", summary.dense_pct_1),
+            ("dense latents, % (fire on > 10% of tokens)", summary.dense_pct_10),
+        ):
+            if value is not None:
+                lines.append(f"| {label} | {value:.4g} | {on} |")
+    if entry is not None:
+        core = entry.results.get("core", {}).get("reconstruction", {})
+        held = entry.activations.get("held_out")
         for key in ("fvu", "explained_variance", "l0", "cosine"):
             m = core.get(key)
             if isinstance(m, dict) and m.get("value") is not None:
                 ci = m.get("ci95") or [None, None]
                 band = f" (95% CI {ci[0]:.4g} – {ci[1]:.4g})" if ci[0] is not None else ""
-                lines.append(f"| {key} (sae eval, held out: {held}) | {m['value']:.4g}{band} |")
+                lines.append(f"| {key} | {m['value']:.4g}{band} | sae eval, held out: {held} |")
     return lines
 
 
-def model_card(model: SAE, src: Path, report: Path | None) -> str:
+def model_card(
+    model: SAE, src: Path, summary: TrainSummary | None, entry: ReportEntry | None
+) -> str:
     meta, c = model.metadata, model.cfg
     arch = saelens_architecture(model)
     rows = [
@@ -73,9 +85,9 @@ def model_card(model: SAE, src: Path, report: Path | None) -> str:
         ),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows if v is not None)
-    held = _heldout_lines(src, report)
+    held = _heldout_lines(summary, entry)
     held_md = (
-        "| figure | value |\n|---|---|\n" + "\n".join(held)
+        "| figure | value | scored on |\n|---|---|---|\n" + "\n".join(held)
         if held
         else "No held-out figures were recorded with this folder (run `sae eval` and pass `--report`)."
     )
@@ -110,20 +122,16 @@ raw reconstructions.
 """
 
 
-def export_saelens(src: Path, out: Path, report: Path | None = None) -> Path:
-    """Write the SAELens v6 folder and README.md to `out`; returns `out`."""
-    from sae.io import load
-
+def export_saelens(model: SAE, src: Path, out: Path, report: Path | None = None) -> Path:
+    """Write `model` (loaded from `src`: a folder or a Hub repo id) as an SAELens v6 folder with
+    its README.md to `out`; returns `out`. The figures are read before anything is written."""
     require_ours(out, "sae")  # an SAE folder of ours is replaced whole; anything else refused
-    try:
-        model = load(src if src.exists() else str(src))  # a folder, or a Hub repo id
-    except Exception as e:  # missing files, bad JSON, corrupt weights, unknown architecture
-        raise ConfigError(f"cannot load SAE folder {str(src)!r}: {first_line(e)}") from None
+    summary, entry = _summary(src), _report_entry(src, report)
     sparsity = None
     if (src / SPARSITY_FILE).is_file():
         sparsity = load_file(str(src / SPARSITY_FILE)).get("sparsity")
         if sparsity is not None and tuple(sparsity.shape) != (model.cfg.d_sae,):
             sparsity = None
     save(model, out, metadata=model.metadata, sparsity_log10=sparsity)
-    atomic_write_text(out / "README.md", model_card(model, src, report))
+    atomic_write_text(out / "README.md", model_card(model, src, summary, entry))
     return out

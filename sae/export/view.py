@@ -2,12 +2,12 @@
 
 from sae.export.view import Records
 r = Records.open("reports/rec/<sae>/records")
-f = r.feature(42)   # dict: contexts with token strings, bins, histogram, logits, correlations
+r.info.tokens, r.info.activations   # records.json as its typed record (sae.io.records.RecordsInfo)
+r.top_contexts(42), r.bins(42), r.histogram(42), r.logits(42), r.correlated(42, "latent")
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +16,36 @@ import pyarrow.parquet as pq
 from safetensors.numpy import load_file
 
 from sae.config import ConfigError
+from sae.io.records import RecordsInfo
 
 
 class Records:
     """Records tensors (numpy), records.json, and the latents table of one SAE."""
 
-    def __init__(self, folder: Path, t: dict[str, np.ndarray], info: dict, table):
+    def __init__(self, folder: Path, t: dict[str, np.ndarray], info: RecordsInfo, table):
         self.folder, self.t, self.info, self.table = folder, t, info, table
-        strings = {int(k): v for k, v in info["token_strings"].items()}
+        strings = {int(k): v for k, v in info.token_strings.items()}
         size = max(strings, default=-1) + 1
         self.vocab = np.array([strings.get(i, f"<{i}>") for i in range(size)], dtype=object)
         self.strings = strings
-        self.before = int(info["context"]["before"])
+        self.before = info.context.before
 
     @classmethod
     def open(cls, folder: str | Path) -> Records:
         folder = Path(folder)
         if (
-            not (folder / "records.json").is_file()
+            not (folder / RecordsInfo.FILE).is_file()
             or not (folder / "records.safetensors").is_file()
         ):
             raise ConfigError(f"{str(folder)!r} holds no complete feature records.")
-        info = json.loads((folder / "records.json").read_text())
+        info = RecordsInfo.read(folder)
         table_path = folder.parent / "latents.parquet"
         table = pq.read_table(table_path).to_pandas() if table_path.is_file() else None
         return cls(folder, load_file(str(folder / "records.safetensors")), info, table)
 
     @property
     def d_sae(self) -> int:
-        return int(self.info["d_sae"])
+        return self.info.d_sae
 
     def token(self, i: int) -> str:
         return self.strings.get(int(i), f"<{int(i)}>")
@@ -73,7 +74,7 @@ class Records:
     def bins(self, m: int) -> list[dict]:
         """Equal-mass bins, highest first: {bin_min, bin_max, bin_contains, samples}."""
         t = self.t
-        n = max(int(self.info["tokens"]), 1)
+        n = max(self.info.tokens, 1)
         out = []
         for j in range(t["bin_counts"].shape[1] - 1, -1, -1):
             count = int(t["bin_counts"][m, j])

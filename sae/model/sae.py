@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+from tyro.conf import Suppress
 
 from sae.model.init import DATA_ROW_FRACTION, geometric_median, whitened_rows
 
@@ -53,16 +54,16 @@ class SAEConfig:
 
     architecture: Architecture = "topk"
     """Activation and loss: relu, topk, batchtopk, jumprelu, matryoshka, or gated (load only)."""
-    d_in: int | None = None
+    d_in: Suppress[int | None] = None
     """Width of the input activations (numbers per token); None: the trainer takes it from the
     activations (an SAE cannot be built until it is set)."""
     d_sae: int = 3072
     """Number of latents (dictionary size)."""
-    d_out: int | None = None
+    d_out: Suppress[int | None] = None
     """Transcoder: width of the target activations; None makes an autoencoder (target = input)."""
     skip_connection: bool = False
     """Transcoder only: add a linear skip x @ W_skip.T (W_skip [d_out, d_in], starts at zero)."""
-    apply_b_dec_to_input: bool = True
+    apply_b_dec_to_input: Suppress[bool] = True
     """Autoencoder: subtract b_dec from x before encoding (Gao et al. 2024 b_pre); a transcoder
     never does, its b_dec lives in the output space."""
     k: int = 32
@@ -72,20 +73,20 @@ class SAEConfig:
     the centred target; Anthropic's lambda=5 at E|x|^2=d_in is about 5/sqrt(d_in) here)."""
     l0_coefficient: float = 1e-3
     """jumprelu: weight of the L0 penalty, per active latent per token (FVU units)."""
-    jumprelu_bandwidth: float = 1e-3
+    jumprelu_bandwidth: Suppress[float] = 1e-3
     """jumprelu: width of the STE rectangle kernel, in pre-activation units (paper: 0.001 with
     inputs scaled to unit mean squared norm)."""
-    jumprelu_init_threshold: float = 1e-3
+    jumprelu_init_threshold: Suppress[float] = 1e-3
     """jumprelu: starting threshold of every latent, in pre-activation units."""
-    target_l0: float | None = None
+    target_l0: Suppress[float | None] = None
     """jumprelu: if set, the L0 term becomes (L0/target_l0 - 1)^2, in active latents per token."""
     matryoshka_prefixes: list[int] = field(default_factory=list)
     """matryoshka: nested prefix widths in latents, strictly ascending, the last equal to d_sae;
     empty: d_sae/16, /8, /4, /2, d_sae (see `matryoshka_ladder`)."""
-    aux_k: int | None = None
+    aux_k: Suppress[int | None] = None
     """TopK family: dead latents used by the AuxK loss per token; None means d_in // 2 (Gao et
     al. 2024 §A.2 pick a power of two near d_model/2)."""
-    aux_coefficient: float = 1 / 8
+    aux_coefficient: Suppress[float] = 1 / 8
     """TopK family: weight of the AuxK loss. Gao et al. 2024 §A.2 use 1/32 over long runs; at a
     few hundred steps 1/8 revives dead latents sooner: higher synthetic recovery, and MiniLM FVU
     unchanged with fewer dead (BENCHMARKS.md, 'Training defaults: the measurements behind them')."""

@@ -45,6 +45,15 @@ from sae.model.sae import SAE, SparseCodes
 THRESHOLD_EMA = 0.01
 
 
+class Batch(NamedTuple):
+    """One training batch of one SAE."""
+
+    x: Float[Tensor, "B d_in"]
+    """the SAE's input rows."""
+    y: Float[Tensor, "B d_out"] | None = None
+    """a transcoder's target rows; None: the SAE reconstructs `x`."""
+
+
 class TrainOutput(NamedTuple):
     loss: Tensor
     """Scalar to backpropagate: mse + sparsity + aux (+ the inner prefix FVUs for matryoshka)."""

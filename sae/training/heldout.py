@@ -7,16 +7,15 @@ summed over dimensions), accumulated in float64. The `sae eval` suites build on 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from sae import dist
-from sae.activations.sources import ActivationSource, LiveSource, SyntheticSource, open_source
+from sae.activations.sources import ActivationSource, SyntheticSource, open_source
 from sae.activations.store import ActivationStore
 from sae.config.schema import StoreConfig, TrainConfig
 from sae.model.sae import SparseCodes
 from sae.training.members import Member
+from sae.training.scale import ActivationScale
 
 
 class ReconstructionStats:
@@ -76,12 +75,12 @@ def heldout_store(tcfg: TrainConfig, train_source: ActivationSource) -> tuple[Ac
     if tcfg.eval_activations is not None:
         src = open_source(tcfg.eval_activations, tcfg.model, tcfg.data, cfg, rank, world)
         return ActivationStore(src, cfg), tcfg.eval_activations
-    if isinstance(train_source, LiveSource) and tcfg.data.eval_every > 0:
+    held_out = train_source.held_out(cfg, rank, world) if tcfg.data.eval_every > 0 else None
+    if held_out is not None:
         where = f"held-out windows (every {tcfg.data.eval_every}th) of {tcfg.data.source}"
-        return ActivationStore(train_source.held_out(cfg, rank, world), cfg), where
+        return ActivationStore(held_out, cfg), where
     dist.print0("no held-out data (give --eval-activations); scores below are on training batches")
-    store = ActivationStore(train_source, dataclasses.replace(tcfg.store, normalize=False))
-    return store, "training stream (not held out)"
+    return ActivationStore(train_source, tcfg.store), "training stream (not held out)"
 
 
 @torch.no_grad()
@@ -89,25 +88,25 @@ def score_members(
     members: list[Member],
     store: ActivationStore,
     where: str,
-    scale: dict[str, float],
+    scale: ActivationScale,
     eval_tokens: int,
     dead_tokens: int,
     device: torch.device,
 ) -> dict[str, dict]:
-    """Score every SAE on `eval_tokens` rows of `store`, each hook multiplied by `scale[hook]`
-    as in training (1 where absent); the training dead % comes from the members' counters."""
+    """Score every SAE on `eval_tokens` rows of `store`, scaled as in training; the training
+    dead % comes from the members' counters."""
     stats = {
         m.name: ReconstructionStats(m.sae.cfg.width_out, m.sae.cfg.d_sae, device) for m in members
     }
     seen = 0
-    for batch in store:
+    hooks = sorted({h for m in members for h in (m.hook, m.target) if h})
+    for acts in store:
+        acts = scale.apply({h: acts[h].to(device) for h in hooks})
         for m in members:
-            s_in, s_out = m.scales(scale)
-            x = batch[m.hook].to(device) * s_in
-            y = batch[m.target].to(device) * s_out if m.target else x
+            x, y = m.batch(acts)
             out = m.sae.forward_sparse(x)  # no dense [B, d_sae] latents on the TopK path
-            stats[m.name].update(y, out.x_hat, out.codes)
-        seen += len(next(iter(batch.values())))
+            stats[m.name].update(x if y is None else y, out.x_hat, out.codes)
+        seen += len(acts[hooks[0]])
         if seen >= eval_tokens:
             break
     results = {}

@@ -11,7 +11,7 @@ import torch
 
 from sae import dist
 from sae.activations.capture import model_metadata
-from sae.activations.sources import ActivationSource, LiveSource
+from sae.activations.sources import ActivationSource
 from sae.config import ConfigError
 from sae.config.schema import (
     ADAM_BETAS,
@@ -22,20 +22,34 @@ from sae.config.schema import (
     TrainConfig,
 )
 from sae.io import save as save_sae
-from sae.model.sae import SAE
-from sae.model.step import THRESHOLD_EMA, TrainOutput, training_forward
+from sae.model.sae import SAE, SAEConfig
+from sae.model.step import THRESHOLD_EMA, Batch, TrainOutput, training_forward
 from sae.training.checkpoint import load_optimizer_tensors, optimizer_tensors
+from sae.training.scale import ActivationScale
 
 
 class Member:
-    """One SAE of the run with its loss function, optimizer and dead-latent counter."""
+    """One SAE of the run with its loss, optimizer and dead-latent counter."""
 
     def __init__(
-        self, name: str, cfg, hook: str, target: str | None, lr: float, tcfg: TrainConfig, device
+        self,
+        name: str,
+        cfg: SAEConfig,
+        hook: str,
+        target: str | None,
+        lr: float,
+        device: torch.device | str,
+        threshold_rate: float = THRESHOLD_EMA,
+        compile: bool = False,
     ):
+        """`name` names its folder; it reads `hook` and reconstructs `target` (None: `hook`
+        itself); Adam at `lr`; the BatchTopK threshold moves at `threshold_rate` per step;
+        `compile`: the loss through torch.compile."""
         self.name, self.hook, self.target, self.lr = name, hook, target, lr
+        self.threshold_rate = threshold_rate
         self.sae = SAE(cfg, device=device)
-        self.compile_loss(compile=False, threshold_rate=THRESHOLD_EMA)  # the trainer sets both
+        if compile:  # one compiled graph per SAE (its own weights and shapes)
+            self.loss = torch.compile(self.loss)
         # The fused kernel updates all moments in one pass per parameter (CPU and CUDA).
         fused = torch.device(device).type in ("cpu", "cuda")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=ADAM_BETAS, fused=fused)
@@ -47,13 +61,14 @@ class Member:
         )
         self.last_tensors: dict[str, torch.Tensor] = {}
 
-    def compile_loss(self, compile: bool, threshold_rate: float) -> None:
-        """Fix the step's BatchTopK threshold rate; under --compile, compile the loss (per SAE)."""
+    def batch(self, acts: dict[str, torch.Tensor]) -> Batch:
+        """This SAE's input and target among the run's activations (hook -> rows)."""
+        return Batch(acts[self.hook], acts[self.target] if self.target else None)
 
-        def loss(x, y, dead, sparsity):
-            return training_forward(self.sae, x, y, dead, sparsity, threshold_rate)
-
-        self.loss = torch.compile(loss) if compile else loss
+    def loss(self, batch: Batch, dead_S: torch.Tensor, sparsity: float) -> TrainOutput:
+        """The step's loss and its terms (`training_forward`); `dead_S` marks the latents AuxK
+        revives, `sparsity` the sparsity coefficient's warm-up multiplier."""
+        return training_forward(self.sae, batch.x, batch.y, dead_S, sparsity, self.threshold_rate)
 
     @property
     def skipped_steps(self) -> int:
@@ -111,12 +126,6 @@ class Member:
         """The last step's loss, FVU, L0 and dead % for the log line (read at the log cadence)."""
         return {k: v.item() for k, v in self.last_tensors.items()}
 
-    def scales(self, scale: dict[str, float]) -> tuple[float, float]:
-        """(input, target) factor the SAE is trained at, from the run's hook -> factor map
-        (1 where a hook has none, i.e. without store.normalize)."""
-        s_in = scale.get(self.hook, 1.0)
-        return s_in, scale.get(self.target, 1.0) if self.target else s_in
-
     def tensors(self) -> dict[str, torch.Tensor]:
         """Everything resume needs: training-space weights, Adam state, dead-latent counter."""
         out = {f"train.{k}": v for k, v in self.sae.state_dict().items()}
@@ -131,15 +140,13 @@ class Member:
         self.tokens_since_fired.copy_(tensors["dead.tokens_since_fired"])
         self.skipped.fill_(skipped_steps)
 
-    def save(self, folder: Path, scale: dict[str, float], meta: dict, sparsity=None) -> None:
-        """Write the SAE as a SAELens folder with the training normalisation folded in, so it
-        maps raw activations to raw reconstructions; `meta` gives the run's facts."""
+    def save(self, folder: Path, scale: ActivationScale, meta: dict, sparsity=None) -> None:
+        """Write the SAE as a SAELens folder with the training scale folded in, so it maps raw
+        activations to raw reconstructions; `meta` gives the run's facts."""
         export = SAE(self.sae.cfg, device="cpu")
         export.load_state_dict({k: v.detach().cpu() for k, v in self.sae.state_dict().items()})
-        s_in, s_out = self.scales(scale)
-        export.fold_input_scale(s_in, s_out)
         meta = {"hook_name": self.hook, "target_hook_name": self.target} | meta
-        meta["normalization_folded"] = {"input_scale": s_in, "target_scale": s_out}
+        meta["normalization_folded"] = scale.fold(export, self.hook, self.target)
         save_sae(export, folder, metadata=meta, sparsity_log10=sparsity)
 
 
@@ -173,8 +180,13 @@ def dead_window(tcfg: TrainConfig, run_tokens: int) -> int:
     return int(min(DEAD_WINDOW_MAX, max(batch, run_tokens * DEAD_WINDOW_FRACTION)))
 
 
-def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[Member]:
+def build_members(
+    tcfg: TrainConfig, source: ActivationSource, device, total_steps: int
+) -> list[Member]:
+    """One `Member` per sweep item (the base config alone without a sweep), checked against
+    the hooks and widths `source` serves."""
     members = []
+    rate = threshold_rate(total_steps)
     world = dist.world_size()
     for i, overrides in enumerate(tcfg.sweep_items()):
         default_hook = source.hooks[0] if len(source.hooks) == 1 else tcfg.model.hooks[0]
@@ -207,7 +219,8 @@ def build_members(tcfg: TrainConfig, source: ActivationSource, device) -> list[M
         name = f"{hook}{'->' + target if target else ''}-{cfg.architecture}-{cfg.d_sae}"
         name += f"-k{cfg.k}" if cfg.architecture in ("topk", "batchtopk", "matryoshka") else ""
         name = name if len(tcfg.sweep_items()) == 1 else f"{i:02d}-{name}"
-        members.append(Member(name.replace("/", "_"), cfg, hook, target, lr, tcfg, device))
+        name = name.replace("/", "_")
+        members.append(Member(name, cfg, hook, target, lr, device, rate, tcfg.compile))
     return members
 
 
@@ -231,18 +244,6 @@ def schedule(step: int, total_steps: int) -> tuple[float, float]:
         lr *= max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
     sparsity = min(1.0, (step + 1) / max(1, round(SPARSITY_WARMUP * total_steps)))
     return lr, sparsity
-
-
-def rows_per_epoch(source: ActivationSource, tcfg: TrainConfig) -> int:
-    """Rows this rank sees in one pass, to size the LR schedule of a one-pass run."""
-    if isinstance(source, LiveSource):
-        if tcfg.data.source != "builtin" and not Path(tcfg.data.source).exists():
-            raise ConfigError(
-                f"data.source={tcfg.data.source!r} is streamed from the Hub; set total_tokens "
-                "(the length of one pass cannot be known in advance)."
-            )
-        return source.count_rows()
-    return source.rank_rows()
 
 
 def run_metadata(tcfg: TrainConfig, tokens: int) -> dict:

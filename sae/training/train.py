@@ -10,14 +10,15 @@
 
 The loop (`Trainer.fit`): next batch (`batches` owns epochs and reshuffling) -> LR and sparsity
 warm-up -> step every SAE -> log -> maybe checkpoint -> stop at the end or on a signal. The
-store normalises activations to unit mean squared norm; the scale is folded into the saved
-weights, so a saved SAE maps raw activations to raw reconstructions. The last line printed is
-the final SAE folder.
+activations are scaled to unit mean squared norm (`ActivationScale`, estimated on the first
+rows); the scale is folded into the saved weights, so a saved SAE maps raw activations to raw
+reconstructions. The last line printed is the final SAE folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 
 from sae import dist
 from sae.activations.capture import resolve_device
-from sae.activations.sources import CacheSource, LiveSource, SyntheticSource, open_source
+from sae.activations.sources import SyntheticSource, open_source
 from sae.activations.store import ActivationStore
 from sae.config.parse import save_yaml
 from sae.config.schema import (
@@ -37,8 +38,10 @@ from sae.config.schema import (
     KEEP_CHECKPOINTS,
     TrainConfig,
 )
-from sae.fsutil import atomic_write_json, claim, clear_staging
+from sae.fsutil import claim, clear_staging
+from sae.io.records import TrainSummary
 from sae.io.validate import NonFiniteRows
+from sae.model.step import Batch
 from sae.training.checkpoint import (
     CheckpointClock,
     check_run_folder,
@@ -50,30 +53,33 @@ from sae.training.checkpoint import (
 )
 from sae.training.heldout import heldout_store, score_members
 from sae.training.malloc import keep_freed_memory
-from sae.training.members import (
-    Member,
-    build_members,
-    dead_window,
-    rows_per_epoch,
-    run_metadata,
-    schedule,
-    threshold_rate,
-)
+from sae.training.members import Member, build_members, dead_window, run_metadata, schedule
 from sae.training.runlog import RunLog, print_summary
+from sae.training.scale import ActivationScale
 
-Batch = dict[str, torch.Tensor]
+Acts = dict[str, torch.Tensor]
+"""one batch of the run's activations: hook -> rows [B, d]."""
+
+STREAM_CHECK_ENV = "SAE_STREAM_CHECK"
+"""set to 1 (scripts/fault_campaign.py does), each checkpoint records `StreamCheck`'s figures."""
 
 
 class StreamCheck:
     """The rows this rank has trained on and the sum of their first column: saved with each
     checkpoint, so a resumed run that lost or repeated a row ends with other figures than the
-    uninterrupted one (the fault campaign compares them)."""
+    uninterrupted one (the fault campaign compares them). Installed only under
+    SAE_STREAM_CHECK=1: it reads every batch on the host."""
 
     def __init__(self, value: tuple[int, float] = (0, 0.0)):
         self.value = list(value)
 
-    def add(self, x_BD: torch.Tensor) -> None:
-        self.value = [self.value[0] + len(x_BD), self.value[1] + float(x_BD[:, 0].double().sum())]
+    def watch(self, batches: Iterator[Acts]) -> Iterator[Acts]:
+        """`batches`, counted as they pass."""
+        for acts in batches:
+            x_BD = next(iter(acts.values()))
+            rows, total = self.value
+            self.value = [rows + len(x_BD), total + float(x_BD[:, 0].double().sum())]
+            yield acts
 
 
 class Trainer:
@@ -94,25 +100,23 @@ class Trainer:
             self.source = open_source(
                 tcfg.activations, model_cfg, tcfg.data, tcfg.store, rank, world, passes=True
             )
-        if isinstance(self.source, CacheSource):
-            self.source.check_matches(tcfg.model.name, hooks)
+        self.source.check_matches(tcfg.model.name, hooks)
         if tcfg.eval_activations is not None and tcfg.activations != "synthetic":
             # read only at the end: a bad file is refused now, before any output exists
             open_source(tcfg.eval_activations, model_cfg, tcfg.data, tcfg.store, rank, world)
-        torch.manual_seed(tcfg.seed)
-        self.members = build_members(tcfg, self.source, self.device)
         B = tcfg.store.batch_size
         if tcfg.total_tokens is not None:
             self.total_steps = max(1, tcfg.total_tokens // (B * world))
         else:
-            steps = rows_per_epoch(self.source, tcfg) * tcfg.epochs // B
+            steps = self.source.rank_rows() * tcfg.epochs // B
             self.total_steps = max(1, dist.min_over_ranks(steps))
         self.dead_tokens = dead_window(tcfg, self.total_steps * B * world)
-        for m in self.members:
-            m.compile_loss(tcfg.compile, threshold_rate(self.total_steps))
+        torch.manual_seed(tcfg.seed)
+        self.members = build_members(tcfg, self.source, self.device, self.total_steps)
+        self.hooks = sorted({h for m in self.members for h in (m.hook, m.target) if h})
         self.step, self.tokens, self.epoch = 0, 0, 0
-        self.check = StreamCheck()
-        self.scale: dict[str, float] | None = None  # hook -> factor; None until the first batch
+        self.scale = ActivationScale(estimate=tcfg.store.normalize)
+        self.check = StreamCheck() if os.environ.get(STREAM_CHECK_ENV) == "1" else None
         self.store_state: dict | None = None
         self._stop_signal: int | None = None
         self.on_fill = None  # set by fit(): the progress bar's note while the buffer fills
@@ -135,18 +139,17 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda s, f: setattr(self, "_stop_signal", s))
         log = RunLog(tcfg, self.total_steps * tcfg.store.batch_size, self.tokens)
-        live = isinstance(self.source, LiveSource)
         self.on_fill = lambda on: log.filling(
-            on, f"running {tcfg.model.name}" if live and not self.source.memoized else "reading"
+            on, f"running {tcfg.model.name}" if self.source.runs_model else "reading"
         )
         self.store.on_fill = self.on_fill
         clock = CheckpointClock(tcfg.checkpoint_every, CHECKPOINT_SECONDS, self.tokens)
-        for batch in self.batches():
+        for acts in self.batches():
             lr_mult, sparsity = schedule(self.step, self.total_steps)
             for m in self.members:
-                self._step(m, batch, lr_mult, sparsity)
+                self._step(m, m.batch(acts), lr_mult, sparsity)
             self.step += 1
-            self.tokens += len(next(iter(batch.values()))) * dist.world_size()
+            self.tokens += len(acts[self.hooks[0]]) * dist.world_size()
             log.progress(self.tokens)
             log_now = self.step % tcfg.log_every == 0 or self.step == self.total_steps
             if log_now:
@@ -183,33 +186,33 @@ class Trainer:
         self._stop_signal = stop or None
         return stop, bool(due)
 
-    def batches(self) -> Iterator[Batch]:
-        """Training batches, scaled, epoch after epoch; each epoch is a fresh store reshuffled
-        with seed + epoch. A fresh run's first batch fixes the scale and initialises the SAEs."""
+    def batches(self) -> Iterator[Acts]:
+        """Training batches of the hooks the SAEs read, on the device, scaled, epoch after
+        epoch; each epoch is a fresh store reshuffled with seed + epoch. A fresh run's first
+        chunk fixes the scale (`_store`) and its first batch initialises the SAEs."""
+        fresh = self.step == 0 and self.store_state is None
         while self.step < self.total_steps:
-            for batch in self.store:
-                self.check.add(next(iter(batch.values())))
-                if self.scale is None:
-                    self._set_scale()
-                batch = {h: x * self.scale.get(h, 1.0) for h, x in batch.items()}
-                if self.step == 0 and self.store_state is None:
-                    self._init_from_data(batch)
-                yield batch
+            stream = self.store if self.check is None else self.check.watch(self.store)
+            for acts in stream:
+                acts = {h: acts[h].to(self.device, non_blocking=True) for h in self.hooks}
+                acts = self.scale.apply(acts)
+                if fresh:
+                    self._init_from_data(acts)
+                    fresh = False
+                yield acts
             self.epoch, self.store_state = self.epoch + 1, None
             self.store = self._store()  # a checkpoint from here on starts the next epoch
             if self.tcfg.total_tokens is None and self.epoch >= self.tcfg.epochs:
                 return
 
     def _step(self, m: Member, batch: Batch, lr_mult: float, sparsity: float) -> None:
-        x = batch[m.hook].to(self.device, non_blocking=True)
-        y = batch[m.target].to(self.device, non_blocking=True) if m.target else None
         for group in m.opt.param_groups:
             group["lr"] = m.lr * lr_mult
         dead = m.tokens_since_fired >= self.dead_tokens
         out = None
-        if len(x) >= 2:
+        if len(batch.x) >= 2:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.autocast):
-                out = m.loss(x, y, dead, sparsity)
+                out = m.loss(batch, dead, sparsity)
             out.loss.backward()
             ok = torch.isfinite(out.loss.detach())
         else:  # the FVU needs two rows: a one-row last batch is skipped (the other ranks' too)
@@ -231,28 +234,18 @@ class Trainer:
 
     # -- setup helpers --------------------------------------------------------------------------
     def _store(self) -> ActivationStore:
-        # The trainer applies the normalisation itself (self.scale), so it is one factor for
-        # all ranks and epochs, saved with the trainer state.
-        seed = self.tcfg.store.seed + self.epoch
-        cfg = dataclasses.replace(self.tcfg.store, seed=seed, normalize=False)
+        """The store of this epoch; until the scale is known, its first chunk fixes it (one
+        factor per hook for every rank and epoch, saved with the trainer state)."""
+        cfg = dataclasses.replace(self.tcfg.store, seed=self.tcfg.store.seed + self.epoch)
         store = ActivationStore(self.source, cfg, self.store_state)
         store.on_fill = self.on_fill
+        if self.scale.factors is None:
+            store.on_first_chunk = self.scale.estimate
         return store
 
-    def _set_scale(self) -> None:
-        """Unit mean squared norm, from rank 0's first chunk, identical on every rank."""
-        if not self.tcfg.store.normalize:
-            self.scale = {}
-            return
-        factors = self.store.norm_factor
-        hooks = sorted(factors)
-        t = dist.broadcast_(torch.tensor([factors[h] for h in hooks], dtype=torch.float64))
-        self.scale = dict(zip(hooks, t.tolist(), strict=True))
-
-    def _init_from_data(self, batch: Batch) -> None:
+    def _init_from_data(self, acts: Acts) -> None:
         for m in self.members:
-            x = batch[m.hook].to(self.device)
-            y = batch[m.target].to(self.device) if m.target else None
+            x, y = m.batch(acts)
             ok = torch.isfinite(x).all(1) & (torch.isfinite(y).all(1) if y is not None else True)
             if not bool(ok.all()):  # NaN rows (their batch is skipped) must not reach the init
                 x, y = x[ok], (y[ok] if y is not None else None)
@@ -265,23 +258,25 @@ class Trainer:
     def checkpoint(self) -> Path | None:
         for m in self.members:  # a run that diverged stops here, not in a checkpoint
             m.check_finite(self.step, self.run)
-        gathered = dist.all_gather_object((self.store.state_dict(), self.check.value))  # all ranks
+        check = self.check.value if self.check is not None else None
+        gathered = dist.all_gather_object((self.store.state_dict(), check))  # all ranks
         store_states, checks = [g[0] for g in gathered], [g[1] for g in gathered]
         if not dist.is_main():
             return None
-        scale, meta = self.scale or {}, run_metadata(self.tcfg, self.tokens)
+        meta = run_metadata(self.tcfg, self.tokens)
         saes = {
-            m.name: (lambda folder, m=m: m.save(folder, scale, meta), m.tensors())
+            m.name: (lambda folder, m=m: m.save(folder, self.scale, meta), m.tensors())
             for m in self.members
         }
         trainer = {
             "step": self.step,
             "tokens": self.tokens,
             "epoch": self.epoch,
-            "scale": self.scale,
+            "scale": self.scale.state_dict(),
             "skipped": {m.name: m.skipped_steps for m in self.members},
-            "stream": checks,
         }
+        if self.check is not None:
+            trainer["stream"] = checks
         parts = {"store_state": {"ranks": store_states}, "trainer": trainer, "saes": saes}
         return write_checkpoint(self.run, self.tokens, parts, keep=KEEP_CHECKPOINTS)
 
@@ -293,8 +288,9 @@ class Trainer:
         state = read_checkpoint(ckpt, [m.name for m in self.members])
         t = state["trainer"]
         self.step, self.tokens, self.epoch = t["step"], t["tokens"], t["epoch"]
-        self.check = StreamCheck(t["stream"][dist.rank()])
-        self.scale = t["scale"]
+        if self.check is not None and "stream" in t:
+            self.check = StreamCheck(t["stream"][dist.rank()])
+        self.scale.load_state_dict(t["scale"])
         self.store_state = rank_store_state(state)
         for m in self.members:
             m.load_tensors(state["saes"][m.name], t["skipped"][m.name])
@@ -305,19 +301,18 @@ class Trainer:
         tcfg = self.tcfg
         store, where = heldout_store(tcfg, self.source)
         results = score_members(
-            self.members, store, where, self.scale or {}, tcfg.eval_tokens, self.dead_tokens,
-            self.device,
-        )  # fmt: skip
+            self.members, store, where, self.scale, tcfg.eval_tokens, self.dead_tokens, self.device
+        )
         finals = [self.run / "final" / m.name for m in self.members]
         if dist.is_main():
             meta = run_metadata(self.tcfg, self.tokens)
             for m, folder in zip(self.members, finals, strict=True):
                 density = results[m.name].pop("log10_density", None)
-                m.save(folder, self.scale or {}, meta, sparsity=density)
-                atomic_write_json(folder / "train_summary.json", results[m.name])
+                m.save(folder, self.scale, meta, sparsity=density)
+                TrainSummary.from_json(results[m.name]).write(folder)
             print_summary(results, self.members)
         sources = {id(s): s for s in (self.source, store.source)}.values()
-        skipped = sum(getattr(s, "skipped_rows", 0) for s in sources)
+        skipped = sum(s.skipped_rows for s in sources)
         skipped = int(dist.all_reduce(torch.tensor(skipped, dtype=torch.int64)))
         if skipped:
             dist.print0(

@@ -1,4 +1,5 @@
-"""ActivationStore: shuffling, bounded mixing, exact resume, normalisation, file sources."""
+"""ActivationStore: shuffling, bounded mixing, exact resume, the first chunk the scale is measured
+on, file sources, the source protocol."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sae.activations.sources import MATRIX_HOOK, LiveSource, MatrixSource, open_
 from sae.activations.store import ActivationStore
 from sae.config import ConfigError
 from sae.config.schema import DataConfig, ModelConfig, StoreConfig
+from sae.training.scale import ActivationScale
 
 H = MATRIX_HOOK
 
@@ -85,13 +87,23 @@ def test_resume_refuses_a_different_config(tmp_path):
         ActivationStore(MatrixSource(other), cfg, state)
 
 
-def test_normalisation_gives_unit_mean_squared_norm(tmp_path):
-    path, x = _matrix(tmp_path, n=20_000)
-    x = torch.from_numpy(np.load(path)) * 0 + torch.randn(20_000, 8) * 7 + 3
+def test_the_store_never_rescales_and_the_scale_gives_unit_mean_squared_norm(tmp_path):
+    """Pins issue 31 item 2: under store.normalize the store multiplied its batches by a factor
+    of its own (one of six places that held the scale). It yields the rows as the source gave
+    them, whatever the flag; `ActivationScale`, fed the first chunk, brings them to unit mean
+    squared norm."""
+    path, _ = _matrix(tmp_path, n=20_000)
+    x = torch.randn(20_000, 8, generator=torch.Generator().manual_seed(2)) * 7 + 3
     np.save(path, x.numpy())
-    cfg = StoreConfig(buffer_tokens=8192, batch_size=1000, normalize=True)
-    batches = torch.cat([b[H] for b in ActivationStore(MatrixSource(path), cfg)])
-    assert abs(batches.pow(2).sum(-1).mean().item() - 1.0) < 0.05
+    store = ActivationStore(
+        MatrixSource(path), StoreConfig(buffer_tokens=8192, batch_size=1000, normalize=True)
+    )
+    scale = ActivationScale(estimate=True)
+    store.on_first_chunk = scale.estimate
+    rows = torch.cat([b[H] for b in store])
+    assert torch.equal(rows.sort(0).values, x.sort(0).values)  # the same rows, shuffled
+    scaled = scale.apply({H: rows})[H]
+    assert abs(scaled.pow(2).sum(-1).mean().item() - 1.0) < 0.05
 
 
 def test_safetensors_and_npy_matrix_files_agree_and_bad_files_fail(tmp_path):
@@ -234,10 +246,39 @@ def test_normalisation_scale_reads_finite_rows_and_refuses_a_zero_first_chunk(
     x[1500:, 1] = 1.0  # the file varies, so it passes the matrix screen
     np.save(tmp_path / "a.npy", x)
     cfg = StoreConfig(buffer_tokens=1000, batch_size=100, normalize=True)
-    store = ActivationStore(MatrixSource(tmp_path / "a.npy"), cfg)
+    store, scale = ActivationStore(MatrixSource(tmp_path / "a.npy"), cfg), ActivationScale(True)
+    store.on_first_chunk = scale.estimate
     next(iter(store))
-    assert store.norm_factor == {H: 0.5}
+    assert scale.factors == {H: 0.5}
     x[:600] = 0.0
     np.save(tmp_path / "z.npy", x)
+    store = ActivationStore(MatrixSource(tmp_path / "z.npy"), cfg)
+    store.on_first_chunk = ActivationScale(True).estimate
     with pytest.raises(ConfigError, match="are all zero or NaN; shuffle the rows or pass"):
-        next(iter(ActivationStore(MatrixSource(tmp_path / "z.npy"), cfg)))
+        next(iter(store))
+
+
+def test_every_source_answers_the_source_protocol(tmp_path, tiny_models, text_file):
+    """Pins issue 31 item 5: the trainer, the store and the harvester asked sources what they
+    were (`isinstance(source, LiveSource)`, `hasattr(source, "seek")`, `getattr(source,
+    "skipped_rows", 0)`). Every source answers the protocol instead: a matrix file cannot seek,
+    holds nothing out, runs no model and knows its rows; a live source seeks, holds out windows
+    through its model, and refuses to size a pass streamed from the Hub."""
+    path, _ = _matrix(tmp_path, n=20_000)
+    m = MatrixSource(path)
+    m.seek(0, [1, 2])  # nothing to seek
+    m.check_matches("any-model", [H])  # nothing to check
+    assert (m.position(0), m.held_out(StoreConfig()), m.runs_model, m.skipped_rows) == (
+        None, None, False, 0,
+    )  # fmt: skip
+    assert m.rank_rows() == 20_000 and MatrixSource(path, 1, 2).rank_rows() == 20_000 - 16_384
+    model_cfg = ModelConfig(name=tiny_models["gpt2"], hooks=["resid_post.1"], batch_windows=4)
+    live = LiveSource(model_cfg, DataConfig(source=text_file, context_size=16), StoreConfig())
+    assert live.runs_model and live.rank_rows() > 0
+    assert live.held_out(StoreConfig()).data_cfg.part == "eval"
+    pieces = live.pieces()
+    next(pieces)
+    assert live.position(0) is not None
+    live.data_cfg = DataConfig(source="someone/corpus", context_size=16)
+    with pytest.raises(ConfigError, match="is streamed from the Hub; set total_tokens"):
+        live.rank_rows()

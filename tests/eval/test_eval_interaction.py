@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from sae.analysis.interaction_graph import Edges
 from sae.config import ConfigError
 from sae.eval import cli_main
 from sae.io import save
@@ -81,7 +82,7 @@ def test_bases_only_without_an_sae(tiny_models, text_file):
     model, tok = load_model(mcfg)
     src = LiveSource(mcfg, DataConfig(source=text_file, context_size=16, part="eval"),
                      StoreConfig(), model=model, tokenizer=tok)  # fmt: skip
-    r = analyse(collect(model, "resid_post.0", src, 64))
+    r = analyse(collect(model, "resid_post.0", src, 64)).results
     assert "sae" not in r and set(r["bases"]) == {"neuron", "pca", "lib"}
     assert r["degeneracy"]["firing"]["units"] == 64
     assert r["bases"]["lib"]["edges_needed"]["k"] >= 1
@@ -212,7 +213,7 @@ def test_interaction_options_reach_the_suite_and_bad_values_are_refused(
     assert r["loss"]["kind"] == "causal_lm" and r["loss"]["clean"] > 0
 
 
-def _panel_labels(monkeypatch, res: dict, E: dict) -> dict[str, list[str]]:
+def _panel_labels(monkeypatch, res: dict, edges) -> dict[str, list[str]]:
     """The upstream node labels of each interaction-graph panel, by panel title."""
     from sae.eval import interaction_plots as iplots
 
@@ -223,7 +224,7 @@ def _panel_labels(monkeypatch, res: dict, E: dict) -> dict[str, list[str]]:
             seen[ax.get_title()] = [t.get_text() for t in ax.texts if t.get_position()[0] < 0]
 
     monkeypatch.setattr(iplots.plots, "save", grab)
-    iplots.interaction_graph(None, res, E, "t")
+    iplots.interaction_graph(None, res, edges, "t")
     return seen
 
 
@@ -236,7 +237,7 @@ def test_sae_graph_nodes_are_labelled_by_latent_id(monkeypatch):
         "pca": torch.tensor([[0.0, 0, 0], [0, 1, 0], [0, 0, 2]]),
         "sae": torch.tensor([[0.0, 0, 0, 0, 0], [9, 1, 2, 3, 4], [9, 1, 1, 1, 1]]),
     }
-    labels = _panel_labels(monkeypatch, {"_sae_latents": [5, 17, 40]}, E)
+    labels = _panel_labels(monkeypatch, {}, Edges(E, [5, 17, 40]))
     assert sorted(labels["SAE → downstream PCA"]) == sorted(["5", "17", "40", "error"])
     assert sorted(labels["PCA → downstream PCA"]) == ["1", "2"]
 
@@ -253,8 +254,8 @@ def test_trivial_partition_remark_only_when_leiden_finds_one_cluster(
 
     _, batches = _batches(tiny_models, text_file, "gpt2", "resid_post.0")
     sae = _sae()
-    res = {"reads": "block 1 reads resid_post.0", **analyse(batches, sae)}  # as `run` adds it
-    E = res.pop("_E")
+    analysis = analyse(batches, sae)
+    res = {"reads": "block 1 reads resid_post.0", **analysis.results}  # as `run` adds it
     for b in res["bases"].values():
         b["leiden"]["n_clusters"] = 3
     assert "trivial partition" not in markdown(res, {})
@@ -265,6 +266,6 @@ def test_trivial_partition_remark_only_when_leiden_finds_one_cluster(
     with torch.no_grad():
         for b in _first_rows(batches, 256):
             fired |= set(sae.encode(b.call.x_BTD[b.keep_BT]).nonzero()[:, 1].tolist())
-    assert res["_sae_latents"] == sorted(fired)
-    labels = _panel_labels(monkeypatch, res, E)["SAE → downstream PCA"]
+    assert analysis.edges.sae_latents == sorted(fired)
+    labels = _panel_labels(monkeypatch, res, analysis.edges)["SAE → downstream PCA"]
     assert set(labels) <= {str(m) for m in fired} | {"error"}

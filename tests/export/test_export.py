@@ -22,6 +22,7 @@ from sae.cli import main
 from sae.config.schema import DataConfig
 from sae.export.cli import ExportConfig, run_export
 from sae.export.neuronpedia import schema
+from sae.io.records import RecordsInfo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,8 +121,8 @@ def test_dashboard_in_headless_chromium(exported, artifacts):
     from safetensors.torch import load_file
 
     rec = load_file(str(report / "sae" / "records" / "records.safetensors"))
-    info = json.loads((report / "sae" / "records" / "records.json").read_text())
-    script_id = next(int(k) for k, v in info["token_strings"].items() if v.strip() == SCRIPT)
+    info = RecordsInfo.read(report / "sae" / "records")
+    script_id = next(int(k) for k, v in info.token_strings.items() if v.strip() == SCRIPT)
     latent = int((rec["top_tok"] == script_id).any(-1).any(-1).nonzero()[0])
     b = Browser(binary)
     try:
@@ -152,6 +153,32 @@ def test_dashboard_in_headless_chromium(exported, artifacts):
     finally:
         b.close()
     assert (artifacts / "dashboard_latent.png").stat().st_size > 1000
+
+
+def test_every_format_loads_the_sae_once(
+    tmp_path, script_sae, script_model, script_text, monkeypatch
+):
+    """Pins issue 31.3: `sae export` loaded the SAE in its checks and then again, in the SAELens
+    writer or in the records pass's `sae eval`: every export read and built it twice. The real
+    loader runs, counted."""
+    import sae.eval.runner as runner
+    import sae.io
+
+    calls, real = [], sae.io.load
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sae.io, "load", counted)
+    monkeypatch.setattr(runner, "load_sae", counted)
+    data = DataConfig(source=script_text, part="eval")
+    for fmt in ("saelens", "dashboard"):
+        calls.clear()
+        out = str(tmp_path / fmt)
+        cfg = ExportConfig(str(script_sae), format=fmt, out=out, data=data, model_name=script_model)
+        run_export(cfg, ["source"])
+        assert len(calls) == 1, (fmt, calls)
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
@@ -198,7 +225,7 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, script_model, script_te
     assert "is not an SAE folder" in err
     sae_dir = make_sae(tmp_path / "s", script_model, script_text)
     err = _one_line_error(capsys, ["export", str(sae_dir), "--format", "pdf", "--out", str(out)])
-    assert "unknown format 'pdf'" in err and "dashboard" in err
+    assert "format='pdf' is not one of" in err and "'dashboard'" in err
     cfg = json.loads((sae_dir / "cfg.json").read_text())
     cfg["metadata"]["hook_name"] = "resid_post.7"
     (sae_dir / "cfg.json").write_text(json.dumps(cfg))

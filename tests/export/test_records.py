@@ -12,6 +12,7 @@ from export_fixtures import script_model, script_sae, script_text  # noqa: F401 
 from safetensors.torch import load_file
 
 from sae.eval import cli_main
+from sae.io.records import RecordsInfo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,9 +60,7 @@ def _records(tmp_path, sae_dir, name="rep", extra=()):
         ]
     )
     folder = tmp_path / name / "sae" / "records"
-    return load_file(str(folder / "records.safetensors")), json.loads(
-        (folder / "records.json").read_text()
-    )
+    return load_file(str(folder / "records.safetensors")), RecordsInfo.read(folder)
 
 
 def test_top_contexts_bins_and_frequency_equal_brute_force(
@@ -74,7 +73,7 @@ def test_top_contexts_bins_and_frequency_equal_brute_force(
     idx, ids, keep, a_BTM, x_BTD = _brute(script_sae, script_model, script_text)
     B, T, M = a_BTM.shape
     flat = a_BTM.reshape(-1, M)
-    assert info["tokens"] == int(keep.sum())
+    assert info.tokens == int(keep.sum())
     assert torch.equal(rec["fired"], (flat != 0).sum(0))
     K, before, after = 20, 10, 5
     pos_id = (idx[:, None] * T + torch.arange(T)).reshape(-1)
@@ -126,7 +125,7 @@ def test_top_contexts_bins_and_frequency_equal_brute_force(
     r_a = torch.corrcoef(A.T)[m].nan_to_num(0)
     torch.testing.assert_close(rec["corr_latent_r"][m].double(), r_a[rec["corr_latent_idx"][m]])
     assert m not in rec["corr_latent_idx"][m].tolist()
-    assert info["logit_effects"]["kind"] == "unembedding"
+    assert info.logit_effects["kind"] == "unembedding"
 
 
 def test_resume_after_interruption_gives_the_same_records(tmp_path, script_sae, monkeypatch):
@@ -161,10 +160,10 @@ def test_held_out_is_computed_from_the_windows_read(tmp_path, script_sae):
     """Pins the old bug: `held_out` came from data.part and stayed true when --data.eval-every 3
     made the eval read windows that training (eval_every 5) had consumed."""
     _, info = _records(tmp_path, script_sae, "held")
-    assert info["activations"]["held_out"] is True
-    assert info["activations"]["windows_in_training"] == 0
+    assert info.activations["held_out"] is True
+    assert info.activations["windows_in_training"] == 0
     _, info = _records(tmp_path, script_sae, "leak", ["--data.eval-every", "3"])
-    act = info["activations"]
+    act = info.activations
     assert act["held_out"] is False and act["windows_in_training"] > 0
     report = json.loads((tmp_path / "leak" / "report.json").read_text())
     assert report["saes"][0]["activations"]["held_out"] is False
@@ -199,7 +198,7 @@ def test_records_from_an_activation_matrix(tmp_path):
     )
     folder = tmp_path / "r" / "m" / "records"
     rec = load_file(str(folder / "records.safetensors"))
-    info = json.loads((folder / "records.json").read_text())
+    info = RecordsInfo.read(folder)
     with torch.no_grad():
         a = load(tmp_path / "m").encode(x)
     vals, rows = a.T.sort(dim=1, descending=True)
@@ -207,5 +206,5 @@ def test_records_from_an_activation_matrix(tmp_path):
     torch.testing.assert_close(rec["top_val"], vals[:, :k])
     for m in range(12):
         assert set(rec["top_id"][m].tolist()) == set(rows[m, :k].tolist())
-    assert (rec["top_tok"] == -1).all() and info["tokens"] == 700
-    assert info["activations"]["kind"] == "matrix" and info["logit_effects"]["kind"] is None
+    assert (rec["top_tok"] == -1).all() and info.tokens == 700
+    assert info.activations["kind"] == "matrix" and info.logit_effects["kind"] is None

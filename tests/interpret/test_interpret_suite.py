@@ -96,7 +96,7 @@ def test_dashboard_index_carries_the_interpret_columns(
             "--data.source", script_text, "--model-name", script_model]  # fmt: skip
     cli_main(argv)
     rec = Records.open(report / "sae" / "records")
-    site = write_dashboard(rec, tmp_path / "site", "sae", rec.info["activations"])
+    site = write_dashboard(rec, tmp_path / "site", "sae", rec.info.activations)
     index = Path(site).read_text()  # write_dashboard returns the index page
     assert "interp_explanation" in index and "interp_token_f1" in index
 
@@ -123,7 +123,7 @@ def test_neuronpedia_export_carries_the_explanations(
     cli_main(argv)
     rec = Records.open(report / "sae" / "records")
     out = tmp_path / "np"
-    paths = write_neuronpedia(rec, out, "m", "s", 0, rec.info["activations"])
+    paths = write_neuronpedia(rec, out, "m", "s", 0, rec.info.activations)
     for p in paths:
         jsonschema.validate(json.loads(p.read_text()), schema())
     uploads = sorted(out.glob("explanations-batch-*.json"))

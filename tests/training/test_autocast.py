@@ -174,10 +174,12 @@ def test_bad_value_is_one_sentence(tmp_path):
     with pytest.raises(ConfigError, match=rf"^autocast=1 is not one of {valid}\.$"):
         TrainConfig(autocast=1)
     (tmp_path / "c.yaml").write_text("autocast: fast\n")
-    with pytest.raises(ConfigError, match=rf"^autocast='fast' in .*c.yaml must be {valid}\.$"):
+    with pytest.raises(
+        ConfigError, match=r"^autocast='fast' in .*c.yaml must be auto, true or false\.$"
+    ):
         load_yaml(TrainConfig, tmp_path / "c.yaml")
     with pytest.raises(
-        ConfigError, match=rf"^autocast='fast' in the command line must be {valid}\.$"
+        ConfigError, match=r"^autocast='fast' is not one of 'auto', 'true', 'false'\.$"
     ):
         parse(TrainConfig, ["--autocast", "fast"], "sae train")
 

@@ -32,19 +32,18 @@ def _spawn(tmp_path, fn, world: int = 2) -> list:
 
 def _batchtopk_step(rank: int):
     """One training step of a BatchTopK SAE on rank-specific data (ranks see different rows)."""
-    from sae.config.schema import TrainConfig
     from sae.model.sae import SAEConfig
-    from sae.model.step import training_forward
+    from sae.model.step import Batch
     from sae.training.members import Member
 
     torch.manual_seed(0)
     cfg = SAEConfig(architecture="batchtopk", d_in=8, d_sae=32, k=2)
-    m = Member("m", cfg, "h", None, 1e-3, TrainConfig(), "cpu")
+    m = Member("m", cfg, "h", None, 1e-3, "cpu")
     for t in m.sae.state_dict().values():
         dist.broadcast_(t)
     x = torch.randn(16, 8, generator=torch.Generator().manual_seed(100 + rank)) * (1 + rank)
     dead = m.tokens_since_fired >= 10**9
-    out = training_forward(m.sae, x, None, dead, 1.0)
+    out = m.loss(Batch(x), dead, 1.0)
     m.after_step(out, dead, torch.tensor(True))
     return m.sae.threshold.clone(), m.tokens_since_fired.clone()
 

@@ -92,8 +92,8 @@ def test_a_training_step_reads_back_only_its_decisions(tmp_path, arch):
     done.fit()  # trained state: Adam moments, a BatchTopK threshold, dead-latent counts
     fresh = Trainer(dataclasses.replace(cfg, out=str(tmp_path / "again")))
     fresh.step = 1
-    batch = next(fresh.batches())
     m = done.members[0]
+    batch = m.batch(next(fresh.batches()))
     with ReadBacks() as seen:
         done._step(m, batch, 1.0, 1.0)
     assert dict(seen.ops) == EXPECTED[arch]

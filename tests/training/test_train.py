@@ -11,10 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 import sae
+from sae.activations.sources import MatrixSource
+from sae.activations.store import ActivationStore
 from sae.cli import main
 from sae.config import ConfigError
 from sae.config.schema import DataConfig, ModelConfig, StoreConfig, TrainConfig
 from sae.model.sae import SAEConfig
+from sae.model.step import Batch
 from sae.training import members
 from sae.training.train import Trainer, train
 
@@ -200,7 +203,7 @@ def test_nan_rows_in_the_first_chunk_poison_neither_the_scale_nor_the_init(tmp_p
     np.save(tmp_path / "nan_first.npy", acts)
     trainer = Trainer(_cfg(tmp_path, str(tmp_path / "nan_first.npy")))
     finals = trainer.fit()
-    assert finals and np.isfinite(list(trainer.scale.values())).all()
+    assert finals and np.isfinite(list(trainer.scale.factors.values())).all()
     assert all(torch.isfinite(t).all() for t in _weights(finals[0]).values())
     assert 0 < trainer.members[0].skipped_steps < trainer.total_steps
 
@@ -211,9 +214,7 @@ def test_a_nonfinite_step_changes_no_weight_and_no_moment(tmp_path, fused):
     (the path every CPU and CUDA run takes), other optimizers ask the host. After one finite
     step, a step whose gradient is NaN leaves the weights, Adam's moments and its step count
     as they were, and counts one skipped step; the next finite step counts none."""
-    m = members.Member(
-        "m", SAEConfig(d_in=8, d_sae=16, k=2), "h", None, 1e-2, _cfg(tmp_path, ""), "cpu"
-    )
+    m = members.Member("m", SAEConfig(d_in=8, d_sae=16, k=2), "h", None, 1e-2, "cpu")
     if not fused:
         m.opt = torch.optim.Adam(m.sae.parameters(), lr=1e-2, fused=False)
     for ok in (True, False, True):
@@ -324,7 +325,7 @@ def test_short_batchtopk_run_leaves_a_threshold_that_keeps_about_k(tmp_path, mon
 
     def held_out_l0(out, rate=None):
         if rate is not None:
-            monkeypatch.setattr("sae.training.train.threshold_rate", lambda steps: rate)
+            monkeypatch.setattr(members, "threshold_rate", lambda steps: rate)
         arch = SAEConfig(d_in=None, architecture="batchtopk", d_sae=64, k=3)
         tc = _cfg(
             tmp_path,
@@ -339,3 +340,79 @@ def test_short_batchtopk_run_leaves_a_threshold_that_keeps_about_k(tmp_path, mon
 
     now, fixed = held_out_l0("now"), held_out_l0("fixed", 0.01)
     assert abs(now / 3 - 1) < 0.03 and abs(fixed / 3 - 1) > 0.05  # 2.97 and 2.81 when written
+
+
+def _last_trainer_state(run) -> dict:
+    last = sorted(p for p in run.iterdir() if p.name.isdigit())[-1]
+    return json.loads((last / "trainer.json").read_text())
+
+
+def test_the_stream_check_runs_only_for_the_fault_campaign(tmp_path, monkeypatch):
+    """Pins issue 31 item 5: the fault campaign's row count and checksum were taken in every
+    run's loop, reading each batch on the host. They are taken only under SAE_STREAM_CHECK=1
+    (scripts/fault_campaign.py sets it), then count every row trained, and change no weight."""
+    acts = _planted(tmp_path)
+    monkeypatch.delenv("SAE_STREAM_CHECK", raising=False)
+    plain = train(_cfg(tmp_path, acts, "plain"))[0]
+    assert "stream" not in _last_trainer_state(tmp_path / "plain")
+    monkeypatch.setenv("SAE_STREAM_CHECK", "1")
+    checked = train(_cfg(tmp_path, acts, "checked"))[0]
+    state = _last_trainer_state(tmp_path / "checked")
+    assert state["stream"][0][0] == state["tokens"] == 46 * 256
+    assert _weights(plain).keys() == _weights(checked).keys()
+    assert all(torch.equal(v, _weights(checked)[k]) for k, v in _weights(plain).items())
+
+
+def test_without_normalize_nothing_is_measured_or_applied(tmp_path):
+    """Pins: the store measured the scale on its first chunk even under store.normalize False,
+    and refused a first chunk of zeros with "pass --store.normalize False", the very flag given.
+    Without it the `ActivationScale` measures nothing and the batches are the file's rows."""
+    x = np.load(_planted(tmp_path))
+    x[:1024] = 0.0  # the first chunk (buffer_tokens / 2 rows)
+    np.save(tmp_path / "zeros_first.npy", x)
+    store = StoreConfig(buffer_tokens=2048, batch_size=256)
+    trainer = Trainer(_cfg(tmp_path, str(tmp_path / "zeros_first.npy"), store=store))
+    acts = next(trainer.batches())
+    assert trainer.scale.factors == {}
+    raw = next(iter(ActivationStore(MatrixSource(tmp_path / "zeros_first.npy"), store)))
+    assert torch.equal(acts["activations"], raw["activations"])
+
+
+def test_a_member_is_built_whole_and_its_loss_is_a_method(tmp_path):
+    """Pins issue 31 item 5: a Member's loss was a closure built twice, by the constructor with
+    a placeholder BatchTopK threshold rate and again by the trainer once the run's length was
+    known. The constructor takes the rate; `loss` is a method of a typed `Batch`."""
+    cfg = SAEConfig(architecture="batchtopk", d_in=8, d_sae=32, k=2)
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g) * 3
+    thresholds = {}
+    for rate in (0.5, 0.01):
+        torch.manual_seed(0)
+        m = members.Member("m", cfg, "h", None, 1e-3, "cpu", threshold_rate=rate)
+        first = m.loss(Batch(x1), None, 1.0)
+        t1 = float(m.sae.threshold[0])  # one value for every latent
+        second = m.loss(Batch(x2), None, 1.0)
+        low = float(torch.where(second.codes.top_acts > 0, second.codes.top_acts, torch.inf).min())
+        assert float(m.sae.threshold[0]) == pytest.approx((1 - rate) * t1 + rate * low)
+        assert first.loss.ndim == 0 and t1 > 0
+        thresholds[rate] = float(m.sae.threshold[0])
+    assert thresholds[0.5] != thresholds[0.01]
+    with pytest.raises(ValueError, match="target is required for a transcoder"):
+        tc = SAEConfig(d_in=8, d_out=4, d_sae=32, k=2)
+        members.Member("t", tc, "h", "o", 1e-3, "cpu").loss(Batch(x1), None, 1.0)
+    y = torch.randn(64, 4, generator=g)
+    assert members.Member("t", tc, "h", "o", 1e-3, "cpu").loss(
+        Batch(x1, y), None, 1.0
+    ).x_hat.shape == (64, 4)
+
+
+@pytest.mark.slow
+def test_the_compiled_loss_equals_the_eager_one():
+    """--compile compiles the `Member.loss` method (per SAE); it computes the eager loss."""
+    cfg = SAEConfig(architecture="topk", d_in=8, d_sae=32, k=2)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    eager = members.Member("m", cfg, "h", None, 1e-3, "cpu").loss(Batch(x), None, 1.0)
+    torch.manual_seed(0)
+    compiled = members.Member("m", cfg, "h", None, 1e-3, "cpu", compile=True)
+    assert torch.allclose(compiled.loss(Batch(x), None, 1.0).loss, eager.loss, rtol=1e-5)
