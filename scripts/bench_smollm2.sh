@@ -88,7 +88,7 @@ EOF
 
 RUN=$OUT/run
 if [ -z "${SKIP_TRAIN:-}" ]; then
-    rm -rf "$RUN"
+    # sae train refuses an OUT/run that holds anything but a run of its own: nothing is deleted here
     timed train sae train configs/smollm2_topk.yaml --total-tokens "$TRAIN_TOKENS" \
         --store.batch-size 256 --store.buffer-tokens 16384 --eval-tokens 8192 --out "$RUN"
 fi
@@ -104,7 +104,6 @@ for suite in $SUITES; do
     records | interpret) budget=(--eval-tokens "$RECORD_TOKENS") ;;
     *) budget=(--eval-tokens "$EVAL_TOKENS") ;;
     esac
-    rm -rf "$OUT/eval-$suite"
     if timed "eval-$suite" sae eval "$FINAL" --suite "$suite" "${budget[@]}" --n-boot "$N_BOOT" \
         --out "$OUT/eval-$suite"; then
         figures "$suite" "$OUT/eval-$suite/report.json" || true
@@ -112,7 +111,6 @@ for suite in $SUITES; do
 done
 
 for fmt in $EXPORTS; do
-    rm -rf "$OUT/export-$fmt"
     timed "export-$fmt" sae export "$FINAL" --format "$fmt" --eval-tokens "$RECORD_TOKENS" \
         --out "$OUT/export-$fmt" || continue
     python - "$OUT/export-$fmt" <<'EOF'

@@ -6,6 +6,7 @@ never by their names (issue 30)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -362,3 +363,21 @@ def test_architecture_lists_every_place_that_deletes_replaces_or_appends():
 
     listed = set(re.findall(r"^- `((?:sae|scripts)/[\w/]+\.py)`", section, re.MULTILINE))
     assert listed - {"sae/fsutil.py"} == _mutator_modules()
+
+
+def test_shell_scripts_delete_only_the_folders_they_made():
+    """Pins the same rule for scripts/*.sh (issue 30): scripts/bench_smollm2.sh began with
+    `rm -rf "$OUT/run"` on a folder the user named, which deleted whatever was there. A shell
+    script may `rm` only a variable it set from `mktemp` itself; everything else goes through sae
+    (which refuses a folder that is not its own)."""
+    found = []
+    for path in sorted(SCRIPTS.glob("*.sh")):
+        text = path.read_text(encoding="utf-8")
+        made = set(re.findall(r"^\s*(\w+)=\$\(mktemp\b", text, re.MULTILINE))
+        for n, line in enumerate(text.splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for target in re.findall(r"\brm\s+(?:-\w+\s+)*(\S+)", code):
+                var = re.fullmatch(r"[\"']*\$\{?(\w+)\}?[\"']*", target)
+                if var is None or var.group(1) not in made:
+                    found.append(f"{path.name}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
