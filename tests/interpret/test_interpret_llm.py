@@ -25,7 +25,25 @@ Reply = Callable[[dict], tuple]
 """request body -> (seconds to wait, message content[, HTTP status, {header: value}])."""
 
 
-class Server:
+class LocalHTTP:
+    """A threaded HTTP server on 127.0.0.1 (a port of its own), served while in a `with` block."""
+
+    def _serve(self, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+class Server(LocalHTTP):
     """A loopback chat-completions endpoint answering with `replies` in turn (the last repeats)."""
 
     def __init__(self, replies: list[Reply]):
@@ -55,22 +73,11 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._serve(Handler)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
 
 
 def fixed(content: str, delay: float = 0.0) -> Reply:
@@ -229,7 +236,7 @@ def test_loopback_means_a_loopback_address():
         assert key_may_go_to(url) is ok, url
 
 
-class CapturingProxy:
+class CapturingProxy(LocalHTTP):
     """An HTTP proxy on 127.0.0.1 that records every request it receives (any method, CONNECT
     included) with its headers, and answers 502."""
 
@@ -251,19 +258,8 @@ class CapturingProxy:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._serve(Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
 
 
 def test_the_key_never_goes_through_an_http_proxy(tmp_path, monkeypatch):
